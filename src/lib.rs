@@ -1,1 +1,12 @@
-//! stub
+//! ApexSim: a data-oriented ECS simulation and analysis engine for sim racing.
+//!
+//! The simulation itself lives in [`apexsim_systems`] (no I/O). This crate does the I/O around
+//! it: the command line, content loading, and the offline race runner; the archive, network,
+//! ingest and analysis build on these.
+
+pub mod cli;
+pub mod content;
+pub mod output;
+pub mod race;
+
+pub use apexsim_systems as systems;

@@ -1,1 +1,91 @@
-fn main() {}
+//! The `apexsim` binary: parses the command line, sets up logging, runs the command and maps
+//! errors to exit codes (0 ok, 1 failure, 2 bad arguments or content).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use apexsim::cli::{Cli, Command};
+use apexsim::content::Content;
+use apexsim::{output, race};
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+/// An error that is the user's: bad arguments or content (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct UsageError(String);
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            if e.downcast_ref::<UsageError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn content_dir(explicit: Option<PathBuf>) -> PathBuf {
+    explicit.unwrap_or_else(|| {
+        let local = PathBuf::from("content");
+        if local.is_dir() {
+            local
+        } else {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("content")
+        }
+    })
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let dir = content_dir(cli.content);
+    let report = Content::load(&dir);
+    match cli.command {
+        Command::Race(args) => {
+            for e in &report.errors {
+                tracing::warn!("content: {e}");
+            }
+            let opts = args.options().map_err(UsageError)?;
+            let race = race::Race::new(&report.content, &opts).map_err(|e| {
+                if e.is_usage() {
+                    anyhow::Error::new(UsageError(e.to_string()))
+                } else {
+                    anyhow::Error::new(e)
+                }
+            })?;
+            let result = race.run(opts.fast).context("race failed")?;
+            output::print_race(&result, args.format).context("writing the results")?;
+        }
+        Command::Content { format } => {
+            let errors: Vec<String> = report.errors.iter().map(ToString::to_string).collect();
+            output::print_content(&report.content, &errors, format)
+                .context("writing the content list")?;
+            if !errors.is_empty() {
+                return Err(UsageError(format!(
+                    "{} problem(s) in {}",
+                    errors.len(),
+                    dir.display()
+                ))
+                .into());
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,103 @@
+//! Command-line interface: the `apexsim` commands and their arguments.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::race::RaceOptions;
+
+/// ApexSim: sim racing simulation, telemetry and analysis.
+#[derive(Debug, Parser)]
+#[command(name = "apexsim", version, about)]
+pub struct Cli {
+    /// Content directory (cars, tracks, templates). Defaults to `content/` in the working
+    /// directory, else the content shipped with the source.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub content: Option<PathBuf>,
+    /// Log more (-v info, -vv debug, -vvv trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Output format of commands that print results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum Format {
+    /// Aligned text table.
+    #[default]
+    Table,
+    /// JSON on one line.
+    Json,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run an offline race between AI drivers and print the results.
+    Race(RaceArgs),
+    /// Validate the content directory and list what it holds.
+    Content {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+}
+
+/// Arguments of `apexsim race`.
+#[derive(Debug, clap::Args)]
+pub struct RaceArgs {
+    /// Track slug, id or name.
+    #[arg(long, default_value = "road_course_a")]
+    pub track: String,
+    /// Car slug, id or name.
+    #[arg(long, default_value = "gt3_generic")]
+    pub car: String,
+    /// Number of AI cars.
+    #[arg(long, default_value_t = 8)]
+    pub cars: usize,
+    /// Laps to race.
+    #[arg(long, default_value_t = 3)]
+    pub laps: u16,
+    /// Seed of the simulation's random numbers.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Run as fast as the CPU allows instead of in real time.
+    #[arg(long)]
+    pub fast: bool,
+    /// Race time limit in seconds: after it, the leader's next crossing ends the race.
+    #[arg(long, value_name = "SECONDS")]
+    pub time_limit: Option<f64>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
+}
+
+impl RaceArgs {
+    /// The race these arguments describe.
+    ///
+    /// # Errors
+    /// A message when the time limit is not a positive number of seconds.
+    pub fn options(&self) -> Result<RaceOptions, String> {
+        let time_limit = match self.time_limit {
+            Some(s) if s.is_finite() && s > 0.0 => Some(Duration::from_secs_f64(s)),
+            Some(s) => {
+                return Err(format!(
+                    "--time-limit {s} is not a positive number of seconds"
+                ));
+            }
+            None => None,
+        };
+        Ok(RaceOptions {
+            track: self.track.clone(),
+            car: self.car.clone(),
+            cars: self.cars,
+            laps: self.laps,
+            seed: self.seed,
+            fast: self.fast,
+            time_limit,
+        })
+    }
+}

@@ -1,0 +1,223 @@
+//! Everything the CLI prints to standard output: result tables and their JSON form. The only
+//! module that prints; logs go through `tracing` to standard error.
+
+use std::io::{self, Write};
+
+use serde::Serialize;
+
+use crate::cli::Format;
+use crate::content::Content;
+use crate::race::{Gap, RaceReport};
+
+/// Formats seconds as `m:ss.mmm` (or `s.mmm` under a minute).
+pub fn lap_time(s: f64) -> String {
+    let ms = (s * 1000.0).round() as u64;
+    let (m, rest) = (ms / 60_000, ms % 60_000);
+    if m > 0 {
+        format!("{m}:{:02}.{:03}", rest / 1000, rest % 1000)
+    } else {
+        format!("{}.{:03}", rest / 1000, rest % 1000)
+    }
+}
+
+/// A table with a header row, columns padded to their widest cell; numeric-looking columns
+/// are right-aligned.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let right: Vec<bool> = (0..header.len())
+        .map(|c| {
+            rows.iter().all(|r| {
+                r.get(c).is_none_or(|v| {
+                    v.starts_with(|ch: char| ch.is_ascii_digit() || ch == '+' || ch == '-')
+                })
+            })
+        })
+        .collect();
+    let mut out = String::new();
+    let mut line = |cells: Vec<String>| {
+        let parts: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(c, v)| {
+                if right[c] {
+                    format!("{v:>w$}", w = widths[c])
+                } else {
+                    format!("{v:<w$}", w = widths[c])
+                }
+            })
+            .collect();
+        out.push_str(parts.join("  ").trim_end());
+        out.push('\n');
+    };
+    line(header.iter().map(|h| (*h).to_owned()).collect());
+    line(widths.iter().map(|w| "-".repeat(*w)).collect());
+    for row in rows {
+        line(row.clone());
+    }
+    out
+}
+
+fn emit(text: &str) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()
+}
+
+fn emit_json<T: Serialize>(value: &T) -> io::Result<()> {
+    let text = serde_json::to_string(value).map_err(io::Error::other)?;
+    emit(&(text + "\n"))
+}
+
+/// Prints the results of a race.
+///
+/// # Errors
+/// Writing to standard output failed.
+pub fn print_race(report: &RaceReport, format: Format) -> io::Result<()> {
+    if format == Format::Json {
+        return emit_json(report);
+    }
+    let rows: Vec<Vec<String>> = report
+        .results
+        .iter()
+        .map(|r| {
+            vec![
+                r.position.to_string(),
+                r.driver.clone(),
+                r.car.clone(),
+                r.grid.to_string(),
+                r.laps.to_string(),
+                r.total_time_s.map_or("-".into(), lap_time),
+                r.best_lap_s.map_or("-".into(), lap_time),
+                match r.gap {
+                    Gap::Leader => "leader".into(),
+                    Gap::Seconds(s) => format!("+{s:.3}"),
+                    Gap::Laps(1) => "+1 lap".into(),
+                    Gap::Laps(n) => format!("+{n} laps"),
+                    Gap::Dnf => "DNF".into(),
+                },
+            ]
+        })
+        .collect();
+    let mut text = format!(
+        "{} ({:.0} m), {} laps, seed {}\n\n",
+        report.track, report.track_length_m, report.laps, report.seed
+    );
+    text += &table(
+        &[
+            "Pos", "Driver", "Car", "Grid", "Laps", "Total", "Best lap", "Gap",
+        ],
+        &rows,
+    );
+    text += &format!(
+        "\nideal lap {} | {} ticks ({:.1} s simulated) in {:.2} s wall: {:.0} ticks/s ({:.0}x real time)\n",
+        lap_time(f64::from(report.ideal_lap_s)),
+        report.ticks,
+        report.sim_seconds,
+        report.wall_seconds,
+        report.ticks_per_second,
+        report.sim_seconds / report.wall_seconds.max(1e-9),
+    );
+    emit(&text)
+}
+
+#[derive(Serialize)]
+struct ContentSummary<'a> {
+    cars: Vec<(&'a str, &'a str, String)>,
+    tracks: Vec<(&'a str, &'a str, f32, usize)>,
+    templates: Vec<(&'a str, &'a str, bool)>,
+    errors: Vec<String>,
+}
+
+/// Prints what a content directory holds and every problem found in it.
+///
+/// # Errors
+/// Writing to standard output failed.
+pub fn print_content(content: &Content, errors: &[String], format: Format) -> io::Result<()> {
+    let summary = ContentSummary {
+        cars: content
+            .cars
+            .iter()
+            .map(|c| (c.slug.as_str(), c.name.as_str(), c.id.to_string()))
+            .collect(),
+        tracks: content
+            .tracks
+            .iter()
+            .map(|t| {
+                (
+                    t.slug.as_str(),
+                    t.name.as_str(),
+                    t.geometry.length_m(),
+                    t.geometry.grid_slots().len(),
+                )
+            })
+            .collect(),
+        templates: content
+            .templates
+            .iter()
+            .map(|t| (t.slug.as_str(), t.name.as_str(), t.active))
+            .collect(),
+        errors: errors.to_vec(),
+    };
+    if format == Format::Json {
+        return emit_json(&summary);
+    }
+    let mut text = table(
+        &["Car", "Name", "Id"],
+        &summary
+            .cars
+            .iter()
+            .map(|(s, n, i)| vec![(*s).into(), (*n).into(), i.clone()])
+            .collect::<Vec<_>>(),
+    );
+    text.push('\n');
+    text += &table(
+        &["Track", "Name", "Length (m)", "Grid"],
+        &summary
+            .tracks
+            .iter()
+            .map(|(s, n, l, g)| vec![(*s).into(), (*n).into(), format!("{l:.0}"), g.to_string()])
+            .collect::<Vec<_>>(),
+    );
+    text.push('\n');
+    text += &table(
+        &["Template", "Name", "Active"],
+        &summary
+            .templates
+            .iter()
+            .map(|(s, n, a)| vec![(*s).into(), (*n).into(), a.to_string()])
+            .collect::<Vec<_>>(),
+    );
+    for e in errors {
+        text += &format!("error: {e}\n");
+    }
+    emit(&text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lap_times_format_as_minutes_seconds_millis() {
+        assert_eq!(lap_time(83.4567), "1:23.457");
+        assert_eq!(lap_time(59.9994), "59.999");
+        assert_eq!(lap_time(120.0), "2:00.000");
+    }
+
+    #[test]
+    fn table_aligns_columns() {
+        let t = table(
+            &["Pos", "Name"],
+            &[
+                vec!["1".into(), "Ann".into()],
+                vec!["10".into(), "Bo".into()],
+            ],
+        );
+        assert_eq!(t, "Pos  Name\n---  ----\n  1  Ann\n 10  Bo\n");
+    }
+}

@@ -1,0 +1,417 @@
+//! `apexsim race`: an offline race between AI drivers on the bundled content, paced at 240 Hz
+//! or run as fast as the CPU allows. It is the demo and the end-to-end benchmark of the
+//! simulation.
+
+use std::time::{Duration, Instant};
+
+use apexsim_systems::prelude::*;
+use bevy_ecs::entity::Entity;
+use serde::Serialize;
+use thiserror::Error;
+use uuid::Uuid;
+
+use crate::content::Content;
+
+/// What race to run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RaceOptions {
+    /// Track slug, id or name.
+    pub track: String,
+    /// Car slug, id or name.
+    pub car: String,
+    /// Number of AI cars.
+    pub cars: usize,
+    /// Laps.
+    pub laps: u16,
+    /// Seed of the simulation's random numbers (AI pace).
+    pub seed: u64,
+    /// Run ticks back to back instead of pacing at 240 Hz.
+    pub fast: bool,
+    /// Race time after which the leader's next crossing ends the race.
+    pub time_limit: Option<Duration>,
+}
+
+impl Default for RaceOptions {
+    fn default() -> Self {
+        Self {
+            track: "road_course_a".into(),
+            car: "gt3_generic".into(),
+            cars: 8,
+            laps: 3,
+            seed: 1,
+            fast: false,
+            time_limit: None,
+        }
+    }
+}
+
+/// Why a race could not run.
+#[derive(Debug, Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RaceError {
+    /// No track matches.
+    #[error("unknown track {name:?}; available: {available}")]
+    UnknownTrack {
+        /// What was asked for.
+        name: String,
+        /// Slugs of the loaded tracks.
+        available: String,
+    },
+    /// No car matches.
+    #[error("unknown car {name:?}; available: {available}")]
+    UnknownCar {
+        /// What was asked for.
+        name: String,
+        /// Slugs of the loaded cars.
+        available: String,
+    },
+    /// Zero cars.
+    #[error("a race needs at least 1 car")]
+    NoCars,
+    /// Zero laps.
+    #[error("a race needs at least 1 lap")]
+    NoLaps,
+    /// More cars than the track's grid has slots.
+    #[error("{requested} cars do not fit on {track}'s grid of {slots} slots")]
+    GridTooSmall {
+        /// Cars asked for.
+        requested: usize,
+        /// The track.
+        track: String,
+        /// Its grid slots.
+        slots: usize,
+    },
+    /// The race did not end within its safety limit (cars stuck, for instance).
+    #[error("the race did not finish within {0:?} of race time")]
+    DidNotFinish(Duration),
+}
+
+impl RaceError {
+    /// Whether the error is the user's argument (exit code 2) rather than a failure.
+    pub fn is_usage(&self) -> bool {
+        !matches!(self, Self::DidNotFinish(_))
+    }
+}
+
+/// Gap of a car to the winner.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Gap {
+    /// The winner.
+    Leader,
+    /// Seconds behind the winner on the same lap count.
+    Seconds(f64),
+    /// Laps behind the winner.
+    Laps(u16),
+    /// Not classified.
+    Dnf,
+}
+
+/// One line of the results.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ResultRow {
+    /// Classified position (1 = winner).
+    pub position: usize,
+    /// Grid position (1 = pole).
+    pub grid: u8,
+    /// Driver name.
+    pub driver: String,
+    /// Car name.
+    pub car: String,
+    /// Laps completed.
+    pub laps: u16,
+    /// Race time at the finish, in seconds.
+    pub total_time_s: Option<f64>,
+    /// Best valid lap, in seconds.
+    pub best_lap_s: Option<f64>,
+    /// Gap to the winner.
+    pub gap: Gap,
+    /// Ticks spent off the track surface.
+    pub off_track_ticks: u32,
+    /// Contacts with other cars.
+    pub contacts: u32,
+}
+
+/// What a race produced.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RaceReport {
+    /// Session id.
+    pub session: Uuid,
+    /// Track name.
+    pub track: String,
+    /// Track length in metres.
+    pub track_length_m: f32,
+    /// Lap limit.
+    pub laps: u16,
+    /// Seed.
+    pub seed: u64,
+    /// Ideal lap time of the car on the track's centerline, in seconds (see
+    /// [`ideal_lap_time_s`]).
+    pub ideal_lap_s: f32,
+    /// Classification, winner first.
+    pub results: Vec<ResultRow>,
+    /// Ticks simulated (countdown included).
+    pub ticks: u64,
+    /// Simulated seconds.
+    pub sim_seconds: f64,
+    /// Wall-clock seconds.
+    pub wall_seconds: f64,
+    /// Ticks per wall-clock second.
+    pub ticks_per_second: f64,
+    /// Laps handed to the record buffers (complete and partial).
+    pub recorded_laps: usize,
+    /// Rows in those laps.
+    pub recorded_rows: usize,
+}
+
+/// A race set up in a world, ready to step.
+pub struct Race {
+    sim: Simulation,
+    session: Entity,
+    session_id: Uuid,
+    cars: Vec<Entity>,
+    track_name: String,
+    track_length_m: f32,
+    car_name: String,
+    ideal_lap_s: f32,
+    laps: u16,
+    seed: u64,
+    tick_cap: u64,
+}
+
+impl Race {
+    /// Builds the world: the track, a session, `cars` AI cars on the grid with paces drawn from
+    /// the seeded generator, and the start request.
+    ///
+    /// # Errors
+    /// [`RaceError`] for an unknown track or car, zero cars or laps, or too many cars.
+    pub fn new(content: &Content, opts: &RaceOptions) -> Result<Self, RaceError> {
+        let track = content
+            .track(&opts.track)
+            .ok_or_else(|| RaceError::UnknownTrack {
+                name: opts.track.clone(),
+                available: content
+                    .tracks
+                    .iter()
+                    .map(|t| t.slug.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })?;
+        let car = content
+            .car(&opts.car)
+            .ok_or_else(|| RaceError::UnknownCar {
+                name: opts.car.clone(),
+                available: content
+                    .cars
+                    .iter()
+                    .map(|c| c.slug.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })?;
+        if opts.cars == 0 {
+            return Err(RaceError::NoCars);
+        }
+        if opts.laps == 0 {
+            return Err(RaceError::NoLaps);
+        }
+        let slots = track.geometry.grid_slots().len();
+        if opts.cars > slots {
+            return Err(RaceError::GridTooSmall {
+                requested: opts.cars,
+                track: track.slug.clone(),
+                slots,
+            });
+        }
+        let ideal_lap_s = ideal_lap_time_s(&track.geometry, &car.spec);
+        let mut sim = Simulation::new(SimulationPlugin { seed: opts.seed });
+        let world = sim.world_mut();
+        let track_id = world.resource_mut::<Tracks>().add(track.geometry.clone());
+        let time_limit_ticks = opts
+            .time_limit
+            .map(|d| (d.as_secs_f64() * f64::from(TICK_HZ)).ceil() as u64);
+        // A session id derived from the seed keeps runs with the same inputs identical.
+        let session_id = Uuid::from_u64_pair(0xA9E5_5117, opts.seed);
+        let session = spawn_session(
+            world,
+            SessionConfig {
+                id: session_id,
+                track: track_id,
+                rules: RaceRules {
+                    lap_limit: opts.laps,
+                    time_limit_ticks,
+                    ..RaceRules::default()
+                },
+            },
+        );
+        let mut cars = Vec::with_capacity(opts.cars);
+        for _ in 0..opts.cars {
+            let pace = world.resource_mut::<SimRng>().range_f32(0.94, 1.0);
+            let car =
+                spawn_car(world, session, car.spec, DriverKind::Ai { pace }).map_err(|_| {
+                    RaceError::GridTooSmall {
+                        requested: opts.cars,
+                        track: track.slug.clone(),
+                        slots,
+                    }
+                })?;
+            cars.push(car);
+        }
+        world.write_message(StartRace { session });
+        // Safety cap: countdown, the laps at a fifth of the ideal pace, the finish timeout.
+        let race_s = time_limit_ticks
+            .map_or(f64::from(ideal_lap_s) * f64::from(opts.laps) * 5.0, |t| {
+                ticks_to_seconds(t as f64) + f64::from(ideal_lap_s) * 2.0
+            });
+        let tick_cap = u64::from(COUNTDOWN_TICKS) + ((race_s + 120.0) * f64::from(TICK_HZ)) as u64;
+        Ok(Self {
+            sim,
+            session,
+            session_id,
+            cars,
+            track_name: track.name.clone(),
+            track_length_m: track.geometry.length_m(),
+            car_name: car.name.clone(),
+            ideal_lap_s,
+            laps: opts.laps,
+            seed: opts.seed,
+            tick_cap,
+        })
+    }
+
+    /// The simulation, for inspection.
+    pub fn sim(&self) -> &Simulation {
+        &self.sim
+    }
+
+    /// The car entities, grid order.
+    pub fn cars(&self) -> &[Entity] {
+        &self.cars
+    }
+
+    /// Whether the race has ended.
+    pub fn is_finished(&self) -> bool {
+        matches!(
+            self.sim.world().get::<RaceState>(self.session),
+            Some(RaceState::Finished { .. })
+        )
+    }
+
+    /// Runs one tick.
+    pub fn step(&mut self) {
+        self.sim.step();
+    }
+
+    /// Runs to the end: paced at 240 Hz unless `fast`.
+    ///
+    /// # Errors
+    /// [`RaceError::DidNotFinish`] if the race is still running at its safety cap.
+    pub fn run(mut self, fast: bool) -> Result<RaceReport, RaceError> {
+        let started = Instant::now();
+        let first_tick = self.sim.tick();
+        let tick_ns = 1_000_000_000u64 / u64::from(TICK_HZ);
+        let tick_rem = 1_000_000_000u64 % u64::from(TICK_HZ);
+        let mut last_log = 0u64;
+        while !self.is_finished() {
+            if self.sim.tick() - first_tick >= self.tick_cap {
+                return Err(RaceError::DidNotFinish(Duration::from_secs_f64(
+                    ticks_to_seconds(self.tick_cap as f64),
+                )));
+            }
+            self.step();
+            let n = self.sim.tick() - first_tick;
+            if !fast {
+                // The deadline of tick n, exactly n/240 s after the start (integer nanoseconds).
+                let due =
+                    started + Duration::from_nanos(n * tick_ns + n * tick_rem / u64::from(TICK_HZ));
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+            }
+            if n - last_log >= 10 * u64::from(TICK_HZ) {
+                last_log = n;
+                self.log_progress();
+            }
+        }
+        let wall = started.elapsed();
+        Ok(self.report(wall))
+    }
+
+    fn log_progress(&self) {
+        let world = self.sim.world();
+        let leader = self
+            .cars
+            .iter()
+            .filter_map(|&c| world.get::<TrackProgress>(c))
+            .map(|p| p.race_distance_m)
+            .fold(f64::NEG_INFINITY, f64::max);
+        tracing::info!(
+            tick = self.sim.tick(),
+            leader_laps = leader / f64::from(self.track_length_m),
+            "racing"
+        );
+    }
+
+    /// The classification and run statistics.
+    pub fn report(&self, wall: Duration) -> RaceReport {
+        let world = self.sim.world();
+        let mut rows = Vec::new();
+        let mut keys = Vec::new();
+        for (i, &car) in self.cars.iter().enumerate() {
+            let timing = world.get::<LapTiming>(car).copied().unwrap_or_default();
+            let finish = world.get::<Finish>(car).copied().unwrap_or_default();
+            let progress = world.get::<TrackProgress>(car);
+            let collision = world
+                .get::<CollisionState>(car)
+                .copied()
+                .unwrap_or_default();
+            keys.push((
+                finish.position,
+                timing.laps_completed(),
+                progress.map_or(0.0, |p| p.race_distance_m),
+            ));
+            rows.push(ResultRow {
+                position: 0,
+                grid: (i + 1) as u8,
+                driver: format!("AI {:02}", i + 1),
+                car: self.car_name.clone(),
+                laps: timing.laps_completed(),
+                total_time_s: finish.race_ticks.map(ticks_to_seconds),
+                best_lap_s: timing.best_lap_ticks.map(ticks_to_seconds),
+                gap: Gap::Dnf,
+                off_track_ticks: timing.total_off_track_ticks,
+                contacts: collision.contacts,
+            });
+        }
+        let order = standings(&keys);
+        let mut results: Vec<ResultRow> = order.iter().map(|&i| rows[i].clone()).collect();
+        let (win_laps, win_time) = results
+            .first()
+            .map_or((0, None), |r| (r.laps, r.total_time_s));
+        for (k, row) in results.iter_mut().enumerate() {
+            row.position = k + 1;
+            row.gap = match (k, row.total_time_s, win_time) {
+                (0, Some(_), _) => Gap::Leader,
+                (_, Some(t), Some(w)) if row.laps == win_laps => Gap::Seconds(t - w),
+                (_, Some(_), _) => Gap::Laps(win_laps - row.laps),
+                _ => Gap::Dnf,
+            };
+        }
+        let ticks = self.sim.tick();
+        let recorded = &world.resource::<RecordedLaps>().0;
+        RaceReport {
+            session: self.session_id,
+            track: self.track_name.clone(),
+            track_length_m: self.track_length_m,
+            laps: self.laps,
+            seed: self.seed,
+            ideal_lap_s: self.ideal_lap_s,
+            results,
+            ticks,
+            sim_seconds: ticks_to_seconds(ticks as f64),
+            wall_seconds: wall.as_secs_f64(),
+            ticks_per_second: ticks as f64 / wall.as_secs_f64().max(1e-9),
+            recorded_laps: recorded.len(),
+            recorded_rows: recorded.iter().map(|l| l.columns.len()).sum(),
+        }
+    }
+}
