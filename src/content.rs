@@ -59,7 +59,7 @@ pub enum ContentError {
         problem: String,
     },
     /// A row of a centerline CSV, or the centerline as a whole, is unusable.
-    #[error("{}:{line}: {problem}", path.display())]
+    #[error("{}{}: {problem}", path.display(), at_line(*line))]
     Centerline {
         /// The CSV file.
         path: PathBuf,
@@ -92,6 +92,15 @@ pub enum ContentError {
         /// The id that matches nothing.
         id: String,
     },
+}
+
+/// `:N` for a line number, nothing for 0 (the file as a whole).
+fn at_line(line: usize) -> String {
+    if line == 0 {
+        String::new()
+    } else {
+        format!(":{line}")
+    }
 }
 
 /// A car model.

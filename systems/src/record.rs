@@ -185,21 +185,7 @@ pub fn record_cars(
 ) {
     for (car, session, pose, motion, controls, progress, timing, mut rec) in &mut cars {
         if rec.lap != timing.lap {
-            let complete = rec.lap >= 1 && timing.lap == rec.lap + 1;
-            let lap = std::mem::take(&mut rec.columns);
-            out.0.push(RecordedLap {
-                car,
-                session: session.0,
-                lap: rec.lap,
-                complete,
-                valid: complete && timing.last_lap_valid,
-                lap_time_s: complete
-                    .then_some(timing.last_lap_ticks)
-                    .flatten()
-                    .map(ticks_to_seconds),
-                columns: lap,
-            });
-            rec.lap = timing.lap;
+            out.0.push(close_lap(car, session.0, &mut rec, timing));
         }
         let lap_time_s = ticks_to_seconds((tick.0 as f64 - timing.lap_start_tick).max(0.0)) as f32;
         rec.columns.push(&LapSample {
@@ -220,11 +206,37 @@ pub fn record_cars(
     }
 }
 
-/// Hands over the open (incomplete) laps of every car of a session whose race ended.
+/// Takes the buffered rows of `rec` as a finished lap. The lap is complete when timing has
+/// moved on to the next lap (the line was crossed), with the time and validity timing gave it.
+fn close_lap(
+    car: Entity,
+    session: Entity,
+    rec: &mut LapRecorder,
+    timing: &LapTiming,
+) -> RecordedLap {
+    let complete = rec.lap >= 1 && timing.lap == rec.lap + 1;
+    let lap = RecordedLap {
+        car,
+        session,
+        lap: rec.lap,
+        complete,
+        valid: complete && timing.last_lap_valid,
+        lap_time_s: complete
+            .then_some(timing.last_lap_ticks)
+            .flatten()
+            .map(ticks_to_seconds),
+        columns: std::mem::take(&mut rec.columns),
+    };
+    rec.lap = timing.lap;
+    lap
+}
+
+/// Hands over the open laps of every car of a session whose race ended: complete if the car
+/// crossed the line in the tick the race ended, incomplete otherwise.
 pub fn close_finished_sessions(
     mut ended: MessageReader<RaceFinished>,
     sessions: Query<&SessionCars>,
-    mut recorders: Query<&mut LapRecorder>,
+    mut recorders: Query<(&mut LapRecorder, &LapTiming)>,
     mut out: ResMut<RecordedLaps>,
 ) {
     for finished in ended.read() {
@@ -232,19 +244,11 @@ pub fn close_finished_sessions(
             continue;
         };
         for &car in cars.cars() {
-            if let Ok(mut rec) = recorders.get_mut(car)
+            if let Ok((mut rec, timing)) = recorders.get_mut(car)
                 && !rec.columns.is_empty()
             {
-                let columns = std::mem::take(&mut rec.columns);
-                out.0.push(RecordedLap {
-                    car,
-                    session: finished.session,
-                    lap: rec.lap,
-                    complete: false,
-                    valid: false,
-                    lap_time_s: None,
-                    columns,
-                });
+                out.0
+                    .push(close_lap(car, finished.session, &mut rec, timing));
             }
         }
     }

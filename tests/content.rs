@@ -1,0 +1,235 @@
+//! Content loading: the bundled content is valid, and each kind of bad file gets an error that
+//! names the file, the line or field, and what is wrong, while the good files still load.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use apexsim::content::{Content, ContentError};
+
+fn bundled() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("content")
+}
+
+/// A copy of the bundled content in a temporary directory.
+fn copy() -> tempfile::TempDir {
+    fn cp(from: &Path, to: &Path) {
+        fs::create_dir_all(to).expect("mkdir");
+        for e in fs::read_dir(from).expect("read_dir") {
+            let e = e.expect("entry");
+            let target = to.join(e.file_name());
+            if e.path().is_dir() {
+                cp(&e.path(), &target);
+            } else {
+                fs::copy(e.path(), target).expect("copy");
+            }
+        }
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    cp(&bundled(), dir.path());
+    dir
+}
+
+fn edit(path: &Path, from: &str, to: &str) {
+    let text = fs::read_to_string(path).expect("read");
+    assert!(text.contains(from), "{} has no {from:?}", path.display());
+    fs::write(path, text.replacen(from, to, 1)).expect("write");
+}
+
+/// The first error of loading `dir`, its text, and the content that loaded. Any further
+/// errors must be templates deactivated because the rejected file was theirs to reference.
+fn only_error(dir: &Path) -> (ContentError, String, Content) {
+    let report = Content::load(dir);
+    assert!(!report.errors.is_empty(), "no error");
+    let text = report.errors[0].to_string();
+    for cascade in &report.errors[1..] {
+        assert!(
+            matches!(cascade, ContentError::UnknownReference { .. }),
+            "unexpected second error: {report}"
+        );
+        let ContentError::UnknownReference { path, .. } = cascade else {
+            unreachable!()
+        };
+        let slug = path.file_stem().and_then(|s| s.to_str()).expect("slug");
+        assert!(!report.content.template(slug).expect("template").active);
+    }
+    let mut errors = report.errors;
+    (errors.remove(0), text, report.content)
+}
+
+#[test]
+fn bundled_content_is_valid() {
+    let report = Content::load(&bundled());
+    assert!(report.errors.is_empty(), "{report}");
+    let c = report.content;
+    assert_eq!(c.cars.len(), 2);
+    assert_eq!(c.tracks.len(), 3);
+    assert_eq!(c.templates.len(), 3);
+    assert!(c.templates.iter().all(|t| t.active));
+    let oval = c.track("Simple Oval").expect("by name");
+    assert_eq!(oval.slug, "oval_simple");
+    assert!((oval.geometry.length_m() - 1228.3).abs() < 1.0);
+    assert!(
+        c.car("550e8400-e29b-41d4-a716-446655440000").is_some(),
+        "by id"
+    );
+}
+
+#[test]
+fn non_finite_number_names_file_line_and_field() {
+    let dir = copy();
+    let car = dir.path().join("cars/gt3_generic/car.toml");
+    edit(&car, "mass_kg = 1300.0", "mass_kg = nan");
+    let (err, text, content) = only_error(dir.path());
+    assert!(
+        matches!(err, ContentError::Field { ref field, line: 8, .. } if field == "physics.mass_kg"),
+        "{text}"
+    );
+    assert!(
+        text.contains("gt3_generic/car.toml:8") && text.contains("NaN is outside"),
+        "{text}"
+    );
+    assert_eq!(content.cars.len(), 1, "the other car still loads");
+}
+
+#[test]
+fn out_of_range_number_is_rejected() {
+    let dir = copy();
+    let car = dir.path().join("cars/formula_basic/car.toml");
+    edit(
+        &car,
+        "max_steering_angle_rad = 0.4",
+        "max_steering_angle_rad = 2.5",
+    );
+    let (_, text, _) = only_error(dir.path());
+    assert!(text.contains("formula_basic/car.toml:15: field `physics.max_steering_angle_rad`: 2.5 is outside 0.05..=1.2"), "{text}");
+}
+
+#[test]
+fn missing_and_unknown_fields_are_syntax_errors_with_a_line() {
+    let dir = copy();
+    let car = dir.path().join("cars/gt3_generic/car.toml");
+    edit(&car, "wheelbase_m = 2.7", "wheelbase = 2.7");
+    let (err, text, _) = only_error(dir.path());
+    assert!(matches!(err, ContentError::Syntax { .. }), "{text}");
+    assert!(text.contains("wheelbase"), "{text}");
+}
+
+#[test]
+fn too_few_centerline_points() {
+    let dir = copy();
+    let csv = dir.path().join("tracks/oval_simple/centerline.csv");
+    fs::write(&csv, "x,y,distance_from_start\n0,0,0\n10,0,10\n10,10,20\n").expect("write");
+    let (err, text, content) = only_error(dir.path());
+    assert!(matches!(err, ContentError::Centerline { .. }), "{text}");
+    assert!(
+        text.contains("oval_simple/centerline.csv: 3 points; a centerline needs at least 8"),
+        "{text}"
+    );
+    assert_eq!(content.tracks.len(), 2);
+}
+
+#[test]
+fn bad_centerline_row_names_its_line() {
+    let dir = copy();
+    let csv = dir.path().join("tracks/road_course_a/centerline.csv");
+    let text = fs::read_to_string(&csv).expect("read");
+    let mut lines: Vec<String> = text.lines().map(String::from).collect();
+    lines[41] = "12.5,inf,100.0".into();
+    fs::write(&csv, lines.join("\n")).expect("write");
+    let (_, text, _) = only_error(dir.path());
+    assert!(
+        text.contains("centerline.csv:42: y \"inf\" is not a finite number"),
+        "{text}"
+    );
+}
+
+#[test]
+fn distance_column_must_match_the_points() {
+    let dir = copy();
+    let csv = dir.path().join("tracks/oval_simple/centerline.csv");
+    let text = fs::read_to_string(&csv).expect("read");
+    let mut lines: Vec<String> = text.lines().map(String::from).collect();
+    let fields: Vec<&str> = lines[100].split(',').collect();
+    lines[100] = format!("{},{},{}", fields[0], fields[1], 9999.0);
+    fs::write(&csv, lines.join("\n")).expect("write");
+    let (_, text, _) = only_error(dir.path());
+    assert!(
+        text.contains("centerline.csv:101: distance_from_start 9999"),
+        "{text}"
+    );
+}
+
+#[test]
+fn duplicate_ids_name_both_files() {
+    let dir = copy();
+    let formula = dir.path().join("cars/formula_basic/car.toml");
+    edit(
+        &formula,
+        "550e8400-e29b-41d4-a716-446655440010",
+        "550e8400-e29b-41d4-a716-446655440000",
+    );
+    let (err, text, content) = only_error(dir.path());
+    assert!(matches!(err, ContentError::DuplicateId { .. }), "{text}");
+    // Slugs load in order: formula_basic first, so gt3_generic is the duplicate.
+    assert!(
+        text.contains("gt3_generic/car.toml")
+            && text.contains("already used by")
+            && text.contains("formula_basic/car.toml"),
+        "{text}"
+    );
+    assert_eq!(content.cars.len(), 1);
+}
+
+#[test]
+fn unknown_references_deactivate_the_template() {
+    let dir = copy();
+    let t = dir.path().join("templates/gt3_sprint.toml");
+    edit(
+        &t,
+        "track_config_id = \"660e8400-e29b-41d4-a716-446655440002\"",
+        "track_config_id = \"660e8400-e29b-41d4-a716-44665544ffff\"",
+    );
+    let (err, text, content) = only_error(dir.path());
+    assert!(
+        matches!(
+            err,
+            ContentError::UnknownReference {
+                kind: "track",
+                line: 3,
+                ..
+            }
+        ),
+        "{text}"
+    );
+    let sprint = content.template("gt3_sprint").expect("still listed");
+    assert!(!sprint.active, "inactive until the track appears");
+}
+
+#[test]
+fn template_bounds_are_checked() {
+    let dir = copy();
+    let t = dir.path().join("templates/oval_open.toml");
+    edit(&t, "default_ai_count = 15", "default_ai_count = 17");
+    let (_, text, _) = only_error(dir.path());
+    assert!(
+        text.contains("oval_open.toml:6: field `default_ai_count`: 17 is outside 0..=16"),
+        "{text}"
+    );
+}
+
+#[test]
+fn cli_content_check_exits_2_on_bad_content() {
+    let dir = copy();
+    edit(
+        &dir.path().join("cars/gt3_generic/car.toml"),
+        "grip_coefficient = 1.0",
+        "grip_coefficient = -1.0",
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_apexsim"))
+        .args(["--content", dir.path().to_str().expect("utf-8"), "content"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("physics.grip_coefficient"), "{stdout}");
+}
