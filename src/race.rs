@@ -12,6 +12,9 @@ use uuid::Uuid;
 
 use crate::content::Content;
 
+/// Ticks between two takes of the recorded rows (250 ms).
+pub const FLUSH_TICKS: u64 = 60;
+
 /// What race to run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RaceOptions {
@@ -158,7 +161,7 @@ pub struct RaceReport {
     pub wall_seconds: f64,
     /// Ticks per wall-clock second.
     pub ticks_per_second: f64,
-    /// Laps handed to the record buffers (complete and partial).
+    /// Laps recorded (complete and partial).
     pub recorded_laps: usize,
     /// Rows in those laps.
     pub recorded_rows: usize,
@@ -177,6 +180,8 @@ pub struct Race {
     laps: u16,
     seed: u64,
     tick_cap: u64,
+    assembler: LapAssembler,
+    recorded: Vec<RecordedLap>,
 }
 
 impl Race {
@@ -275,6 +280,8 @@ impl Race {
             laps: opts.laps,
             seed: opts.seed,
             tick_cap,
+            assembler: LapAssembler::default(),
+            recorded: Vec::new(),
         })
     }
 
@@ -296,9 +303,19 @@ impl Race {
         )
     }
 
-    /// Runs one tick.
+    /// Runs one tick. Every 60 ticks, and when the race ends, the recorded rows are taken
+    /// and assembled into laps, as the archive does.
     pub fn step(&mut self) {
         self.sim.step();
+        if self.sim.tick() % FLUSH_TICKS == 0 || self.is_finished() {
+            let chunk = self.sim.world_mut().resource_mut::<RecordChunk>().take();
+            self.recorded.extend(self.assembler.ingest(&chunk));
+        }
+    }
+
+    /// Laps recorded so far (complete and partial), in the order they ended.
+    pub fn laps(&self) -> &[RecordedLap] {
+        &self.recorded
     }
 
     /// Runs to the end: paced at 240 Hz unless `fast`.
@@ -397,7 +414,7 @@ impl Race {
             };
         }
         let ticks = self.sim.tick();
-        let recorded = &world.resource::<RecordedLaps>().0;
+        let recorded = &self.recorded;
         RaceReport {
             session: self.session_id,
             track: self.track_name.clone(),

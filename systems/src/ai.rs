@@ -246,12 +246,25 @@ pub fn drive_ai_cars(
     }
     order.clear();
     order.extend(0..seen.len() as u32);
-    order.sort_by(|&a, &b| {
-        let (a, b) = (&seen[a as usize], &seen[b as usize]);
-        a.session
-            .cmp(&b.session)
-            .then(a.distance_m.total_cmp(&b.distance_m))
-    });
+    // Group by session (a stable sort: linear when each session's cars are already adjacent,
+    // as they are when spawned together), then order each session's few cars by distance.
+    if !order.is_sorted_by_key(|&i| seen[i as usize].session) {
+        order.sort_by_key(|&i| seen[i as usize].session);
+    }
+    let mut start = 0;
+    while start < order.len() {
+        let session = seen[order[start] as usize].session;
+        let mut end = start + 1;
+        while end < order.len() && seen[order[end] as usize].session == session {
+            end += 1;
+        }
+        order[start..end].sort_unstable_by(|&a, &b| {
+            seen[a as usize]
+                .distance_m
+                .total_cmp(&seen[b as usize].distance_m)
+        });
+        start = end;
+    }
     // The car ahead of each car is the next one in its session's run, wrapping round the lap.
     ahead.clear();
     ahead.resize(seen.len(), None);

@@ -129,11 +129,29 @@ struct Body {
     index: u8,
     entity: Entity,
     session_entity: Entity,
-    obb: Obb,
+    x: f32,
+    y: f32,
+    yaw: f32,
+    half_length: f32,
+    half_width: f32,
     radius: f32,
     was_colliding: bool,
     colliding: bool,
     push: [f32; 2],
+}
+
+impl Body {
+    fn obb(&self) -> Obb {
+        let (sin, cos) = self.yaw.sin_cos();
+        Obb {
+            x: self.x,
+            y: self.y,
+            cos,
+            sin,
+            half_length: self.half_length,
+            half_width: self.half_width,
+        }
+    }
 }
 
 /// Reusable buffers of the collision system (kept between ticks so a tick allocates nothing).
@@ -164,14 +182,18 @@ pub fn resolve_collisions(
     let CollisionScratch { bodies, order } = &mut *scratch;
     bodies.clear();
     for (entity, session, index, spec, pose, _, state) in &cars {
-        let obb = Obb::of_car(pose, spec);
+        let (half_length, half_width) = (spec.length_m * 0.5, spec.width_m * 0.5);
         bodies.push(Body {
             session: session.0.to_bits(),
             index: index.0,
             entity,
             session_entity: session.0,
-            obb,
-            radius: obb.bounding_radius(),
+            x: pose.x_m,
+            y: pose.y_m,
+            yaw: pose.yaw_rad,
+            half_length,
+            half_width,
+            radius: half_length.hypot(half_width),
             was_colliding: state.is_colliding,
             colliding: false,
             push: [0.0, 0.0],
@@ -179,8 +201,11 @@ pub fn resolve_collisions(
     }
     order.clear();
     order.extend(0..bodies.len() as u32);
-    // Cars of one session are usually adjacent already, so this sort is close to linear.
-    order.sort_by_key(|&i| (bodies[i as usize].session, bodies[i as usize].index));
+    // Cars of one session are usually adjacent and in index order already: then no sort.
+    let key = |&i: &u32| (bodies[i as usize].session, bodies[i as usize].index);
+    if !order.is_sorted_by_key(key) {
+        order.sort_by_key(key);
+    }
 
     let mut start = 0;
     while start < order.len() {
@@ -194,11 +219,12 @@ pub fn resolve_collisions(
                 let (ia, ib) = (order[i] as usize, order[j] as usize);
                 let (a, b) = (&bodies[ia], &bodies[ib]);
                 let reach = a.radius + b.radius;
-                let (dx, dy) = (b.obb.x - a.obb.x, b.obb.y - a.obb.y);
+                let (dx, dy) = (b.x - a.x, b.y - a.y);
                 if dx * dx + dy * dy >= reach * reach {
                     continue;
                 }
-                let Some(contact) = obb_contact(&a.obb, &b.obb) else {
+                // Only close pairs pay for the boxes' orientation.
+                let Some(contact) = obb_contact(&a.obb(), &b.obb()) else {
                     continue;
                 };
                 if !(a.was_colliding && b.was_colliding) {

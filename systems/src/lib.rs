@@ -230,7 +230,9 @@ pub mod prelude {
         RaceFinished, RaceRules, RaceStarted, RaceState, SessionConfig, SessionId, StartRace,
         spawn_car, spawn_session, standings,
     };
-    pub use crate::record::{LapColumns, LapRecorder, RecordedLap, RecordedLaps};
+    pub use crate::record::{
+        LapAssembler, LapClosed, LapColumns, LapRecorder, RecordChunk, RecordedLap,
+    };
     pub use crate::timing::{LapCompleted, LapTiming, TrackProgress, ticks_to_seconds};
     pub use crate::track::{GridSlot, TrackGeometry, TrackId, Tracks};
     pub use crate::{

@@ -262,7 +262,7 @@ pub fn advance_race_states(
         &mut Classification,
         &SessionCars,
     )>,
-    mut timings: Query<(&mut LapTiming, &Finish)>,
+    mut timings: Query<&mut LapTiming>,
     mut started: MessageWriter<RaceStarted>,
     mut ended: MessageWriter<RaceFinished>,
 ) {
@@ -277,7 +277,7 @@ pub fn advance_race_states(
                 *state = RaceState::Racing { start_tick: tick.0 };
                 for &car in cars.cars() {
                     commands.entity(car).insert(Active);
-                    if let Ok((mut timing, _)) = timings.get_mut(car) {
+                    if let Ok(mut timing) = timings.get_mut(car) {
                         timing.lap_start_tick = tick.0 as f64;
                     }
                 }
@@ -293,10 +293,7 @@ pub fn advance_race_states(
                 {
                     class.time_expired_tick = Some(tick.0);
                 }
-                let all_done = cars
-                    .cars()
-                    .iter()
-                    .all(|&car| timings.get(car).is_ok_and(|(_, f)| f.position.is_some()));
+                let all_done = usize::from(class.finishers) >= cars.cars().len();
                 let timed_out = class
                     .chequered_tick
                     .is_some_and(|t| tick.0 as f64 - t >= rules.finish_timeout_ticks as f64);

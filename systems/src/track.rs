@@ -13,7 +13,7 @@ use thiserror::Error;
 pub const MIN_CENTERLINE_POINTS: usize = 8;
 
 /// Segments searched on either side of the cached segment by [`TrackGeometry::project_near`].
-pub const PROJECTION_WINDOW: usize = 4;
+pub const PROJECTION_WINDOW: usize = 3;
 
 /// Why a centerline cannot become a [`TrackGeometry`].
 #[derive(Debug, Error, PartialEq)]
@@ -83,7 +83,12 @@ pub struct TrackGeometry {
     length_m: f32,
     width_m: f32,
     grid: Vec<GridSlot>,
+    /// First segment of each `LOOKUP_STEP_M` bucket of distance: `segment_at` in O(1).
+    lookup: Vec<u32>,
 }
+
+/// Bucket size of the distance-to-segment lookup table, in metres.
+const LOOKUP_STEP_M: f32 = 1.0;
 
 /// Distance between grid rows in metres.
 pub const GRID_ROW_SPACING_M: f32 = 8.0;
@@ -134,6 +139,16 @@ impl TrackGeometry {
         let length_m = total as f32;
         let raw = menger_curvature(&points);
         let curvature = smooth_closed(&raw, &seg_len_m, 10.0);
+        let buckets = (length_m / LOOKUP_STEP_M).ceil() as usize + 1;
+        let mut lookup = Vec::with_capacity(buckets);
+        let mut seg = 0usize;
+        for b in 0..buckets {
+            let d = b as f32 * LOOKUP_STEP_M;
+            while seg + 1 < n && distance_m[seg + 1] <= d {
+                seg += 1;
+            }
+            lookup.push(seg as u32);
+        }
         Ok(Self {
             points,
             distance_m,
@@ -143,6 +158,7 @@ impl TrackGeometry {
             length_m,
             width_m,
             grid: Vec::new(),
+            lookup,
         })
     }
 
@@ -193,15 +209,16 @@ impl TrackGeometry {
     }
 
     /// Index of the segment containing distance `d` (metres, any value; wrapped into the lap).
+    #[inline]
     pub fn segment_at(&self, d: f32) -> usize {
         let d = d.rem_euclid(self.length_m);
-        match self
-            .distance_m
-            .binary_search_by(|probe| probe.total_cmp(&d))
-        {
-            Ok(i) => i,
-            Err(i) => i.saturating_sub(1),
+        let bucket = ((d / LOOKUP_STEP_M) as usize).min(self.lookup.len() - 1);
+        let mut i = self.lookup[bucket] as usize;
+        let n = self.distance_m.len();
+        while i + 1 < n && self.distance_m[i + 1] <= d {
+            i += 1;
         }
+        i
     }
 
     /// Point on the centerline at distance `d` (wrapped), and the segment's unit direction.
@@ -442,6 +459,26 @@ mod tests {
         assert!(p.segment < 50, "jumped to the other leg: {p:?}");
         let global = t.project(100.0, 4.5);
         assert!(global.segment >= 50);
+    }
+
+    #[test]
+    fn segment_lookup_agrees_with_a_linear_search() {
+        // Uneven spacing: short and long segments.
+        let pts: Vec<[f32; 2]> = (0..60)
+            .map(|i| {
+                let a = i as f32 / 60.0 * std::f32::consts::TAU;
+                let r = 80.0 + 30.0 * (3.0 * a).sin();
+                [r * a.cos(), r * a.sin()]
+            })
+            .collect();
+        let t = TrackGeometry::new(pts, 10.0).expect("valid");
+        let mut d = -50.0f32;
+        while d < t.length_m() * 2.0 {
+            let w = d.rem_euclid(t.length_m());
+            let linear = t.distances_m().iter().rposition(|&x| x <= w).unwrap_or(0);
+            assert_eq!(t.segment_at(d), linear, "at {d}");
+            d += 0.37;
+        }
     }
 
     #[test]

@@ -314,6 +314,22 @@ fn a_full_grid_rejects_one_more_car_and_a_started_session_rejects_all() {
     );
 }
 
+/// The rows `range` of a chunk, with the lap ends `keep` selects.
+fn part(
+    chunk: &RecordChunk,
+    range: std::ops::Range<usize>,
+    keep: impl Fn(&LapClosed) -> bool,
+) -> RecordChunk {
+    let mut out = RecordChunk::default();
+    for i in range {
+        out.car.push(chunk.car[i]);
+        out.lap.push(chunk.lap[i]);
+        out.columns.push(&chunk.columns.row(i).expect("row"));
+    }
+    out.closed = chunk.closed.iter().filter(|c| keep(c)).copied().collect();
+    out
+}
+
 #[test]
 fn record_splits_rows_into_laps_at_the_line() {
     let rules = RaceRules {
@@ -328,7 +344,22 @@ fn record_splits_rows_into_laps_at_the_line() {
             break;
         }
     }
-    let laps = &sim.world().resource::<RecordedLaps>().0;
+    let chunk = sim.world_mut().resource_mut::<RecordChunk>().take();
+    assert!(sim.world().resource::<RecordChunk>().is_empty());
+    let mut assembler = LapAssembler::default();
+    // Feed the chunk in two halves, as the archive would across flushes. The halfway row is
+    // past the end of lap 0 and before the end of lap 1.
+    let half = chunk.len() / 2;
+    let first = part(&chunk, 0..half, |c| c.lap == 0);
+    let second = part(&chunk, half..chunk.len(), |c| c.lap > 0);
+    let mut laps = assembler.ingest(&first);
+    laps.extend(assembler.ingest(&second));
+    assert_eq!(assembler.open_laps(), 0, "every lap was closed");
+    let whole = LapAssembler::default().ingest(&chunk);
+    assert_eq!(
+        laps, whole,
+        "splitting the rows across chunks changes nothing"
+    );
     let numbers: Vec<(u16, bool)> = laps.iter().map(|l| (l.lap, l.complete)).collect();
     assert_eq!(numbers, vec![(0, false), (1, true), (2, true)]);
     let lap1 = &laps[1];
