@@ -212,6 +212,7 @@ struct Seen {
 pub struct AiScratch {
     seen: Vec<Seen>,
     order: Vec<u32>,
+    runs: Vec<(u64, std::ops::Range<usize>)>,
     ahead: Vec<Option<CarAhead>>,
 }
 
@@ -232,7 +233,12 @@ pub fn drive_ai_cars(
         With<Active>,
     >,
 ) {
-    let AiScratch { seen, order, ahead } = &mut *scratch;
+    let AiScratch {
+        seen,
+        order,
+        runs,
+        ahead,
+    } = &mut *scratch;
     seen.clear();
     for (session, track_id, progress, motion, ..) in &cars {
         let length_m = tracks.get(*track_id).map_or(1.0, TrackGeometry::length_m);
@@ -246,49 +252,34 @@ pub fn drive_ai_cars(
     }
     order.clear();
     order.extend(0..seen.len() as u32);
-    // Group by session (a stable sort: linear when each session's cars are already adjacent,
-    // as they are when spawned together), then order each session's few cars by distance.
-    if !order.is_sorted_by_key(|&i| seen[i as usize].session) {
-        order.sort_by_key(|&i| seen[i as usize].session);
-    }
-    let mut start = 0;
-    while start < order.len() {
-        let session = seen[order[start] as usize].session;
-        let mut end = start + 1;
-        while end < order.len() && seen[order[end] as usize].session == session {
-            end += 1;
-        }
-        order[start..end].sort_unstable_by(|&a, &b| {
+    // Group by session, then order each session's few cars by distance.
+    crate::group_by_session(order, |i| seen[i as usize].session, runs);
+    for (_, run) in runs.iter() {
+        order[run.clone()].sort_unstable_by(|&a, &b| {
             seen[a as usize]
                 .distance_m
                 .total_cmp(&seen[b as usize].distance_m)
         });
-        start = end;
     }
     // The car ahead of each car is the next one in its session's run, wrapping round the lap.
     ahead.clear();
     ahead.resize(seen.len(), None);
-    let mut start = 0;
-    while start < order.len() {
-        let session = seen[order[start] as usize].session;
-        let mut end = start + 1;
-        while end < order.len() && seen[order[end] as usize].session == session {
-            end += 1;
+    for (_, run) in runs.iter() {
+        let (start, end) = (run.start, run.end);
+        if end - start < 2 {
+            continue;
         }
-        if end - start > 1 {
-            for k in start..end {
-                let me = seen[order[k] as usize];
-                let next = if k + 1 < end { k + 1 } else { start };
-                let other = seen[order[next] as usize];
-                let gap = (other.distance_m - me.distance_m).rem_euclid(me.length_m);
-                ahead[order[k] as usize] = Some(CarAhead {
-                    gap_m: gap,
-                    speed_mps: other.speed_mps,
-                    lateral_offset_m: other.lateral_m - me.lateral_m,
-                });
-            }
+        for k in start..end {
+            let me = seen[order[k] as usize];
+            let next = if k + 1 < end { k + 1 } else { start };
+            let other = seen[order[next] as usize];
+            let gap = (other.distance_m - me.distance_m).rem_euclid(me.length_m);
+            ahead[order[k] as usize] = Some(CarAhead {
+                gap_m: gap,
+                speed_mps: other.speed_mps,
+                lateral_offset_m: other.lateral_m - me.lateral_m,
+            });
         }
-        start = end;
     }
 
     // Same query, same order as the gathering pass.

@@ -159,6 +159,7 @@ impl Body {
 pub struct CollisionScratch {
     bodies: Vec<Body>,
     order: Vec<u32>,
+    runs: Vec<(u64, std::ops::Range<usize>)>,
 }
 
 /// Tests every pair of active cars within each session, separates overlapping cars, slows cars
@@ -179,7 +180,11 @@ pub fn resolve_collisions(
     >,
     mut collided: MessageWriter<CarsCollided>,
 ) {
-    let CollisionScratch { bodies, order } = &mut *scratch;
+    let CollisionScratch {
+        bodies,
+        order,
+        runs,
+    } = &mut *scratch;
     bodies.clear();
     for (entity, session, index, spec, pose, _, state) in &cars {
         let (half_length, half_width) = (spec.length_m * 0.5, spec.width_m * 0.5);
@@ -193,7 +198,7 @@ pub fn resolve_collisions(
             yaw: pose.yaw_rad,
             half_length,
             half_width,
-            radius: half_length.hypot(half_width),
+            radius: (half_length * half_length + half_width * half_width).sqrt(),
             was_colliding: state.is_colliding,
             colliding: false,
             push: [0.0, 0.0],
@@ -201,18 +206,12 @@ pub fn resolve_collisions(
     }
     order.clear();
     order.extend(0..bodies.len() as u32);
-    // Cars of one session are usually adjacent and in index order already: then no sort.
-    let key = |&i: &u32| (bodies[i as usize].session, bodies[i as usize].index);
-    if !order.is_sorted_by_key(key) {
-        order.sort_by_key(key);
-    }
-
-    let mut start = 0;
-    while start < order.len() {
-        let session = bodies[order[start] as usize].session;
-        let mut end = start + 1;
-        while end < order.len() && bodies[order[end] as usize].session == session {
-            end += 1;
+    // Group by session; within a session, pairs are tested in car index order.
+    crate::group_by_session(order, |i| bodies[i as usize].session, runs);
+    for (_, run) in runs.iter() {
+        let (start, end) = (run.start, run.end);
+        if !order[start..end].is_sorted_by_key(|&i| bodies[i as usize].index) {
+            order[start..end].sort_unstable_by_key(|&i| bodies[i as usize].index);
         }
         for i in start..end {
             for j in i + 1..end {
@@ -247,7 +246,6 @@ pub fn resolve_collisions(
                 b.push[1] += ny * half;
             }
         }
-        start = end;
     }
 
     // Same query, same order as the gathering pass: no structural change happened in between.

@@ -121,6 +121,59 @@ impl SimRng {
     }
 }
 
+/// Orders `order` (indices into per-car data) so that equal session keys are adjacent, and
+/// returns each session's run as `start..end` in `runs`. When the cars are already grouped (as
+/// they are when each session's cars were spawned together) nothing moves: grouping is checked
+/// in O(n), with a sort of the run keys; otherwise a stable sort by key groups them.
+pub(crate) fn group_by_session(
+    order: &mut [u32],
+    key: impl Fn(u32) -> u64,
+    runs: &mut Vec<(u64, std::ops::Range<usize>)>,
+) {
+    let find_runs = |order: &[u32], runs: &mut Vec<(u64, std::ops::Range<usize>)>| {
+        runs.clear();
+        let mut start = 0;
+        while start < order.len() {
+            let k = key(order[start]);
+            let mut end = start + 1;
+            while end < order.len() && key(order[end]) == k {
+                end += 1;
+            }
+            runs.push((k, start..end));
+            start = end;
+        }
+    };
+    find_runs(order, runs);
+    // Runs in key order (the order sessions are processed in does not matter, only that it is
+    // deterministic); a key that appears twice means a session's cars were not adjacent.
+    runs.sort_unstable_by_key(|(k, r)| (*k, r.start));
+    if runs.windows(2).any(|w| w[0].0 == w[1].0) {
+        order.sort_by_key(|&i| key(i));
+        find_runs(order, runs);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grouping_leaves_grouped_cars_in_place_and_groups_interleaved_ones() {
+        let keys = [9u64, 9, 9, 4, 4, 7];
+        let mut order: Vec<u32> = (0..6).collect();
+        let mut runs = Vec::new();
+        group_by_session(&mut order, |i| keys[i as usize], &mut runs);
+        assert_eq!(order, vec![0, 1, 2, 3, 4, 5], "already grouped: untouched");
+        assert_eq!(runs, vec![(4, 3..5), (7, 5..6), (9, 0..3)]);
+
+        let keys = [9u64, 4, 9, 4, 7, 9];
+        let mut order: Vec<u32> = (0..6).collect();
+        group_by_session(&mut order, |i| keys[i as usize], &mut runs);
+        assert_eq!(order, vec![1, 3, 4, 0, 2, 5], "stable within a session");
+        assert_eq!(runs, vec![(4, 0..2), (7, 2..3), (9, 3..6)]);
+    }
+}
+
 /// Counts the tick.
 pub fn advance_tick(mut tick: ResMut<SimTick>) {
     tick.0 += 1;

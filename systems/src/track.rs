@@ -12,8 +12,8 @@ use thiserror::Error;
 /// Fewest centerline points a track may have.
 pub const MIN_CENTERLINE_POINTS: usize = 8;
 
-/// Segments searched on either side of the cached segment by [`TrackGeometry::project_near`].
-pub const PROJECTION_WINDOW: usize = 3;
+/// Most segments [`TrackGeometry::project_near`] walks from the cached segment.
+pub const PROJECTION_WINDOW: usize = 8;
 
 /// Why a centerline cannot become a [`TrackGeometry`].
 #[derive(Debug, Error, PartialEq)]
@@ -266,28 +266,40 @@ impl TrackGeometry {
         }
     }
 
-    /// Projects `(x, y)` onto the nearest segment within [`PROJECTION_WINDOW`] segments of
-    /// `hint`, the segment found on the previous tick. Searching near the hint keeps a car on
-    /// its own part of the track where the circuit passes close to itself (hairpins) and costs
-    /// a handful of segments instead of the whole centerline. When no segment in the window is
-    /// within a track width, the car has jumped, and the whole centerline is searched.
+    /// Projects `(x, y)` onto the nearest segment found by walking at most [`PROJECTION_WINDOW`]
+    /// segments from `hint`, the segment found on the previous tick. Searching from the hint
+    /// keeps a car on its own part of the track where the circuit passes close to itself
+    /// (hairpins) and costs two or three segments instead of the whole centerline. When the
+    /// segment found is more than a track width away, the car has jumped, and the whole
+    /// centerline is searched.
     pub fn project_near(&self, x: f32, y: f32, hint: u32) -> Projection {
         let n = self.len();
-        let hint = (hint as usize) % n;
-        let mut best = (f32::INFINITY, 0.0, 0.0, hint);
-        for k in 0..=2 * PROJECTION_WINDOW {
-            let i = (hint + n + k - PROJECTION_WINDOW) % n;
-            let (d2, along, lateral) = self.project_segment(i, x, y);
-            if d2 < best.0 {
-                best = (d2, along, lateral, i);
+        let mut i = (hint as usize) % n;
+        let mut best = self.project_segment(i, x, y);
+        // Walk from the cached segment towards the nearer neighbour while it gets nearer: the
+        // nearest segment of this part of the track, in two or three checks for a car that
+        // moved less than a segment since the last tick.
+        let next = self.project_segment((i + 1) % n, x, y);
+        let prev = self.project_segment((i + n - 1) % n, x, y);
+        let (step, mut cand) = if next.0 < prev.0 {
+            (1, next)
+        } else {
+            (n - 1, prev)
+        };
+        for _ in 0..PROJECTION_WINDOW {
+            if cand.0 >= best.0 {
+                break;
             }
+            i = (i + step) % n;
+            best = cand;
+            cand = self.project_segment((i + step) % n, x, y);
         }
         // Nothing within a track width near the cached segment: the car was moved (reset,
         // tow, a jump in recorded data). Find it again on the whole track.
         if best.0 > self.width_m * self.width_m {
             return self.project(x, y);
         }
-        self.finish_projection(best.3, best.1, best.2)
+        self.finish_projection(i, best.1, best.2)
     }
 
     /// Projects `(x, y)` onto the nearest segment of the whole centerline. Use it to place a car
@@ -437,10 +449,30 @@ mod tests {
         let p = t.project(95.0, 100.0);
         assert!((p.distance_m - t.length_m() / 4.0).abs() < 0.5, "{p:?}");
         assert!((p.lateral_m - 5.0).abs() < 0.05, "{p:?}");
+        // The point projects onto a vertex: either neighbouring segment is right.
         let near = t.project_near(95.0, 100.0, p.segment + 3);
-        assert_eq!(near.segment, p.segment);
+        assert!(
+            (near.distance_m - p.distance_m).abs() < 0.2,
+            "{near:?} {p:?}"
+        );
         let outside = t.project(0.0, -3.0);
         assert!((outside.lateral_m + 3.0).abs() < 0.05, "{outside:?}");
+    }
+
+    #[test]
+    fn project_near_agrees_with_the_full_search_from_a_stale_hint() {
+        let t = circle(100.0, 400);
+        for k in 0..400u32 {
+            let d = k as f32 * t.length_m() / 400.0 + 0.3;
+            let (p, dir) = t.point_at(d);
+            // 4 m to the left, hint up to 6 segments behind or ahead.
+            let (x, y) = (p[0] - dir[1] * 4.0, p[1] + dir[0] * 4.0);
+            let hint = (k + 400 + (k % 13) - 6) % 400;
+            let near = t.project_near(x, y, hint);
+            let full = t.project(x, y);
+            assert_eq!(near.segment, full.segment, "k {k} hint {hint}");
+            assert!((near.lateral_m - 4.0).abs() < 0.01);
+        }
     }
 
     #[test]
