@@ -82,7 +82,7 @@ fn full_tick(c: &mut Criterion) {
             b.iter(|| {
                 sim.step();
                 n += 1;
-                if n % 60 == 0 {
+                if n.is_multiple_of(60) {
                     drain_records(sim.world_mut());
                 }
             })

@@ -307,7 +307,7 @@ impl Race {
     /// and assembled into laps, as the archive does.
     pub fn step(&mut self) {
         self.sim.step();
-        if self.sim.tick() % FLUSH_TICKS == 0 || self.is_finished() {
+        if self.sim.tick().is_multiple_of(FLUSH_TICKS) || self.is_finished() {
             let chunk = self.sim.world_mut().resource_mut::<RecordChunk>().take();
             self.recorded.extend(self.assembler.ingest(&chunk));
         }
