@@ -160,6 +160,9 @@ pub struct CollisionScratch {
     bodies: Vec<Body>,
     order: Vec<u32>,
     runs: Vec<(u64, std::ops::Range<usize>)>,
+    px: Vec<f32>,
+    py: Vec<f32>,
+    pr: Vec<f32>,
 }
 
 /// Tests every pair of active cars within each session, separates overlapping cars, slows cars
@@ -184,6 +187,9 @@ pub fn resolve_collisions(
         bodies,
         order,
         runs,
+        px,
+        py,
+        pr,
     } = &mut *scratch;
     bodies.clear();
     for (entity, session, index, spec, pose, _, state) in &cars {
@@ -208,20 +214,35 @@ pub fn resolve_collisions(
     order.extend(0..bodies.len() as u32);
     // Group by session; within a session, pairs are tested in car index order.
     crate::group_by_session(order, |i| bodies[i as usize].session, runs);
+    // The broad phase reads positions from compact arrays in grouped order: each session's
+    // pair loop touches a few cache lines instead of one body per pair.
+    px.clear();
+    py.clear();
+    pr.clear();
+    for &i in order.iter() {
+        let b = &bodies[i as usize];
+        px.push(b.x);
+        py.push(b.y);
+        pr.push(b.radius);
+    }
     for (_, run) in runs.iter() {
         let (start, end) = (run.start, run.end);
         if !order[start..end].is_sorted_by_key(|&i| bodies[i as usize].index) {
             order[start..end].sort_unstable_by_key(|&i| bodies[i as usize].index);
+            for k in start..end {
+                let b = &bodies[order[k] as usize];
+                (px[k], py[k], pr[k]) = (b.x, b.y, b.radius);
+            }
         }
         for i in start..end {
             for j in i + 1..end {
-                let (ia, ib) = (order[i] as usize, order[j] as usize);
-                let (a, b) = (&bodies[ia], &bodies[ib]);
-                let reach = a.radius + b.radius;
-                let (dx, dy) = (b.x - a.x, b.y - a.y);
+                let reach = pr[i] + pr[j];
+                let (dx, dy) = (px[j] - px[i], py[j] - py[i]);
                 if dx * dx + dy * dy >= reach * reach {
                     continue;
                 }
+                let (ia, ib) = (order[i] as usize, order[j] as usize);
+                let (a, b) = (&bodies[ia], &bodies[ib]);
                 // Only close pairs pay for the boxes' orientation.
                 let Some(contact) = obb_contact(&a.obb(), &b.obb()) else {
                     continue;
