@@ -1,8 +1,13 @@
-//! Tick benchmarks: one full 240 Hz tick of the simulation for 16 to 16,000 AI cars (sessions
-//! of 16 on the road course), the empty tick, and the per-car kernels (AI steering and speed,
-//! physics, centerline projection and lap timing) run two ways in the same process: as ECS
-//! systems and as a plain struct-of-arrays loop. `Throughput::Elements` is cars, so criterion's
-//! elements/s gives ns per car as its inverse.
+//! Tick benchmarks, each next to a plain struct-of-arrays loop doing the same work in the same
+//! run, for 16 to 16,000 AI cars (sessions of 16 on the road course):
+//!
+//! - `tick/full`: the whole 240 Hz tick (`ecs`), and the empty tick; `soa` does the same per-car
+//!   work by hand: the car ahead in each session, AI, physics, collisions within each session,
+//!   progress and timing, and appending the record rows.
+//! - `tick/kernels`: only AI (without the car ahead), physics and progress, as ECS systems and
+//!   as a plain loop: the cost of the ECS itself on identical math.
+//!
+//! `Throughput::Elements` is cars, so criterion's elements/s gives ns per car as its inverse.
 //!
 //! The record chunk is emptied every 60 ticks, as the archive does when it flushes it.
 
@@ -10,9 +15,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use apexsim::content::Content;
-use apexsim_systems::ai::{AiDriver, drive};
+use apexsim_systems::ai::{AiDriver, CarAhead, drive};
+use apexsim_systems::collision::{CONTACT_SPEED_FACTOR, Obb, obb_contact};
 use apexsim_systems::physics::{integrate_cars, step_car};
 use apexsim_systems::prelude::*;
+use apexsim_systems::record::LapSample;
 use apexsim_systems::timing::{advance_timing, track_progress};
 use bevy_ecs::prelude::*;
 use bevy_ecs::schedule::Schedule;
@@ -76,14 +83,26 @@ fn full_tick(c: &mut Criterion) {
     }
     for cars in SIZES {
         let mut sim = racing_world(cars);
+        let mut soa = Soa::from_world(sim.world_mut());
+        let track = track_of(sim.world());
+        let mut tick = sim.tick();
         let mut n = 0u32;
         group.throughput(Throughput::Elements(cars as u64));
-        group.bench_with_input(BenchmarkId::from_parameter(cars), &cars, |b, _| {
+        group.bench_with_input(BenchmarkId::new("ecs", cars), &cars, |b, _| {
             b.iter(|| {
                 sim.step();
                 n += 1;
                 if n.is_multiple_of(60) {
                     drain_records(sim.world_mut());
+                }
+            })
+        });
+        group.bench_with_input(BenchmarkId::new("soa", cars), &cars, |b, _| {
+            b.iter(|| {
+                tick += 1;
+                soa.full_tick(&track, tick);
+                if tick.is_multiple_of(60) {
+                    soa.record.clear();
                 }
             })
         });
@@ -111,8 +130,21 @@ fn drive_alone(
     }
 }
 
-/// The same cars as plain arrays.
+fn track_of(world: &World) -> TrackGeometry {
+    world
+        .resource::<Tracks>()
+        .get(TrackId(0))
+        .expect("track")
+        .clone()
+}
+
+/// The same cars as plain arrays, sessions of 16 in order.
 struct Soa {
+    session: Vec<u32>,
+    ahead: Vec<Option<CarAhead>>,
+    colliding: Vec<bool>,
+    radius: Vec<f32>,
+    record: RecordChunk,
     spec: Vec<CarSpec>,
     ai: Vec<AiDriver>,
     pose: Vec<Pose>,
@@ -125,6 +157,7 @@ struct Soa {
 impl Soa {
     fn from_world(world: &mut World) -> Self {
         let mut q = world.query::<(
+            &InSession,
             &CarSpec,
             &AiDriver,
             &Pose,
@@ -134,6 +167,11 @@ impl Soa {
             &LapTiming,
         )>();
         let mut soa = Soa {
+            session: Vec::new(),
+            ahead: Vec::new(),
+            colliding: Vec::new(),
+            radius: Vec::new(),
+            record: RecordChunk::default(),
             spec: Vec::new(),
             ai: Vec::new(),
             pose: Vec::new(),
@@ -142,7 +180,15 @@ impl Soa {
             progress: Vec::new(),
             timing: Vec::new(),
         };
-        for (spec, ai, pose, motion, controls, progress, timing) in q.iter(world) {
+        let mut sessions: Vec<Entity> = Vec::new();
+        for (session, spec, ai, pose, motion, controls, progress, timing) in q.iter(world) {
+            if sessions.last() != Some(&session.0) {
+                sessions.push(session.0);
+            }
+            soa.session.push(sessions.len() as u32 - 1);
+            soa.ahead.push(None);
+            soa.colliding.push(false);
+            soa.radius.push(0.5 * spec.length_m.hypot(spec.width_m));
             soa.spec.push(*spec);
             soa.ai.push(ai.clone());
             soa.pose.push(*pose);
@@ -154,6 +200,120 @@ impl Soa {
         soa
     }
 
+    /// Everything the full ECS tick does per car, by hand.
+    fn full_tick(&mut self, track: &TrackGeometry, tick: u64) {
+        let n = self.pose.len();
+        let len = track.length_m();
+        // The car ahead in each session: sort the session's cars by distance.
+        let mut start = 0;
+        let mut by_dist: Vec<(f32, usize)> = Vec::with_capacity(16);
+        while start < n {
+            let mut end = start + 1;
+            while end < n && self.session[end] == self.session[start] {
+                end += 1;
+            }
+            by_dist.clear();
+            by_dist.extend((start..end).map(|i| (self.progress[i].distance_m, i)));
+            by_dist.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
+            for k in 0..by_dist.len() {
+                let me = by_dist[k].1;
+                let other = by_dist[(k + 1) % by_dist.len()].1;
+                self.ahead[me] = (by_dist.len() > 1).then(|| CarAhead {
+                    gap_m: (self.progress[other].distance_m - self.progress[me].distance_m)
+                        .rem_euclid(len),
+                    speed_mps: self.motion[other].speed_mps,
+                    lateral_offset_m: self.progress[other].lateral_m - self.progress[me].lateral_m,
+                });
+            }
+            start = end;
+        }
+        for i in 0..n {
+            self.controls[i] = drive(
+                &self.ai[i],
+                &self.spec[i],
+                track,
+                &self.pose[i],
+                &self.motion[i],
+                &self.progress[i],
+                self.ahead[i],
+            );
+            step_car(
+                &self.spec[i],
+                &mut self.pose[i],
+                &mut self.motion[i],
+                &self.controls[i],
+                TICK_DT_S,
+            );
+        }
+        // Collisions within each session.
+        let mut start = 0;
+        while start < n {
+            let mut end = start + 1;
+            while end < n && self.session[end] == self.session[start] {
+                end += 1;
+            }
+            let mut now = [false; 16];
+            for a in start..end {
+                for b in a + 1..end {
+                    let (sa, sb) = (&self.spec[a], &self.spec[b]);
+                    let reach = self.radius[a] + self.radius[b];
+                    let dx = self.pose[b].x_m - self.pose[a].x_m;
+                    let dy = self.pose[b].y_m - self.pose[a].y_m;
+                    if dx * dx + dy * dy >= reach * reach {
+                        continue;
+                    }
+                    let Some(c) = obb_contact(
+                        &Obb::of_car(&self.pose[a], sa),
+                        &Obb::of_car(&self.pose[b], sb),
+                    ) else {
+                        continue;
+                    };
+                    let half = c.depth_m * 0.5;
+                    self.pose[a].x_m -= c.normal[0] * half;
+                    self.pose[a].y_m -= c.normal[1] * half;
+                    self.pose[b].x_m += c.normal[0] * half;
+                    self.pose[b].y_m += c.normal[1] * half;
+                    now[a - start] = true;
+                    now[b - start] = true;
+                }
+            }
+            for i in start..end {
+                if now[i - start] && !self.colliding[i] {
+                    self.motion[i].speed_mps *= CONTACT_SPEED_FACTOR;
+                }
+                self.colliding[i] = now[i - start];
+            }
+            start = end;
+        }
+        for i in 0..n {
+            advance_timing(
+                track,
+                &self.pose[i],
+                &mut self.progress[i],
+                &mut self.timing[i],
+                tick,
+            );
+            self.record.car.push(Entity::PLACEHOLDER);
+            self.record.lap.push(self.timing[i].lap);
+            self.record.columns.push(&LapSample {
+                tick,
+                lap_time_s: ((tick as f64 - self.timing[i].lap_start_tick) / 240.0) as f32,
+                distance_m: self.progress[i].distance_m,
+                lateral_m: self.progress[i].lateral_m,
+                speed_mps: self.motion[i].speed_mps,
+                throttle: self.controls[i].throttle,
+                brake: self.controls[i].brake,
+                steering: self.controls[i].steering,
+                x_m: self.pose[i].x_m,
+                y_m: self.pose[i].y_m,
+                yaw_rad: self.pose[i].yaw_rad,
+                long_accel_mps2: self.motion[i].long_accel_mps2,
+                lat_accel_mps2: self.motion[i].lat_accel_mps2,
+            });
+        }
+    }
+
+    /// AI (without the car ahead), physics and progress only.
     fn tick(&mut self, track: &TrackGeometry, tick: u64) {
         for i in 0..self.pose.len() {
             self.controls[i] = drive(
@@ -206,11 +366,7 @@ fn kernels(c: &mut Criterion) {
                 schedule.run(world);
             })
         });
-        let track = world
-            .resource::<Tracks>()
-            .get(TrackId(0))
-            .expect("track")
-            .clone();
+        let track = track_of(world);
         group.bench_with_input(BenchmarkId::new("soa", cars), &cars, |b, _| {
             b.iter(|| {
                 tick += 1;
