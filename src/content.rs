@@ -214,59 +214,19 @@ impl Content {
     /// reported in [`LoadReport::errors`] and left out.
     pub fn load(dir: &Path) -> LoadReport {
         let mut report = LoadReport::default();
-        for (slug, path) in subdirs(&dir.join("cars"), "car.toml", &mut report.errors) {
-            match load_car(&slug, &path) {
-                Ok(car) => {
-                    if let Some(other) = report.content.cars.iter().find(|c| c.id == car.id) {
-                        report.errors.push(ContentError::DuplicateId {
-                            path,
-                            id: car.id,
-                            other: other.path.clone(),
-                        });
-                    } else {
-                        report.content.cars.push(car);
-                    }
-                }
-                Err(e) => report.errors.push(e),
-            }
+        let errors = &mut report.errors;
+        let content = &mut report.content;
+        for (slug, path) in subdirs(&dir.join("cars"), "car.toml", errors) {
+            let loaded = load_car(&slug, &path).map(|car| (car, Vec::new()));
+            add_unique(&mut content.cars, loaded, errors);
         }
-        for (slug, path) in subdirs(&dir.join("tracks"), "track.toml", &mut report.errors) {
-            match load_track(&slug, &path) {
-                Ok(track) => {
-                    if let Some(other) = report.content.tracks.iter().find(|t| t.id == track.id) {
-                        report.errors.push(ContentError::DuplicateId {
-                            path,
-                            id: track.id,
-                            other: other.path.clone(),
-                        });
-                    } else {
-                        report.content.tracks.push(track);
-                    }
-                }
-                Err(e) => report.errors.push(e),
-            }
+        for (slug, path) in subdirs(&dir.join("tracks"), "track.toml", errors) {
+            let loaded = load_track(&slug, &path).map(|track| (track, Vec::new()));
+            add_unique(&mut content.tracks, loaded, errors);
         }
-        for (slug, path) in files(&dir.join("templates"), "toml", &mut report.errors) {
-            match load_template(&slug, &path, &report.content) {
-                Ok((template, problems)) => {
-                    if let Some(other) = report
-                        .content
-                        .templates
-                        .iter()
-                        .find(|t| t.id == template.id)
-                    {
-                        report.errors.push(ContentError::DuplicateId {
-                            path,
-                            id: template.id,
-                            other: other.path.clone(),
-                        });
-                    } else {
-                        report.errors.extend(problems);
-                        report.content.templates.push(template);
-                    }
-                }
-                Err(e) => report.errors.push(e),
-            }
+        for (slug, path) in files(&dir.join("templates"), "toml", errors) {
+            let loaded = load_template(&slug, &path, content);
+            add_unique(&mut content.templates, loaded, errors);
         }
         report
     }
@@ -290,6 +250,50 @@ impl Content {
         self.templates
             .iter()
             .find(|t| t.slug == key || t.id.to_string() == key || t.name.eq_ignore_ascii_case(key))
+    }
+}
+
+/// A loaded entry with an id and the file it came from.
+trait Entry {
+    fn id(&self) -> Uuid;
+    fn path(&self) -> &Path;
+}
+
+macro_rules! entry {
+    ($($t:ty),*) => {$(
+        impl Entry for $t {
+            fn id(&self) -> Uuid {
+                self.id
+            }
+            fn path(&self) -> &Path {
+                &self.path
+            }
+        }
+    )*};
+}
+entry!(CarContent, TrackContent, RaceTemplate);
+
+/// Adds a loaded entry (with the problems that did not reject it) unless its id is taken;
+/// otherwise, or when loading failed, records why.
+fn add_unique<T: Entry>(
+    list: &mut Vec<T>,
+    loaded: Result<(T, Vec<ContentError>), ContentError>,
+    errors: &mut Vec<ContentError>,
+) {
+    match loaded {
+        Ok((entry, problems)) => {
+            if let Some(other) = list.iter().find(|e| e.id() == entry.id()) {
+                errors.push(ContentError::DuplicateId {
+                    path: entry.path().to_owned(),
+                    id: entry.id(),
+                    other: other.path().to_owned(),
+                });
+            } else {
+                errors.extend(problems);
+                list.push(entry);
+            }
+        }
+        Err(e) => errors.push(e),
     }
 }
 
