@@ -257,6 +257,7 @@ pub fn advance_race_states(
     mut commands: Commands,
     mut sessions: Query<(
         Entity,
+        &SessionId,
         &RaceRules,
         &mut RaceState,
         &mut Classification,
@@ -266,7 +267,7 @@ pub fn advance_race_states(
     mut started: MessageWriter<RaceStarted>,
     mut ended: MessageWriter<RaceFinished>,
 ) {
-    for (session, rules, mut state, mut class, cars) in &mut sessions {
+    for (session, id, rules, mut state, mut class, cars) in &mut sessions {
         match *state {
             RaceState::Countdown { remaining_ticks } if remaining_ticks > 1 => {
                 *state = RaceState::Countdown {
@@ -285,6 +286,7 @@ pub fn advance_race_states(
                     session,
                     tick: tick.0,
                 });
+                tracing::info!(session = %id.0, tick = tick.0, cars = cars.cars().len(), "green light");
             }
             RaceState::Racing { start_tick } => {
                 let elapsed = tick.0 - start_tick;
@@ -312,6 +314,13 @@ pub fn advance_race_states(
                     reason: reason.clone(),
                     tick: tick.0,
                 });
+                tracing::info!(
+                    session = %id.0,
+                    tick = tick.0,
+                    finishers = class.finishers,
+                    ?reason,
+                    "race finished"
+                );
                 *state = RaceState::Finished {
                     start_tick: Some(start_tick),
                     end_tick: tick.0,

@@ -343,6 +343,38 @@ mod tests {
         assert_eq!(e.len(), 1, "{e:?}");
     }
 
+    proptest::proptest! {
+        /// Whatever a car does (forwards, backwards, stopping, across the line in either
+        /// direction), the laps counted are exactly the multiples of the lap length that its
+        /// race distance has ever reached: never a lap without a full lap of net progress.
+        #[test]
+        fn laps_are_the_full_laps_of_net_progress(
+            steps in proptest::collection::vec(-1.0f32..1.5, 1..3000),
+        ) {
+            let t = crate::testing::circle_track(40.0, 120, 12.0);
+            let (p, _) = t.point_at(t.length_m() - 3.0);
+            let mut progress = TrackProgress::place(&t, p[0], p[1]);
+            let mut timing = LapTiming::default();
+            let mut max_distance = progress.race_distance_m;
+            let mut completed = 0u16;
+            for (k, step) in steps.iter().enumerate() {
+                let (p, _) = t.point_at(progress.distance_m + step);
+                let pose = Pose { x_m: p[0], y_m: p[1], yaw_rad: 0.0 };
+                if let TimingEvent::Completed(lap, ..) =
+                    advance_timing(&t, &pose, &mut progress, &mut timing, k as u64 + 1)
+                {
+                    completed += 1;
+                    proptest::prop_assert_eq!(lap, completed);
+                }
+                max_distance = max_distance.max(progress.race_distance_m);
+            }
+            let length = f64::from(t.length_m());
+            let expected = (max_distance / length).floor().max(0.0) as u16;
+            proptest::prop_assert_eq!(completed, expected);
+            proptest::prop_assert_eq!(timing.lap > 0, max_distance >= 0.0);
+        }
+    }
+
     #[test]
     fn off_track_and_teleport_invalidate_the_lap() {
         let t = track();
