@@ -292,7 +292,7 @@ mod tests {
         fn step_invariants(
             x in -5000.0f32..5000.0,
             y in -5000.0f32..5000.0,
-            yaw in -3.14f32..3.14,
+            yaw in -std::f32::consts::PI..std::f32::consts::PI,
             speed in 0.0f32..120.0,
             throttle in any_f32(),
             brake in any_f32(),
@@ -303,7 +303,7 @@ mod tests {
             let mut pose = Pose { x_m: x, y_m: y, yaw_rad: yaw };
             let mut motion = Motion { speed_mps: speed, ..Motion::default() };
             let controls = Controls { throttle, brake, steering };
-            let no_throttle = !(throttle > 0.0);
+            let no_throttle = throttle.is_nan() || throttle <= 0.0;
             for _ in 0..ticks {
                 let before_pose = pose;
                 let before_speed = motion.speed_mps;
