@@ -167,6 +167,11 @@ pub struct RaceReport {
     pub recorded_rows: usize,
 }
 
+/// `a, b, c`.
+fn slugs<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    names.collect::<Vec<_>>().join(", ")
+}
+
 /// A race set up in a world, ready to step.
 pub struct Race {
     sim: Simulation,
@@ -195,23 +200,13 @@ impl Race {
             .track(&opts.track)
             .ok_or_else(|| RaceError::UnknownTrack {
                 name: opts.track.clone(),
-                available: content
-                    .tracks
-                    .iter()
-                    .map(|t| t.slug.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                available: slugs(content.tracks.iter().map(|t| t.slug.as_str())),
             })?;
         let car = content
             .car(&opts.car)
             .ok_or_else(|| RaceError::UnknownCar {
                 name: opts.car.clone(),
-                available: content
-                    .cars
-                    .iter()
-                    .map(|c| c.slug.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                available: slugs(content.cars.iter().map(|c| c.slug.as_str())),
             })?;
         if opts.cars == 0 {
             return Err(RaceError::NoCars);

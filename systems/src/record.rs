@@ -194,6 +194,9 @@ pub struct LapClosed {
 
 /// Rows appended since the chunk was last taken: every active car, every tick, in tick order
 /// and, within a tick, in query order. Laps closed in the same period are listed in order.
+///
+/// Whoever runs the simulation takes the chunk regularly (the archive every 60 ticks, the
+/// offline race runner likewise); nothing else bounds its size.
 #[derive(Resource, Debug, Clone, PartialEq, Default)]
 pub struct RecordChunk {
     /// Car of each row.
