@@ -4,6 +4,7 @@
 //! it: the command line, content loading, and the offline race runner; the archive, network,
 //! ingest and analysis build on these.
 
+pub mod archive;
 pub mod cli;
 pub mod content;
 pub mod output;

@@ -1,0 +1,482 @@
+//! The lap archive: one Parquet file (zstd) per lap, in a Hive-partitioned layout that polars,
+//! DuckDB, Spark and DataFusion read directly:
+//!
+//! ```text
+//! <data>/laps/source=sim|iracing/track=<slug>/date=YYYY-MM-DD/<session>_<car>_lap<N>.parquet
+//! ```
+//!
+//! One Arrow schema ([`lap_schema`]) for simulated and recorded laps, with units in the field
+//! metadata; the lap's identity (session, car, driver, track, lap number, lap time, validity,
+//! schema version) in the file's key-value metadata. A file is written beside its final name and
+//! renamed into place after an fsync, so a reader never sees a half-written Parquet file.
+//!
+//! This runs on the archive's own thread, never inside a tick.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use apexsim_systems::record::LapColumns;
+use arrow::array::{ArrayRef, Float32Array, RecordBatch, UInt64Array};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::KeyValue;
+use parquet::file::properties::WriterProperties;
+use thiserror::Error;
+use uuid::Uuid;
+
+/// Version of the lap schema and metadata; readers check it.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Key-value metadata prefix of every ApexSim key.
+const META: &str = "apexsim.";
+
+/// Why an archive operation failed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ArchiveError {
+    /// A file or directory could not be created, written, renamed or read.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// Parquet encoding or decoding failed.
+    #[error("{}: parquet: {source}", path.display())]
+    Parquet {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: parquet::errors::ParquetError,
+    },
+    /// Arrow could not assemble the columns.
+    #[error("arrow: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+    /// A file is not an ApexSim lap file, or its metadata is unusable.
+    #[error("{}: {problem}", path.display())]
+    BadLapFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+/// Where a lap came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// Simulated by ApexSim.
+    Sim,
+    /// Recorded in iRacing.
+    Iracing,
+}
+
+impl Source {
+    /// Name in paths and metadata.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sim => "sim",
+            Self::Iracing => "iracing",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "sim" => Some(Self::Sim),
+            "iracing" => Some(Self::Iracing),
+            _ => None,
+        }
+    }
+}
+
+/// A calendar date (UTC), for the `date=` partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Date {
+    /// Year.
+    pub year: i32,
+    /// Month, 1..=12.
+    pub month: u32,
+    /// Day, 1..=31.
+    pub day: u32,
+}
+
+impl Date {
+    /// The UTC date of a Unix time in seconds.
+    pub fn from_unix(secs: i64) -> Self {
+        // Howard Hinnant's civil_from_days.
+        let z = secs.div_euclid(86_400) + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z.rem_euclid(146_097);
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+        let year = (yoe + era * 400 + i64::from(month <= 2)) as i32;
+        Self { year, month, day }
+    }
+
+    /// Today, in UTC.
+    pub fn today() -> Self {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        Self::from_unix(secs)
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        let mut it = s.splitn(3, '-');
+        let year = it.next()?.parse().ok()?;
+        let month = it.next()?.parse().ok()?;
+        let day = it.next()?.parse().ok()?;
+        ((1..=12).contains(&month) && (1..=31).contains(&day)).then_some(Self { year, month, day })
+    }
+}
+
+impl serde::Serialize for Date {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl std::fmt::Display for Date {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:04}-{:02}-{:02}", self.year, self.month, self.day)
+    }
+}
+
+/// Who drove which lap where: everything in a lap file besides its rows.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct LapMeta {
+    /// Simulated or recorded.
+    pub source: Source,
+    /// Session id.
+    pub session: Uuid,
+    /// Car index within the session.
+    pub car: u8,
+    /// Car model name.
+    pub car_model: String,
+    /// Driver name (or pseudonym).
+    pub driver: String,
+    /// Track slug.
+    pub track: String,
+    /// Track length in metres.
+    pub track_length_m: f32,
+    /// Lap number (0 = out-lap / grid to line).
+    pub lap: u16,
+    /// Official lap time in seconds, for complete laps.
+    pub lap_time_s: Option<f64>,
+    /// Whether the lap ran from line to line.
+    pub complete: bool,
+    /// Whether the lap was valid.
+    pub valid: bool,
+    /// Date of the session (partition key).
+    pub date: Date,
+}
+
+/// The Arrow schema of a lap file. Units are in each field's `unit` metadata.
+pub fn lap_schema() -> SchemaRef {
+    let f = |name: &str, ty: DataType, unit: &str, doc: &str| {
+        Field::new(name, ty, false).with_metadata(HashMap::from([
+            ("unit".to_owned(), unit.to_owned()),
+            ("doc".to_owned(), doc.to_owned()),
+        ]))
+    };
+    Arc::new(Schema::new(vec![
+        f(
+            "tick",
+            DataType::UInt64,
+            "tick",
+            "simulation tick (1/240 s) or recording sample",
+        ),
+        f(
+            "lap_time_s",
+            DataType::Float32,
+            "s",
+            "time since the lap started",
+        ),
+        f(
+            "distance_m",
+            DataType::Float32,
+            "m",
+            "distance along the centerline",
+        ),
+        f(
+            "distance_frac",
+            DataType::Float32,
+            "1",
+            "distance as a fraction of the lap, 0..1",
+        ),
+        f(
+            "lateral_m",
+            DataType::Float32,
+            "m",
+            "offset from the centerline, positive left",
+        ),
+        f("speed_mps", DataType::Float32, "m/s", "speed"),
+        f("throttle", DataType::Float32, "1", "throttle 0..1"),
+        f("brake", DataType::Float32, "1", "brake 0..1"),
+        f(
+            "steering",
+            DataType::Float32,
+            "1",
+            "steering -1 (left) ..1 (right)",
+        ),
+        f("x_m", DataType::Float32, "m", "world X"),
+        f("y_m", DataType::Float32, "m", "world Y"),
+        f(
+            "yaw_rad",
+            DataType::Float32,
+            "rad",
+            "heading, counter-clockwise from +X",
+        ),
+        f(
+            "long_accel_mps2",
+            DataType::Float32,
+            "m/s^2",
+            "longitudinal acceleration",
+        ),
+        f(
+            "lat_accel_mps2",
+            DataType::Float32,
+            "m/s^2",
+            "lateral acceleration, positive left",
+        ),
+    ]))
+}
+
+/// The lap's file, relative to the data directory.
+pub fn lap_path(data: &Path, meta: &LapMeta) -> PathBuf {
+    data.join("laps")
+        .join(format!("source={}", meta.source.as_str()))
+        .join(format!("track={}", meta.track))
+        .join(format!("date={}", meta.date))
+        .join(format!(
+            "{}_{:02}_lap{:03}.parquet",
+            meta.session.simple(),
+            meta.car,
+            meta.lap
+        ))
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ArchiveError + '_ {
+    move |source| ArchiveError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Turns a lap's columns into one Arrow batch, moving the buffers (no copy).
+pub fn lap_batch(meta: &LapMeta, columns: LapColumns) -> Result<RecordBatch, ArchiveError> {
+    let length = meta.track_length_m.max(f32::MIN_POSITIVE);
+    let frac: Vec<f32> = columns.distance_m.iter().map(|d| d / length).collect();
+    let f = |v: Vec<f32>| Arc::new(Float32Array::from(v)) as ArrayRef;
+    let arrays: Vec<ArrayRef> = vec![
+        Arc::new(UInt64Array::from(columns.tick)),
+        f(columns.lap_time_s),
+        f(columns.distance_m),
+        f(frac),
+        f(columns.lateral_m),
+        f(columns.speed_mps),
+        f(columns.throttle),
+        f(columns.brake),
+        f(columns.steering),
+        f(columns.x_m),
+        f(columns.y_m),
+        f(columns.yaw_rad),
+        f(columns.long_accel_mps2),
+        f(columns.lat_accel_mps2),
+    ];
+    Ok(RecordBatch::try_new(lap_schema(), arrays)?)
+}
+
+fn key_values(meta: &LapMeta, rows: usize) -> Vec<KeyValue> {
+    let kv = |k: &str, v: String| KeyValue::new(format!("{META}{k}"), v);
+    vec![
+        kv("schema_version", SCHEMA_VERSION.to_string()),
+        kv("source", meta.source.as_str().into()),
+        kv("session", meta.session.to_string()),
+        kv("car", meta.car.to_string()),
+        kv("car_model", meta.car_model.clone()),
+        kv("driver", meta.driver.clone()),
+        kv("track", meta.track.clone()),
+        kv("track_length_m", meta.track_length_m.to_string()),
+        kv("lap", meta.lap.to_string()),
+        kv(
+            "lap_time_s",
+            meta.lap_time_s.map_or(String::new(), |t| t.to_string()),
+        ),
+        kv("complete", meta.complete.to_string()),
+        kv("valid", meta.valid.to_string()),
+        kv("date", meta.date.to_string()),
+        kv("rows", rows.to_string()),
+    ]
+}
+
+/// Writes a lap into the archive under `data` and returns its path. The file is written as
+/// `<name>.tmp` beside its final name, synced, and renamed into place; an existing file of the
+/// same lap is replaced atomically.
+///
+/// # Errors
+/// [`ArchiveError`] when the directory cannot be created or the file written or renamed; the
+/// temporary file is removed and nothing is left at the final name.
+pub fn write_lap(
+    data: &Path,
+    meta: &LapMeta,
+    columns: LapColumns,
+) -> Result<PathBuf, ArchiveError> {
+    let path = lap_path(data, meta);
+    let dir = path.parent().unwrap_or(data);
+    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let rows = columns.len();
+    let batch = lap_batch(meta, columns)?;
+    let tmp = path.with_extension("parquet.tmp");
+    let result = write_parquet(&tmp, &batch, key_values(meta, rows))
+        .and_then(|()| fs::rename(&tmp, &path).map_err(io_err(&path)));
+    if let Err(e) = result {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    // Make the rename itself durable.
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(path)
+}
+
+fn write_parquet(path: &Path, batch: &RecordBatch, kv: Vec<KeyValue>) -> Result<(), ArchiveError> {
+    let pq = |source| ArchiveError::Parquet {
+        path: path.to_owned(),
+        source,
+    };
+    let file = File::create(path).map_err(io_err(path))?;
+    let level = ZstdLevel::try_new(1).map_err(pq)?;
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(level))
+        .set_key_value_metadata(Some(kv))
+        .build();
+    let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(pq)?;
+    writer.write(batch).map_err(pq)?;
+    let file = writer.into_inner().map_err(pq)?;
+    file.sync_all().map_err(io_err(path))
+}
+
+/// Reads a lap file back: its metadata and its rows.
+///
+/// # Errors
+/// [`ArchiveError`] when the file cannot be read, is not Parquet, or is not an ApexSim lap file
+/// of a schema version this build reads.
+pub fn read_lap(path: &Path) -> Result<(LapMeta, LapColumns), ArchiveError> {
+    let pq = |source| ArchiveError::Parquet {
+        path: path.to_owned(),
+        source,
+    };
+    let bad = |problem: String| ArchiveError::BadLapFile {
+        path: path.to_owned(),
+        problem,
+    };
+    let file = File::open(path).map_err(io_err(path))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(pq)?;
+    let kv: HashMap<String, String> = builder
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .map(|kvs| {
+            kvs.iter()
+                .filter_map(|k| Some((k.key.strip_prefix(META)?.to_owned(), k.value.clone()?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let get = |k: &str| {
+        kv.get(k)
+            .ok_or_else(|| bad(format!("no {META}{k} metadata")))
+    };
+    let version: u32 = get("schema_version")?
+        .parse()
+        .map_err(|_| bad("schema_version is not a number".into()))?;
+    if version != SCHEMA_VERSION {
+        return Err(bad(format!(
+            "schema version {version}; this build reads {SCHEMA_VERSION}"
+        )));
+    }
+    let num = |k: &str| -> Result<f64, ArchiveError> {
+        get(k)?
+            .parse::<f64>()
+            .map_err(|_| bad(format!("{k} is not a number")))
+    };
+    let meta = LapMeta {
+        source: Source::parse(get("source")?).ok_or_else(|| bad("unknown source".into()))?,
+        session: Uuid::parse_str(get("session")?).map_err(|e| bad(format!("session: {e}")))?,
+        car: num("car")? as u8,
+        car_model: get("car_model")?.clone(),
+        driver: get("driver")?.clone(),
+        track: get("track")?.clone(),
+        track_length_m: num("track_length_m")? as f32,
+        lap: num("lap")? as u16,
+        lap_time_s: get("lap_time_s")?.parse::<f64>().ok(),
+        complete: get("complete")? == "true",
+        valid: get("valid")? == "true",
+        date: Date::parse(get("date")?).ok_or_else(|| bad("bad date".into()))?,
+    };
+    let mut columns = LapColumns::default();
+    for batch in builder.build().map_err(pq)? {
+        let batch = batch?;
+        let col = |name: &str| -> Result<&Float32Array, ArchiveError> {
+            batch
+                .column_by_name(name)
+                .and_then(|c| c.as_any().downcast_ref::<Float32Array>())
+                .ok_or_else(|| bad(format!("no Float32 column {name}")))
+        };
+        let ticks = batch
+            .column_by_name("tick")
+            .and_then(|c| c.as_any().downcast_ref::<UInt64Array>())
+            .ok_or_else(|| bad("no UInt64 column tick".into()))?;
+        columns.tick.extend(ticks.values().iter());
+        columns
+            .lap_time_s
+            .extend(col("lap_time_s")?.values().iter());
+        columns
+            .distance_m
+            .extend(col("distance_m")?.values().iter());
+        columns.lateral_m.extend(col("lateral_m")?.values().iter());
+        columns.speed_mps.extend(col("speed_mps")?.values().iter());
+        columns.throttle.extend(col("throttle")?.values().iter());
+        columns.brake.extend(col("brake")?.values().iter());
+        columns.steering.extend(col("steering")?.values().iter());
+        columns.x_m.extend(col("x_m")?.values().iter());
+        columns.y_m.extend(col("y_m")?.values().iter());
+        columns.yaw_rad.extend(col("yaw_rad")?.values().iter());
+        columns
+            .long_accel_mps2
+            .extend(col("long_accel_mps2")?.values().iter());
+        columns
+            .lat_accel_mps2
+            .extend(col("lat_accel_mps2")?.values().iter());
+    }
+    Ok((meta, columns))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_from_unix_time() {
+        assert_eq!(Date::from_unix(0).to_string(), "1970-01-01");
+        assert_eq!(Date::from_unix(951_782_400).to_string(), "2000-02-29");
+        assert_eq!(Date::from_unix(1_795_392_000).to_string(), "2026-11-23");
+        assert_eq!(Date::from_unix(-86_400).to_string(), "1969-12-31");
+        assert_eq!(
+            Date::parse("2026-11-23"),
+            Some(Date::from_unix(1_795_392_000))
+        );
+        assert_eq!(Date::parse("2026-13-01"), None);
+    }
+}
