@@ -23,9 +23,10 @@ use arrow::array::{ArrayRef, Float32Array, RecordBatch, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::basic::{Compression, ZstdLevel};
+use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::metadata::KeyValue;
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
 use thiserror::Error;
 use uuid::Uuid;
 
@@ -352,20 +353,51 @@ pub fn write_lap(
 }
 
 fn write_parquet(path: &Path, batch: &RecordBatch, kv: Vec<KeyValue>) -> Result<(), ArchiveError> {
-    let pq = |source| ArchiveError::Parquet {
+    let file = File::create(path).map_err(io_err(path))?;
+    let file = encode_parquet(file, batch, kv).map_err(|source| ArchiveError::Parquet {
         path: path.to_owned(),
         source,
-    };
-    let file = File::create(path).map_err(io_err(path))?;
-    let level = ZstdLevel::try_new(1).map_err(pq)?;
+    })?;
+    file.sync_all().map_err(io_err(path))
+}
+
+/// Encodes one batch as a Parquet file into `out` with the archive's settings and returns
+/// `out`.
+fn encode_parquet<W: std::io::Write + Send>(
+    out: W,
+    batch: &RecordBatch,
+    kv: Vec<KeyValue>,
+) -> Result<W, parquet::errors::ParquetError> {
+    let level = ZstdLevel::try_new(1)?;
+    // Telemetry floats barely repeat: a dictionary costs a hash per value and is then dropped.
+    // Byte-stream split groups the floats' bytes so zstd finds the repetition in exponents.
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(level))
+        .set_dictionary_enabled(false)
+        .set_encoding(Encoding::BYTE_STREAM_SPLIT)
+        .set_column_encoding(ColumnPath::from("tick"), Encoding::DELTA_BINARY_PACKED)
+        // One page per column in a lap: chunk statistics are as selective and cost less.
+        .set_statistics_enabled(EnabledStatistics::Chunk)
         .set_key_value_metadata(Some(kv))
         .build();
-    let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(pq)?;
-    writer.write(batch).map_err(pq)?;
-    let file = writer.into_inner().map_err(pq)?;
-    file.sync_all().map_err(io_err(path))
+    let mut writer = ArrowWriter::try_new(out, batch.schema(), Some(props))?;
+    writer.write(batch)?;
+    writer.into_inner()
+}
+
+/// Encodes a lap as a Parquet file in memory, exactly as [`write_lap`] writes it (for
+/// benchmarks and for sending a lap elsewhere).
+///
+/// # Errors
+/// [`ArchiveError`] when the columns cannot become a batch or the encoding fails.
+pub fn encode_lap(meta: &LapMeta, columns: LapColumns) -> Result<Vec<u8>, ArchiveError> {
+    let rows = columns.len();
+    let batch = lap_batch(meta, columns)?;
+    let out = Vec::with_capacity(batch.get_array_memory_size() / 2);
+    encode_parquet(out, &batch, key_values(meta, rows)).map_err(|source| ArchiveError::Parquet {
+        path: PathBuf::from("<memory>"),
+        source,
+    })
 }
 
 /// Reads a lap file back: its metadata and its rows.

@@ -1,0 +1,116 @@
+//! Archive benchmarks: writing a lap to Parquet (zstd, with the fsync and rename the archive
+//! does) next to writing the same column bytes raw to a file with the same fsync and rename
+//! (the limit), in the same run; and the Parquet encoding alone, in memory.
+//! `Throughput::Bytes` is the lap's column data, so criterion reports MB/s of column data.
+//!
+//! The lap is real: a 16-car race on the grand circuit, its longest complete lap.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use apexsim::archive::{Date, LapMeta, Source, encode_lap, write_lap};
+use apexsim::content::Content;
+use apexsim::race::{Race, RaceOptions};
+use apexsim_systems::record::LapColumns;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+
+fn real_lap() -> LapColumns {
+    let report = Content::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("content"));
+    let opts = RaceOptions {
+        track: "grand_circuit".into(),
+        car: "gt3_generic".into(),
+        cars: 16,
+        laps: 1,
+        seed: 3,
+        fast: true,
+        time_limit: None,
+    };
+    let mut race = Race::new(&report.content, &opts).expect("race");
+    while !race.is_finished() {
+        race.step();
+    }
+    race.laps()
+        .iter()
+        .filter(|l| l.complete)
+        .max_by_key(|l| l.columns.len())
+        .expect("a complete lap")
+        .columns
+        .clone()
+}
+
+/// The column bytes of a lap, as the raw baseline writes them.
+fn raw_bytes(c: &LapColumns) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend(c.tick.iter().flat_map(|v| v.to_le_bytes()));
+    for col in [
+        &c.lap_time_s,
+        &c.distance_m,
+        &c.distance_m, // distance_frac has the same size
+        &c.lateral_m,
+        &c.speed_mps,
+        &c.throttle,
+        &c.brake,
+        &c.steering,
+        &c.x_m,
+        &c.y_m,
+        &c.yaw_rad,
+        &c.long_accel_mps2,
+        &c.lat_accel_mps2,
+    ] {
+        out.extend(col.iter().flat_map(|v| v.to_le_bytes()));
+    }
+    out
+}
+
+fn parquet_write(c: &mut Criterion) {
+    let lap = real_lap();
+    let raw = raw_bytes(&lap);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let meta = LapMeta {
+        source: Source::Sim,
+        session: uuid::Uuid::nil(),
+        car: 0,
+        car_model: "GT3 Generic".into(),
+        driver: "AI 01".into(),
+        track: "grand_circuit".into(),
+        track_length_m: 4666.2,
+        lap: 1,
+        lap_time_s: Some(110.0),
+        complete: true,
+        valid: true,
+        date: Date::from_unix(0),
+    };
+    let mut group = c.benchmark_group("archive/write_lap");
+    group.measurement_time(Duration::from_secs(5));
+    group.sample_size(30);
+    group.throughput(Throughput::Bytes(raw.len() as u64));
+    group.bench_function(format!("parquet_zstd/{}_rows", lap.len()), |b| {
+        b.iter_batched(
+            || lap.clone(),
+            |cols| write_lap(dir.path(), &meta, cols).expect("write"),
+            criterion::BatchSize::LargeInput,
+        )
+    });
+    group.bench_function(format!("parquet_zstd_in_memory/{}_rows", lap.len()), |b| {
+        b.iter_batched(
+            || lap.clone(),
+            |cols| encode_lap(&meta, cols).expect("encode"),
+            criterion::BatchSize::LargeInput,
+        )
+    });
+    let raw_path = dir.path().join("raw.bin");
+    group.bench_function(format!("raw/{}_rows", lap.len()), |b| {
+        b.iter(|| {
+            let tmp = raw_path.with_extension("tmp");
+            let mut f = std::fs::File::create(&tmp).expect("create");
+            f.write_all(&raw).expect("write");
+            f.sync_all().expect("sync");
+            std::fs::rename(&tmp, &raw_path).expect("rename");
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, parquet_write);
+criterion_main!(benches);
