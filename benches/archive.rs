@@ -25,6 +25,7 @@ fn real_lap() -> LapColumns {
         seed: 3,
         fast: true,
         time_limit: None,
+        session_id: None,
     };
     let mut race = Race::new(&report.content, &opts).expect("race");
     while !race.is_finished() {

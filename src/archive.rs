@@ -30,6 +30,9 @@ use parquet::schema::types::ColumnPath;
 use thiserror::Error;
 use uuid::Uuid;
 
+pub mod index;
+pub mod writer;
+
 /// Version of the lap schema and metadata; readers check it.
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -55,6 +58,14 @@ pub enum ArchiveError {
         path: PathBuf,
         /// The error.
         source: parquet::errors::ParquetError,
+    },
+    /// The SQLite index failed.
+    #[error("{}: sqlite: {source}", path.display())]
+    Sqlite {
+        /// The database.
+        path: PathBuf,
+        /// The error.
+        source: rusqlite::Error,
     },
     /// Arrow could not assemble the columns.
     #[error("arrow: {0}")]

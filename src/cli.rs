@@ -15,6 +15,9 @@ pub struct Cli {
     /// directory, else the content shipped with the source.
     #[arg(long, global = true, value_name = "DIR")]
     pub content: Option<PathBuf>,
+    /// Data directory: the lap archive and its index.
+    #[arg(long, global = true, value_name = "DIR", default_value = "data")]
+    pub data: PathBuf,
     /// Log more (-v info, -vv debug, -vvv trace). RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -40,6 +43,23 @@ pub enum Command {
     Race(RaceArgs),
     /// Validate the content directory and list what it holds.
     Content {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Inspect the lap archive.
+    #[command(subcommand)]
+    Archive(ArchiveCommand),
+}
+
+/// `apexsim archive` commands.
+#[derive(Debug, Subcommand)]
+pub enum ArchiveCommand {
+    /// List the archived sessions and their laps.
+    Ls {
+        /// Only this session (its id).
+        #[arg(long)]
+        session: Option<uuid::Uuid>,
         /// Output format.
         #[arg(long, value_enum, default_value_t)]
         format: Format,
@@ -70,6 +90,9 @@ pub struct RaceArgs {
     /// Race time limit in seconds: after it, the leader's next crossing ends the race.
     #[arg(long, value_name = "SECONDS")]
     pub time_limit: Option<f64>,
+    /// Do not archive the race's laps.
+    #[arg(long)]
+    pub no_archive: bool,
     /// Output format.
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,
@@ -98,6 +121,7 @@ impl RaceArgs {
             seed: self.seed,
             fast: self.fast,
             time_limit,
+            session_id: Some(uuid::Uuid::new_v4()),
         })
     }
 }

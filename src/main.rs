@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use apexsim::cli::{Cli, Command};
+use apexsim::archive::index::Index;
+use apexsim::archive::writer::ArchiveWriter;
+use apexsim::cli::{ArchiveCommand, Cli, Command};
 use apexsim::content::Content;
 use apexsim::{output, race};
 use clap::Parser;
@@ -63,15 +65,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 tracing::warn!("content: {e}");
             }
             let opts = args.options().map_err(UsageError)?;
-            let race = race::Race::new(&report.content, &opts).map_err(|e| {
+            let mut race = race::Race::new(&report.content, &opts).map_err(|e| {
                 if e.is_usage() {
                     anyhow::Error::new(UsageError(e.to_string()))
                 } else {
                     anyhow::Error::new(e)
                 }
             })?;
+            if !args.no_archive {
+                let writer = ArchiveWriter::start(&cli.data)
+                    .with_context(|| format!("opening the archive in {}", cli.data.display()))?;
+                race.archive_to(writer);
+            }
             let result = race.run(opts.fast).context("race failed")?;
             output::print_race(&result, args.format).context("writing the results")?;
+            if let Some(archive) = &result.archive
+                && !archive.errors.is_empty()
+            {
+                anyhow::bail!(
+                    "{} archive write(s) failed; first: {}",
+                    archive.errors.len(),
+                    archive.errors[0]
+                );
+            }
         }
         Command::Content { format } => {
             let errors: Vec<String> = report.errors.iter().map(ToString::to_string).collect();
@@ -85,6 +101,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ))
                 .into());
             }
+        }
+        Command::Archive(ArchiveCommand::Ls { session, format }) => {
+            let index = Index::open(&cli.data)
+                .with_context(|| format!("opening the archive in {}", cli.data.display()))?;
+            let sessions = index.sessions().context("listing sessions")?;
+            let laps = index.laps(session).context("listing laps")?;
+            output::print_archive(&sessions, &laps, session, format)
+                .context("writing the archive list")?;
         }
     }
     Ok(())

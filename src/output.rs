@@ -5,6 +5,7 @@ use std::io::{self, Write};
 
 use serde::Serialize;
 
+use crate::archive::index::{LapRow, SessionRow};
 use crate::cli::Format;
 use crate::content::Content;
 use crate::race::{Gap, RaceReport};
@@ -122,6 +123,96 @@ pub fn print_race(report: &RaceReport, format: Format) -> io::Result<()> {
         report.ticks_per_second,
         report.sim_seconds / report.wall_seconds.max(1e-9),
     );
+    if let Some(a) = &report.archive {
+        text += &format!(
+            "archived {} laps ({} rows), session {}; writer stalls {}, errors {}\n",
+            a.laps_written,
+            a.rows_written,
+            report.session,
+            a.stalls,
+            a.errors.len()
+        );
+    }
+    emit(&text)
+}
+
+#[derive(Serialize)]
+struct ArchiveListing<'a> {
+    sessions: Vec<&'a SessionRow>,
+    laps: &'a [LapRow],
+}
+
+/// Prints the archived sessions (with lap counts and best laps), and the laps of one session
+/// when `session` is given.
+///
+/// # Errors
+/// Writing to standard output failed.
+pub fn print_archive(
+    sessions: &[SessionRow],
+    laps: &[LapRow],
+    session: Option<uuid::Uuid>,
+    format: Format,
+) -> io::Result<()> {
+    let shown: Vec<&SessionRow> = sessions
+        .iter()
+        .filter(|s| session.is_none_or(|id| s.id == id))
+        .collect();
+    if format == Format::Json {
+        return emit_json(&ArchiveListing {
+            sessions: shown,
+            laps,
+        });
+    }
+    let rows: Vec<Vec<String>> = shown
+        .iter()
+        .map(|s| {
+            let mine: Vec<&LapRow> = laps.iter().filter(|l| l.session == s.id).collect();
+            let best = mine
+                .iter()
+                .filter(|l| l.valid)
+                .filter_map(|l| l.lap_time_s)
+                .fold(None, |b: Option<f64>, t| Some(b.map_or(t, |b| b.min(t))));
+            vec![
+                s.id.to_string(),
+                s.source.clone(),
+                s.track.clone(),
+                s.car_model.clone(),
+                crate::archive::Date::from_unix(s.started_at).to_string(),
+                mine.len().to_string(),
+                mine.iter().filter(|l| l.complete).count().to_string(),
+                best.map_or("-".into(), lap_time),
+            ]
+        })
+        .collect();
+    let mut text = table(
+        &[
+            "Session", "Source", "Track", "Car", "Date", "Laps", "Complete", "Best lap",
+        ],
+        &rows,
+    );
+    if session.is_some() {
+        text.push('\n');
+        text += &table(
+            &[
+                "Car", "Driver", "Lap", "Time", "Complete", "Valid", "Rows", "File",
+            ],
+            &laps
+                .iter()
+                .map(|l| {
+                    vec![
+                        l.car.to_string(),
+                        l.driver.clone(),
+                        l.lap.to_string(),
+                        l.lap_time_s.map_or("-".into(), lap_time),
+                        l.complete.to_string(),
+                        l.valid.to_string(),
+                        l.rows.to_string(),
+                        l.file.display().to_string(),
+                    ]
+                })
+                .collect::<Vec<_>>(),
+        );
+    }
     emit(&text)
 }
 

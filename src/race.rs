@@ -10,6 +10,9 @@ use serde::Serialize;
 use thiserror::Error;
 use uuid::Uuid;
 
+use crate::archive::index::{ResultEntry, SessionRow};
+use crate::archive::writer::{ArchiveJob, ArchiveWriter, WriterReport};
+use crate::archive::{Date, LapMeta, Source};
 use crate::content::Content;
 
 /// Ticks between two takes of the recorded rows (250 ms).
@@ -32,6 +35,8 @@ pub struct RaceOptions {
     pub fast: bool,
     /// Race time after which the leader's next crossing ends the race.
     pub time_limit: Option<Duration>,
+    /// Session id; `None` derives one from the seed.
+    pub session_id: Option<Uuid>,
 }
 
 impl Default for RaceOptions {
@@ -44,6 +49,7 @@ impl Default for RaceOptions {
             seed: 1,
             fast: false,
             time_limit: None,
+            session_id: None,
         }
     }
 }
@@ -165,6 +171,19 @@ pub struct RaceReport {
     pub recorded_laps: usize,
     /// Rows in those laps.
     pub recorded_rows: usize,
+    /// What the archive wrote, when the race was archived.
+    pub archive: Option<WriterReport>,
+}
+
+/// Name of the AI driver of grid slot `i` (0-based).
+fn driver_name(i: usize) -> String {
+    format!("AI {:02}", i + 1)
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// `a, b, c`.
@@ -187,6 +206,11 @@ pub struct Race {
     tick_cap: u64,
     assembler: LapAssembler,
     recorded: Vec<RecordedLap>,
+    recorded_laps: usize,
+    recorded_rows: usize,
+    track_slug: String,
+    date: Date,
+    archive: Option<ArchiveWriter>,
 }
 
 impl Race {
@@ -230,7 +254,9 @@ impl Race {
             .time_limit
             .map(|d| (d.as_secs_f64() * f64::from(TICK_HZ)).ceil() as u64);
         // A session id derived from the seed keeps runs with the same inputs identical.
-        let session_id = Uuid::from_u64_pair(0xA9E5_5117, opts.seed);
+        let session_id = opts
+            .session_id
+            .unwrap_or_else(|| Uuid::from_u64_pair(0xA9E5_5117, opts.seed));
         let session = spawn_session(
             world,
             SessionConfig {
@@ -277,6 +303,11 @@ impl Race {
             tick_cap,
             assembler: LapAssembler::default(),
             recorded: Vec::new(),
+            recorded_laps: 0,
+            recorded_rows: 0,
+            track_slug: track.slug.clone(),
+            date: Date::today(),
+            archive: None,
         })
     }
 
@@ -298,17 +329,61 @@ impl Race {
         )
     }
 
+    /// Sends the race's laps, session and results to an archive writer instead of keeping the
+    /// laps in memory.
+    pub fn archive_to(&mut self, mut writer: ArchiveWriter) {
+        writer.submit(ArchiveJob::Session(SessionRow {
+            id: self.session_id,
+            source: Source::Sim.as_str().into(),
+            track: self.track_slug.clone(),
+            car_model: self.car_name.clone(),
+            lap_limit: Some(self.laps),
+            seed: Some(self.seed),
+            started_at: unix_now(),
+            finished_at: None,
+        }));
+        self.archive = Some(writer);
+    }
+
     /// Runs one tick. Every 60 ticks, and when the race ends, the recorded rows are taken
-    /// and assembled into laps, as the archive does.
+    /// and assembled into laps, which go to the archive if one is attached.
     pub fn step(&mut self) {
         self.sim.step();
         if self.sim.tick().is_multiple_of(FLUSH_TICKS) || self.is_finished() {
             let chunk = self.sim.world_mut().resource_mut::<RecordChunk>().take();
-            self.recorded.extend(self.assembler.ingest(&chunk));
+            for lap in self.assembler.ingest(&chunk) {
+                self.recorded_laps += 1;
+                self.recorded_rows += lap.columns.len();
+                match self.archive.as_mut() {
+                    Some(writer) => {
+                        let car = self.cars.iter().position(|&c| c == lap.car).unwrap_or(0);
+                        let meta = LapMeta {
+                            source: Source::Sim,
+                            session: self.session_id,
+                            car: car as u8,
+                            car_model: self.car_name.clone(),
+                            driver: driver_name(car),
+                            track: self.track_slug.clone(),
+                            track_length_m: self.track_length_m,
+                            lap: lap.lap,
+                            lap_time_s: lap.lap_time_s,
+                            complete: lap.complete,
+                            valid: lap.valid,
+                            date: self.date,
+                        };
+                        writer.submit(ArchiveJob::Lap {
+                            meta: Box::new(meta),
+                            columns: lap.columns,
+                        });
+                    }
+                    None => self.recorded.push(lap),
+                }
+            }
         }
     }
 
-    /// Laps recorded so far (complete and partial), in the order they ended.
+    /// Laps recorded so far (complete and partial), in the order they ended; empty when the
+    /// laps go to an archive.
     pub fn laps(&self) -> &[RecordedLap] {
         &self.recorded
     }
@@ -345,7 +420,27 @@ impl Race {
             }
         }
         let wall = started.elapsed();
-        Ok(self.report(wall))
+        let mut report = self.report(wall);
+        if let Some(mut writer) = self.archive.take() {
+            writer.submit(ArchiveJob::Finished {
+                id: self.session_id,
+                finished_at: unix_now(),
+                results: report
+                    .results
+                    .iter()
+                    .map(|r| ResultEntry {
+                        position: r.position as u32,
+                        car: r.grid - 1,
+                        driver: r.driver.clone(),
+                        laps: r.laps,
+                        total_time_s: r.total_time_s,
+                        best_lap_s: r.best_lap_s,
+                    })
+                    .collect(),
+            });
+            report.archive = Some(writer.finish());
+        }
+        Ok(report)
     }
 
     fn log_progress(&self) {
@@ -384,7 +479,7 @@ impl Race {
             rows.push(ResultRow {
                 position: 0,
                 grid: (i + 1) as u8,
-                driver: format!("AI {:02}", i + 1),
+                driver: driver_name(i),
                 car: self.car_name.clone(),
                 laps: timing.laps_completed(),
                 total_time_s: finish.race_ticks.map(ticks_to_seconds),
@@ -409,7 +504,6 @@ impl Race {
             };
         }
         let ticks = self.sim.tick();
-        let recorded = &self.recorded;
         RaceReport {
             session: self.session_id,
             track: self.track_name.clone(),
@@ -422,8 +516,9 @@ impl Race {
             sim_seconds: ticks_to_seconds(ticks as f64),
             wall_seconds: wall.as_secs_f64(),
             ticks_per_second: ticks as f64 / wall.as_secs_f64().max(1e-9),
-            recorded_laps: recorded.len(),
-            recorded_rows: recorded.iter().map(|l| l.columns.len()).sum(),
+            recorded_laps: self.recorded_laps,
+            recorded_rows: self.recorded_rows,
+            archive: None,
         }
     }
 }

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use apexsim::archive::index::Index;
 use apexsim::archive::{ArchiveError, Date, LapMeta, Source, lap_path, read_lap, write_lap};
 use apexsim::content::Content;
 use apexsim::race::{Race, RaceOptions};
@@ -18,6 +19,7 @@ fn race_laps() -> Vec<RecordedLap> {
         seed: 4,
         fast: true,
         time_limit: None,
+        session_id: None,
     };
     let mut race = Race::new(&report.content, &opts).expect("race");
     while !race.is_finished() {
@@ -133,4 +135,123 @@ fn a_file_that_is_not_a_lap_is_rejected_by_name() {
     std::fs::write(&path, b"PAR1 this is not parquet PAR1").expect("write");
     let err = read_lap(&path).expect_err("must fail");
     assert!(err.to_string().contains("junk.parquet"), "{err}");
+}
+
+fn apexsim(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_apexsim"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run apexsim");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_race_is_archived_and_indexed_by_default() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().to_str().expect("utf-8");
+    let (code, out, err) = apexsim(&[
+        "--data",
+        data,
+        "race",
+        "--fast",
+        "--track",
+        "oval_simple",
+        "--cars",
+        "3",
+        "--laps",
+        "2",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let report: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+    let session = uuid::Uuid::parse_str(report["session"].as_str().expect("id")).expect("uuid");
+    let archive = &report["archive"];
+    assert_eq!(archive["errors"].as_array().map(Vec::len), Some(0));
+    // Grid-to-line, two laps each, two cool-down laps (see the round-trip test).
+    assert_eq!(archive["laps_written"], 11);
+    assert_eq!(archive["laps_written"], report["recorded_laps"]);
+
+    let index = Index::open(dir.path()).expect("index");
+    assert_eq!(index.journal_mode().expect("mode"), "wal");
+    let sessions = index.sessions().expect("sessions");
+    assert_eq!(sessions.len(), 1);
+    assert_eq!(sessions[0].id, session);
+    assert_eq!(sessions[0].track, "oval_simple");
+    assert!(sessions[0].finished_at.is_some());
+    let results = index.results(session).expect("results");
+    assert_eq!(results.len(), 3);
+    assert_eq!(results[0].position, 1);
+    assert_eq!(
+        results[0].total_time_s,
+        report["results"][0]["total_time_s"].as_f64()
+    );
+    let laps = index.laps(Some(session)).expect("laps");
+    assert_eq!(laps.len(), 11);
+    let mut rows = 0;
+    for lap in &laps {
+        let (meta, columns) = read_lap(&dir.path().join(&lap.file)).expect("readable");
+        assert_eq!(columns.len() as u64, lap.rows);
+        assert_eq!(
+            (meta.car, meta.lap, meta.valid),
+            (lap.car, lap.lap, lap.valid)
+        );
+        assert_eq!(meta.lap_time_s, lap.lap_time_s);
+        rows += lap.rows;
+    }
+    assert_eq!(serde_json::json!(rows), report["recorded_rows"]);
+
+    let (code, out, err) = apexsim(&["--data", data, "archive", "ls"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&session.to_string()) && out.contains("oval_simple"),
+        "{out}"
+    );
+}
+
+#[test]
+fn no_archive_writes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let (code, _, err) = apexsim(&[
+        "--data",
+        data.to_str().expect("utf-8"),
+        "race",
+        "--fast",
+        "--no-archive",
+        "--track",
+        "oval_simple",
+        "--cars",
+        "2",
+        "--laps",
+        "1",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!data.exists());
+}
+
+#[test]
+fn an_unusable_data_directory_fails_before_racing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, b"x").expect("write");
+    let (code, out, err) = apexsim(&[
+        "--data",
+        file.to_str().expect("utf-8"),
+        "race",
+        "--fast",
+        "--cars",
+        "2",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("opening the archive in") && err.contains("not-a-dir"),
+        "{err}"
+    );
+    assert!(out.is_empty());
 }

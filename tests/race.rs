@@ -23,6 +23,7 @@ fn opts(track: &str, car: &str, cars: usize, laps: u16, seed: u64) -> RaceOption
         seed,
         fast: true,
         time_limit: None,
+        session_id: None,
     }
 }
 
@@ -162,6 +163,7 @@ fn cli_prints_results_as_table_and_json() {
     let (code, out, err) = apexsim(&[
         "race",
         "--fast",
+        "--no-archive",
         "--track",
         "oval_simple",
         "--cars",
@@ -178,6 +180,7 @@ fn cli_prints_results_as_table_and_json() {
     let (code, out, err) = apexsim(&[
         "race",
         "--fast",
+        "--no-archive",
         "--track",
         "oval_simple",
         "--cars",

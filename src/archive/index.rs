@@ -1,0 +1,376 @@
+//! The archive's SQLite index (`<data>/apexsim.db`, WAL mode): sessions, results, race
+//! templates, and one row per archived lap file. Migrations are embedded and applied in order
+//! when the database is opened (`PRAGMA user_version` counts them).
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use uuid::Uuid;
+
+use super::{ArchiveError, LapMeta};
+
+/// Schema migrations, applied in order; the database's `user_version` is how many ran.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE race_templates (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    track_config_id TEXT NOT NULL,
+    allowed_cars TEXT NOT NULL,
+    max_players INTEGER NOT NULL,
+    default_ai_count INTEGER NOT NULL,
+    lap_limit INTEGER NOT NULL,
+    start_mode TEXT NOT NULL,
+    rotation_weight INTEGER NOT NULL,
+    active INTEGER NOT NULL DEFAULT 1,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE TABLE sessions (
+    id TEXT PRIMARY KEY,
+    source TEXT NOT NULL,
+    track TEXT NOT NULL,
+    car_model TEXT NOT NULL,
+    lap_limit INTEGER,
+    seed INTEGER,
+    started_at INTEGER NOT NULL,
+    finished_at INTEGER
+);
+CREATE INDEX idx_sessions_started ON sessions(started_at);
+CREATE TABLE results (
+    session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+    position INTEGER NOT NULL,
+    car INTEGER NOT NULL,
+    driver TEXT NOT NULL,
+    laps INTEGER NOT NULL,
+    total_time_s REAL,
+    best_lap_s REAL,
+    PRIMARY KEY (session_id, position)
+);
+CREATE TABLE laps (
+    session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+    car INTEGER NOT NULL,
+    driver TEXT NOT NULL,
+    lap INTEGER NOT NULL,
+    lap_time_s REAL,
+    complete INTEGER NOT NULL,
+    valid INTEGER NOT NULL,
+    file TEXT NOT NULL,
+    rows INTEGER NOT NULL,
+    PRIMARY KEY (session_id, car, lap)
+);
+"#];
+
+/// A session as the index knows it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct SessionRow {
+    /// Session id.
+    pub id: Uuid,
+    /// "sim" or "iracing".
+    pub source: String,
+    /// Track slug.
+    pub track: String,
+    /// Car model.
+    pub car_model: String,
+    /// Lap limit, for races.
+    pub lap_limit: Option<u16>,
+    /// Simulation seed, for simulated sessions.
+    pub seed: Option<u64>,
+    /// Unix seconds.
+    pub started_at: i64,
+    /// Unix seconds, once finished.
+    pub finished_at: Option<i64>,
+}
+
+/// One classified car of a finished session.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ResultEntry {
+    /// Position, 1 = winner.
+    pub position: u32,
+    /// Car index.
+    pub car: u8,
+    /// Driver.
+    pub driver: String,
+    /// Laps completed.
+    pub laps: u16,
+    /// Race time in seconds, if classified.
+    pub total_time_s: Option<f64>,
+    /// Best valid lap in seconds.
+    pub best_lap_s: Option<f64>,
+}
+
+/// One archived lap file.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct LapRow {
+    /// Session id.
+    pub session: Uuid,
+    /// Car index.
+    pub car: u8,
+    /// Driver.
+    pub driver: String,
+    /// Lap number.
+    pub lap: u16,
+    /// Official time in seconds.
+    pub lap_time_s: Option<f64>,
+    /// Line to line.
+    pub complete: bool,
+    /// Valid.
+    pub valid: bool,
+    /// File, relative to the data directory.
+    pub file: PathBuf,
+    /// Rows in the file.
+    pub rows: u64,
+}
+
+/// An open index.
+pub struct Index {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Index {
+    /// Opens (creating if needed) `<data>/apexsim.db`, in WAL mode, and applies pending
+    /// migrations.
+    ///
+    /// # Errors
+    /// [`ArchiveError`] when the directory or database cannot be created or migrated.
+    pub fn open(data: &Path) -> Result<Self, ArchiveError> {
+        std::fs::create_dir_all(data).map_err(|source| ArchiveError::Io {
+            path: data.to_owned(),
+            source,
+        })?;
+        let path = data.join("apexsim.db");
+        let sql = |source| ArchiveError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let mut conn = Connection::open(&path).map_err(sql)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(sql)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(sql)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(sql)?;
+        let applied: usize = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(sql)?;
+        if applied > MIGRATIONS.len() {
+            return Err(ArchiveError::BadLapFile {
+                path,
+                problem: format!(
+                    "database schema version {applied} is newer than this build ({})",
+                    MIGRATIONS.len()
+                ),
+            });
+        }
+        for (i, migration) in MIGRATIONS.iter().enumerate().skip(applied) {
+            let tx = conn.transaction().map_err(sql)?;
+            tx.execute_batch(migration).map_err(sql)?;
+            tx.pragma_update(None, "user_version", i + 1).map_err(sql)?;
+            tx.commit().map_err(sql)?;
+        }
+        Ok(Self { conn, path })
+    }
+
+    fn sql(&self) -> impl Fn(rusqlite::Error) -> ArchiveError + '_ {
+        |source| ArchiveError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Records a session (replacing an earlier record of the same id).
+    ///
+    /// # Errors
+    /// [`ArchiveError::Sqlite`].
+    pub fn put_session(&self, s: &SessionRow) -> Result<(), ArchiveError> {
+        self.conn
+            .execute(
+                "INSERT INTO sessions (id, source, track, car_model, lap_limit, seed, started_at, finished_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT(id) DO UPDATE SET finished_at = excluded.finished_at",
+                params![
+                    s.id.to_string(),
+                    s.source,
+                    s.track,
+                    s.car_model,
+                    s.lap_limit,
+                    s.seed.map(|v| v as i64),
+                    s.started_at,
+                    s.finished_at
+                ],
+            )
+            .map_err(self.sql())?;
+        Ok(())
+    }
+
+    /// Marks a session finished and stores its classification.
+    ///
+    /// # Errors
+    /// [`ArchiveError::Sqlite`].
+    pub fn finish_session(
+        &mut self,
+        id: Uuid,
+        finished_at: i64,
+        results: &[ResultEntry],
+    ) -> Result<(), ArchiveError> {
+        let path = self.path.clone();
+        let sql = |source| ArchiveError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(sql)?;
+        tx.execute(
+            "UPDATE sessions SET finished_at = ?2 WHERE id = ?1",
+            params![id.to_string(), finished_at],
+        )
+        .map_err(sql)?;
+        tx.execute(
+            "DELETE FROM results WHERE session_id = ?1",
+            params![id.to_string()],
+        )
+        .map_err(sql)?;
+        for r in results {
+            tx.execute(
+                "INSERT INTO results (session_id, position, car, driver, laps, total_time_s, best_lap_s)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    id.to_string(),
+                    r.position,
+                    r.car,
+                    r.driver,
+                    r.laps,
+                    r.total_time_s,
+                    r.best_lap_s
+                ],
+            )
+            .map_err(sql)?;
+        }
+        tx.commit().map_err(sql)
+    }
+
+    /// Indexes an archived lap file (replacing an earlier entry for the same lap).
+    ///
+    /// # Errors
+    /// [`ArchiveError::Sqlite`].
+    pub fn put_lap(&self, meta: &LapMeta, file: &Path, rows: usize) -> Result<(), ArchiveError> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO laps (session_id, car, driver, lap, lap_time_s, complete, valid, file, rows)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    meta.session.to_string(),
+                    meta.car,
+                    meta.driver,
+                    meta.lap,
+                    meta.lap_time_s,
+                    meta.complete,
+                    meta.valid,
+                    file.to_string_lossy(),
+                    rows as i64
+                ],
+            )
+            .map_err(self.sql())?;
+        Ok(())
+    }
+
+    /// Every session, newest first.
+    ///
+    /// # Errors
+    /// [`ArchiveError::Sqlite`].
+    pub fn sessions(&self) -> Result<Vec<SessionRow>, ArchiveError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT id, source, track, car_model, lap_limit, seed, started_at, finished_at
+                 FROM sessions ORDER BY started_at DESC, id",
+            )
+            .map_err(self.sql())?;
+        let rows = stmt
+            .query_map([], |r| {
+                let id: String = r.get(0)?;
+                Ok(SessionRow {
+                    id: Uuid::parse_str(&id).unwrap_or_default(),
+                    source: r.get(1)?,
+                    track: r.get(2)?,
+                    car_model: r.get(3)?,
+                    lap_limit: r.get(4)?,
+                    seed: r.get::<_, Option<i64>>(5)?.map(|v| v as u64),
+                    started_at: r.get(6)?,
+                    finished_at: r.get(7)?,
+                })
+            })
+            .map_err(self.sql())?;
+        rows.collect::<Result<_, _>>().map_err(self.sql())
+    }
+
+    /// The laps of a session, or of every session, in session, car and lap order.
+    ///
+    /// # Errors
+    /// [`ArchiveError::Sqlite`].
+    pub fn laps(&self, session: Option<Uuid>) -> Result<Vec<LapRow>, ArchiveError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT session_id, car, driver, lap, lap_time_s, complete, valid, file, rows
+                 FROM laps WHERE ?1 IS NULL OR session_id = ?1 ORDER BY session_id, car, lap",
+            )
+            .map_err(self.sql())?;
+        let rows = stmt
+            .query_map(params![session.map(|s| s.to_string())], |r| {
+                let id: String = r.get(0)?;
+                let file: String = r.get(7)?;
+                Ok(LapRow {
+                    session: Uuid::parse_str(&id).unwrap_or_default(),
+                    car: r.get(1)?,
+                    driver: r.get(2)?,
+                    lap: r.get(3)?,
+                    lap_time_s: r.get(4)?,
+                    complete: r.get(5)?,
+                    valid: r.get(6)?,
+                    file: PathBuf::from(file),
+                    rows: r.get::<_, i64>(8)? as u64,
+                })
+            })
+            .map_err(self.sql())?;
+        rows.collect::<Result<_, _>>().map_err(self.sql())
+    }
+
+    /// The classification of a session.
+    ///
+    /// # Errors
+    /// [`ArchiveError::Sqlite`].
+    pub fn results(&self, session: Uuid) -> Result<Vec<ResultEntry>, ArchiveError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT position, car, driver, laps, total_time_s, best_lap_s
+                 FROM results WHERE session_id = ?1 ORDER BY position",
+            )
+            .map_err(self.sql())?;
+        let rows = stmt
+            .query_map(params![session.to_string()], |r| {
+                Ok(ResultEntry {
+                    position: r.get(0)?,
+                    car: r.get(1)?,
+                    driver: r.get(2)?,
+                    laps: r.get(3)?,
+                    total_time_s: r.get(4)?,
+                    best_lap_s: r.get(5)?,
+                })
+            })
+            .map_err(self.sql())?;
+        rows.collect::<Result<_, _>>().map_err(self.sql())
+    }
+
+    /// The journal mode in effect (`"wal"` once opened).
+    ///
+    /// # Errors
+    /// [`ArchiveError::Sqlite`].
+    pub fn journal_mode(&self) -> Result<String, ArchiveError> {
+        self.conn
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .optional()
+            .map_err(self.sql())
+            .map(Option::unwrap_or_default)
+    }
+}
