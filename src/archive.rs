@@ -31,6 +31,7 @@ use thiserror::Error;
 use uuid::Uuid;
 
 pub mod index;
+pub mod wal;
 pub mod writer;
 
 /// Version of the lap schema and metadata; readers check it.
@@ -143,7 +144,8 @@ impl Date {
         Self::from_unix(secs)
     }
 
-    fn parse(s: &str) -> Option<Self> {
+    /// Parses `YYYY-MM-DD`.
+    pub fn parse(s: &str) -> Option<Self> {
         let mut it = s.splitn(3, '-');
         let year = it.next()?.parse().ok()?;
         let month = it.next()?.parse().ok()?;

@@ -31,6 +31,7 @@ fn main() -> ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level)),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -75,7 +76,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if !args.no_archive {
                 let writer = ArchiveWriter::start(&cli.data)
                     .with_context(|| format!("opening the archive in {}", cli.data.display()))?;
-                race.archive_to(writer);
+                race.archive_to(writer, &cli.data).with_context(|| {
+                    format!("creating the write-ahead file in {}", cli.data.display())
+                })?;
             }
             let result = race.run(opts.fast).context("race failed")?;
             output::print_race(&result, args.format).context("writing the results")?;
@@ -105,6 +108,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Archive(ArchiveCommand::Ls { session, format }) => {
             let index = Index::open(&cli.data)
                 .with_context(|| format!("opening the archive in {}", cli.data.display()))?;
+            let recovered = apexsim::archive::wal::recover(&cli.data, &index)
+                .context("recovering write-ahead files")?;
+            if recovered.files > 0 {
+                tracing::warn!(
+                    ?recovered,
+                    "recovered write-ahead files from an unclean stop"
+                );
+            }
             let sessions = index.sessions().context("listing sessions")?;
             let laps = index.laps(session).context("listing laps")?;
             output::print_archive(&sessions, &laps, session, format)

@@ -11,6 +11,7 @@ use thiserror::Error;
 use uuid::Uuid;
 
 use crate::archive::index::{ResultEntry, SessionRow};
+use crate::archive::wal::{Wal, WalSession};
 use crate::archive::writer::{ArchiveJob, ArchiveWriter, WriterReport};
 use crate::archive::{Date, LapMeta, Source};
 use crate::content::Content;
@@ -211,6 +212,8 @@ pub struct Race {
     track_slug: String,
     date: Date,
     archive: Option<ArchiveWriter>,
+    wal: Option<Wal>,
+    wal_errors: Vec<String>,
 }
 
 impl Race {
@@ -308,6 +311,8 @@ impl Race {
             track_slug: track.slug.clone(),
             date: Date::today(),
             archive: None,
+            wal: None,
+            wal_errors: Vec::new(),
         })
     }
 
@@ -330,8 +335,29 @@ impl Race {
     }
 
     /// Sends the race's laps, session and results to an archive writer instead of keeping the
-    /// laps in memory.
-    pub fn archive_to(&mut self, mut writer: ArchiveWriter) {
+    /// laps in memory, with a write-ahead file under `data` that every flush appends to.
+    ///
+    /// # Errors
+    /// [`crate::archive::ArchiveError`] when the write-ahead file cannot be created.
+    pub fn archive_to(
+        &mut self,
+        mut writer: ArchiveWriter,
+        data: &std::path::Path,
+    ) -> Result<(), crate::archive::ArchiveError> {
+        let started_at = unix_now();
+        self.wal = Some(Wal::create(
+            data,
+            &WalSession {
+                session: self.session_id,
+                source: Source::Sim.as_str().into(),
+                track: self.track_slug.clone(),
+                track_length_m: self.track_length_m,
+                car_model: self.car_name.clone(),
+                drivers: (0..self.cars.len()).map(driver_name).collect(),
+                date: self.date.to_string(),
+                started_at,
+            },
+        )?);
         writer.submit(ArchiveJob::Session(SessionRow {
             id: self.session_id,
             source: Source::Sim.as_str().into(),
@@ -339,10 +365,11 @@ impl Race {
             car_model: self.car_name.clone(),
             lap_limit: Some(self.laps),
             seed: Some(self.seed),
-            started_at: unix_now(),
+            started_at,
             finished_at: None,
         }));
         self.archive = Some(writer);
+        Ok(())
     }
 
     /// Runs one tick. Every 60 ticks, and when the race ends, the recorded rows are taken
@@ -351,6 +378,17 @@ impl Race {
         self.sim.step();
         if self.sim.tick().is_multiple_of(FLUSH_TICKS) || self.is_finished() {
             let chunk = self.sim.world_mut().resource_mut::<RecordChunk>().take();
+            if let Some(wal) = self.wal.as_mut() {
+                let cars = &self.cars;
+                let index = |e| cars.iter().position(|&c| c == e).unwrap_or(0) as u8;
+                match wal.append(&chunk, index) {
+                    Ok(()) => tracing::debug!(tick = self.sim.tick(), "write-ahead flush"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "write-ahead append failed");
+                        self.wal_errors.push(e.to_string());
+                    }
+                }
+            }
             for lap in self.assembler.ingest(&chunk) {
                 self.recorded_laps += 1;
                 self.recorded_rows += lap.columns.len();
@@ -438,7 +476,17 @@ impl Race {
                     })
                     .collect(),
             });
-            report.archive = Some(writer.finish());
+            let mut written = writer.finish();
+            written.errors.append(&mut self.wal_errors);
+            // Every lap is in Parquet and indexed: the write-ahead file has done its job.
+            // Otherwise it stays, and the next start recovers from it.
+            if let Some(wal) = self.wal.take()
+                && written.errors.is_empty()
+                && let Err(e) = wal.remove()
+            {
+                written.errors.push(e.to_string());
+            }
+            report.archive = Some(written);
         }
         Ok(report)
     }

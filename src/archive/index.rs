@@ -203,6 +203,46 @@ impl Index {
         Ok(())
     }
 
+    /// Records a session unless it is already known (recovery uses this).
+    ///
+    /// # Errors
+    /// [`ArchiveError::Sqlite`].
+    pub fn ensure_session(&self, s: &SessionRow) -> Result<(), ArchiveError> {
+        self.conn
+            .execute(
+                "INSERT OR IGNORE INTO sessions (id, source, track, car_model, lap_limit, seed, started_at, finished_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    s.id.to_string(),
+                    s.source,
+                    s.track,
+                    s.car_model,
+                    s.lap_limit,
+                    s.seed.map(|v| v as i64),
+                    s.started_at,
+                    s.finished_at
+                ],
+            )
+            .map_err(self.sql())?;
+        Ok(())
+    }
+
+    /// Whether a lap of a session's car is indexed.
+    ///
+    /// # Errors
+    /// [`ArchiveError::Sqlite`].
+    pub fn has_lap(&self, session: Uuid, car: u8, lap: u16) -> Result<bool, ArchiveError> {
+        self.conn
+            .query_row(
+                "SELECT 1 FROM laps WHERE session_id = ?1 AND car = ?2 AND lap = ?3",
+                params![session.to_string(), car, lap],
+                |_| Ok(()),
+            )
+            .optional()
+            .map(|r| r.is_some())
+            .map_err(self.sql())
+    }
+
     /// Marks a session finished and stores its classification.
     ///
     /// # Errors

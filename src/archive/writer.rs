@@ -65,12 +65,21 @@ pub struct ArchiveWriter {
 }
 
 impl ArchiveWriter {
-    /// Opens the index under `data` (failing early if it cannot) and starts the thread.
+    /// Opens the index under `data` (failing early if it cannot), recovers any write-ahead
+    /// files an unclean stop left, and starts the thread.
     ///
     /// # Errors
-    /// [`ArchiveError`] when the data directory or the index cannot be opened.
+    /// [`ArchiveError`] when the data directory or the index cannot be opened, or recovery
+    /// fails.
     pub fn start(data: &Path) -> Result<Self, ArchiveError> {
         let index = Index::open(data)?;
+        let recovered = super::wal::recover(data, &index)?;
+        if recovered.files > 0 {
+            tracing::warn!(
+                ?recovered,
+                "recovered write-ahead files from an unclean stop"
+            );
+        }
         let (tx, rx) = sync_channel(CHANNEL_CAPACITY);
         let data = data.to_owned();
         let thread = std::thread::Builder::new()
