@@ -508,9 +508,96 @@ pub fn read_lap(path: &Path) -> Result<(LapMeta, LapColumns), ArchiveError> {
     Ok((meta, columns))
 }
 
+/// What a prune removed.
+#[derive(Debug, Default, Clone, PartialEq, serde::Serialize)]
+pub struct PruneReport {
+    /// Sessions removed.
+    pub sessions: usize,
+    /// Lap files removed.
+    pub laps: usize,
+    /// Bytes freed.
+    pub bytes: u64,
+}
+
+/// Removes every session that started before `cutoff` (Unix seconds): its lap files, then its
+/// rows. Partition directories left empty are removed too.
+///
+/// # Errors
+/// [`ArchiveError`] when the index or a file cannot be changed; sessions already pruned stay
+/// pruned.
+pub fn prune(data: &Path, index: &index::Index, cutoff: i64) -> Result<PruneReport, ArchiveError> {
+    let mut report = PruneReport::default();
+    for session in index
+        .sessions()?
+        .into_iter()
+        .filter(|s| s.started_at < cutoff)
+    {
+        for lap in index.laps(Some(session.id))? {
+            let path = data.join(&lap.file);
+            if let Ok(meta) = fs::metadata(&path) {
+                report.bytes += meta.len();
+            }
+            match fs::remove_file(&path) {
+                Ok(()) => report.laps += 1,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => return Err(ArchiveError::Io { path, source }),
+            }
+            // Drop now-empty partition directories (date=, then track=, then source=).
+            let mut dir = path.parent();
+            while let Some(d) = dir {
+                if d == data.join("laps") || fs::remove_dir(d).is_err() {
+                    break;
+                }
+                dir = d.parent();
+            }
+        }
+        index.delete_session(session.id)?;
+        report.sessions += 1;
+    }
+    Ok(report)
+}
+
+/// Parses a duration such as `168h`, `7d`, `90m` or `3600s`.
+pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit())?;
+    let n: u64 = s[..split].parse().ok()?;
+    let unit = match &s[split..] {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return None,
+    };
+    Some(std::time::Duration::from_secs(n.checked_mul(unit)?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(
+            parse_duration("168h"),
+            Some(std::time::Duration::from_secs(168 * 3600))
+        );
+        assert_eq!(
+            parse_duration("7d"),
+            Some(std::time::Duration::from_secs(7 * 86_400))
+        );
+        assert_eq!(
+            parse_duration("90m"),
+            Some(std::time::Duration::from_secs(5400))
+        );
+        assert_eq!(
+            parse_duration("15s"),
+            Some(std::time::Duration::from_secs(15))
+        );
+        assert_eq!(parse_duration("7"), None);
+        assert_eq!(parse_duration("h"), None);
+        assert_eq!(parse_duration("3w"), None);
+    }
 
     #[test]
     fn dates_from_unix_time() {

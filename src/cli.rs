@@ -64,6 +64,15 @@ pub enum ArchiveCommand {
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
+    /// Delete sessions (their lap files and index rows) older than a retention period.
+    Prune {
+        /// Age beyond which sessions go: `168h`, `7d`, `90m`, `3600s`.
+        #[arg(long, default_value = "168h", value_name = "DURATION")]
+        older_than: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
 }
 
 /// Arguments of `apexsim race`.

@@ -121,6 +121,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             output::print_archive(&sessions, &laps, session, format)
                 .context("writing the archive list")?;
         }
+        Command::Archive(ArchiveCommand::Prune { older_than, format }) => {
+            let age = apexsim::archive::parse_duration(&older_than).ok_or_else(|| {
+                UsageError(format!(
+                    "--older-than {older_than:?} is not a duration like 168h, 7d, 90m or 3600s"
+                ))
+            })?;
+            let index = Index::open(&cli.data)
+                .with_context(|| format!("opening the archive in {}", cli.data.display()))?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            let cutoff = now - age.as_secs() as i64;
+            let pruned = apexsim::archive::prune(&cli.data, &index, cutoff).context("pruning")?;
+            output::print_prune(&pruned, format).context("writing the prune report")?;
+        }
     }
     Ok(())
 }

@@ -136,6 +136,22 @@ pub fn print_race(report: &RaceReport, format: Format) -> io::Result<()> {
     emit(&text)
 }
 
+/// Prints what a prune removed.
+///
+/// # Errors
+/// Writing to standard output failed.
+pub fn print_prune(report: &crate::archive::PruneReport, format: Format) -> io::Result<()> {
+    if format == Format::Json {
+        return emit_json(report);
+    }
+    emit(&format!(
+        "pruned {} sessions, {} lap files, {:.1} MB\n",
+        report.sessions,
+        report.laps,
+        report.bytes as f64 / 1e6
+    ))
+}
+
 #[derive(Serialize)]
 struct ArchiveListing<'a> {
     sessions: Vec<&'a SessionRow>,

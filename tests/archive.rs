@@ -255,3 +255,131 @@ fn an_unusable_data_directory_fails_before_racing() {
     );
     assert!(out.is_empty());
 }
+
+#[test]
+fn a_torn_write_ahead_tail_is_recovered_up_to_its_last_complete_batch() {
+    use apexsim::archive::wal::{Wal, WalSession, recover, wal_path};
+    use apexsim::systems::record::{LapSample, RecordChunk};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let session = uuid::Uuid::from_u64_pair(9, 9);
+    let mut wal = Wal::create(
+        dir.path(),
+        &WalSession {
+            session,
+            source: "sim".into(),
+            track: "oval_simple".into(),
+            track_length_m: 1228.3,
+            car_model: "GT3 Generic".into(),
+            drivers: vec!["AI 01".into()],
+            date: "2026-11-23".into(),
+            started_at: 0,
+        },
+    )
+    .expect("wal");
+    let car = bevy_ecs::entity::Entity::PLACEHOLDER;
+    // Three flushes of 60 ticks each, lap 1.
+    for flush in 0..3u64 {
+        let mut chunk = RecordChunk::default();
+        for t in 0..60 {
+            chunk.car.push(car);
+            chunk.lap.push(1);
+            chunk.columns.push(&LapSample {
+                tick: flush * 60 + t,
+                speed_mps: t as f32,
+                ..LapSample::default()
+            });
+        }
+        wal.append(&chunk, |_| 0).expect("append");
+    }
+    drop(wal);
+    // Tear the last batch: cut 100 bytes off the end, as a kill in mid-write would.
+    let path = wal_path(dir.path(), session);
+    let len = std::fs::metadata(&path).expect("meta").len();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("open");
+    file.set_len(len - 100).expect("truncate");
+
+    let index = Index::open(dir.path()).expect("index");
+    let report = recover(dir.path(), &index).expect("recover");
+    assert_eq!(
+        (report.files, report.laps, report.rows, report.torn_tails),
+        (1, 1, 120, 1)
+    );
+    assert!(
+        !path.exists(),
+        "the write-ahead file is gone once recovered"
+    );
+    let laps = index.laps(Some(session)).expect("laps");
+    assert_eq!(laps.len(), 1);
+    assert!(
+        !laps[0].complete && !laps[0].valid,
+        "a recovered lap is partial"
+    );
+    let (_, columns) = read_lap(&dir.path().join(&laps[0].file)).expect("readable");
+    assert_eq!(columns.tick, (0..120).collect::<Vec<u64>>());
+}
+
+#[test]
+fn prune_removes_sessions_older_than_the_retention_and_their_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().to_str().expect("utf-8");
+    let (code, _, err) = apexsim(&[
+        "--data",
+        data,
+        "race",
+        "--fast",
+        "--track",
+        "oval_simple",
+        "--cars",
+        "2",
+        "--laps",
+        "1",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    // The default retention (168 h) keeps a race that just ran.
+    let (code, out, err) = apexsim(&["--data", data, "archive", "prune", "--format", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let kept: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+    assert_eq!(kept["sessions"], 0);
+    assert_eq!(
+        Index::open(dir.path())
+            .expect("index")
+            .laps(None)
+            .expect("laps")
+            .len(),
+        5
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let (code, out, err) = apexsim(&[
+        "--data",
+        data,
+        "archive",
+        "prune",
+        "--older-than",
+        "0s",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let pruned: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+    assert_eq!(
+        (pruned["sessions"].clone(), pruned["laps"].clone()),
+        (1.into(), 5.into())
+    );
+    assert!(pruned["bytes"].as_u64().expect("bytes") > 10_000);
+    let index = Index::open(dir.path()).expect("index");
+    assert!(index.sessions().expect("sessions").is_empty());
+    assert!(index.laps(None).expect("laps").is_empty());
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("laps"))
+            .expect("laps dir")
+            .count(),
+        0,
+        "empty partitions are removed"
+    );
+    let (code, _, err) = apexsim(&["--data", data, "archive", "prune", "--older-than", "week"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("is not a duration"), "{err}");
+}

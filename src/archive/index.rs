@@ -402,6 +402,20 @@ impl Index {
         rows.collect::<Result<_, _>>().map_err(self.sql())
     }
 
+    /// Removes a session with its results and lap rows (not its files).
+    ///
+    /// # Errors
+    /// [`ArchiveError::Sqlite`].
+    pub fn delete_session(&self, id: Uuid) -> Result<(), ArchiveError> {
+        self.conn
+            .execute(
+                "DELETE FROM sessions WHERE id = ?1",
+                params![id.to_string()],
+            )
+            .map_err(self.sql())?;
+        Ok(())
+    }
+
     /// The journal mode in effect (`"wal"` once opened).
     ///
     /// # Errors
