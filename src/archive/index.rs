@@ -8,6 +8,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use uuid::Uuid;
 
 use super::{ArchiveError, LapMeta};
+use crate::content::{RaceTemplate, StartMode};
 
 /// Schema migrations, applied in order; the database's `user_version` is how many ran.
 const MIGRATIONS: &[&str] = &[r#"
@@ -397,6 +398,80 @@ impl Index {
                     total_time_s: r.get(4)?,
                     best_lap_s: r.get(5)?,
                 })
+            })
+            .map_err(self.sql())?;
+        rows.collect::<Result<_, _>>().map_err(self.sql())
+    }
+
+    /// Stores the content's race templates (seed 003 section 9), replacing earlier versions of
+    /// the same ids; `created_at` is kept from the first time a template was stored.
+    ///
+    /// # Errors
+    /// [`ArchiveError::Sqlite`].
+    pub fn put_templates(
+        &mut self,
+        templates: &[RaceTemplate],
+        now: i64,
+    ) -> Result<(), ArchiveError> {
+        let path = self.path.clone();
+        let sql = |source| ArchiveError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(sql)?;
+        for t in templates {
+            let cars: Vec<String> = t.allowed_cars.iter().map(Uuid::to_string).collect();
+            let mode = match t.start_mode {
+                StartMode::Manual => "manual",
+                StartMode::Countdown => "countdown",
+                StartMode::Scheduled => "scheduled",
+            };
+            tx.execute(
+                "INSERT INTO race_templates (id, name, track_config_id, allowed_cars, max_players,
+                     default_ai_count, lap_limit, start_mode, rotation_weight, active, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)
+                 ON CONFLICT(id) DO UPDATE SET name = excluded.name,
+                     track_config_id = excluded.track_config_id, allowed_cars = excluded.allowed_cars,
+                     max_players = excluded.max_players, default_ai_count = excluded.default_ai_count,
+                     lap_limit = excluded.lap_limit, start_mode = excluded.start_mode,
+                     rotation_weight = excluded.rotation_weight, active = excluded.active,
+                     updated_at = excluded.updated_at",
+                params![
+                    t.id.to_string(),
+                    t.name,
+                    t.track_id.to_string(),
+                    serde_json::to_string(&cars).unwrap_or_else(|_| "[]".into()),
+                    t.max_players,
+                    t.default_ai_count,
+                    t.lap_limit,
+                    mode,
+                    t.rotation_weight,
+                    t.active,
+                    now
+                ],
+            )
+            .map_err(sql)?;
+        }
+        tx.commit().map_err(sql)
+    }
+
+    /// Ids and names of the stored templates, by name.
+    ///
+    /// # Errors
+    /// [`ArchiveError::Sqlite`].
+    pub fn templates(&self) -> Result<Vec<(Uuid, String, bool)>, ArchiveError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, name, active FROM race_templates ORDER BY name")
+            .map_err(self.sql())?;
+        let rows = stmt
+            .query_map([], |r| {
+                let id: String = r.get(0)?;
+                Ok((
+                    Uuid::parse_str(&id).unwrap_or_default(),
+                    r.get(1)?,
+                    r.get(2)?,
+                ))
             })
             .map_err(self.sql())?;
         rows.collect::<Result<_, _>>().map_err(self.sql())

@@ -20,6 +20,8 @@ pub const CHANNEL_CAPACITY: usize = 256;
 /// Work for the writer thread.
 #[derive(Debug)]
 pub enum ArchiveJob {
+    /// The content's race templates, to store in the index.
+    Templates(Vec<crate::content::RaceTemplate>),
     /// A session began.
     Session(SessionRow),
     /// A lap to write and index.
@@ -161,10 +163,17 @@ impl ArchiveWriter {
     }
 }
 
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
 fn run(data: &Path, mut index: Index, rx: Receiver<ArchiveJob>) -> WriterReport {
     let mut report = WriterReport::default();
     for job in rx {
         let result = match job {
+            ArchiveJob::Templates(t) => index.put_templates(&t, unix_now()),
             ArchiveJob::Session(s) => index.put_session(&s),
             ArchiveJob::Lap { meta, columns } => {
                 let rows = columns.len();
