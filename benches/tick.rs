@@ -377,5 +377,34 @@ fn kernels(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, full_tick, kernels);
+/// The cost the record system adds to a tick: the same 1,600-car world with and without the
+/// Record set.
+fn record_cost(c: &mut Criterion) {
+    let mut group = c.benchmark_group("tick/record");
+    group.measurement_time(Duration::from_secs(4));
+    group.sample_size(30);
+    let cars = 1_600;
+    group.throughput(Throughput::Elements(cars as u64));
+    let mut with = racing_world(cars);
+    let mut n = 0u32;
+    group.bench_function(BenchmarkId::new("with_record", cars), |b| {
+        b.iter(|| {
+            with.step();
+            n += 1;
+            if n.is_multiple_of(60) {
+                drain_records(with.world_mut());
+            }
+        })
+    });
+    let mut without = racing_world(cars);
+    without
+        .app_mut()
+        .configure_sets(bevy_app::FixedUpdate, SimSystems::Record.run_if(|| false));
+    group.bench_function(BenchmarkId::new("without_record", cars), |b| {
+        b.iter(|| without.step())
+    });
+    group.finish();
+}
+
+criterion_group!(benches, full_tick, kernels, record_cost);
 criterion_main!(benches);
