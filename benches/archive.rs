@@ -82,6 +82,14 @@ fn parquet_write(c: &mut Criterion) {
         valid: true,
         date: Date::from_unix(0),
     };
+    let encoded = encode_lap(&meta, lap.clone()).expect("encode");
+    eprintln!(
+        "lap of {} rows: {} bytes of column data, {} bytes as Parquet (ratio {:.2})",
+        lap.len(),
+        raw.len(),
+        encoded.len(),
+        raw.len() as f64 / encoded.len() as f64
+    );
     let mut group = c.benchmark_group("archive/write_lap");
     group.measurement_time(Duration::from_secs(5));
     group.sample_size(30);

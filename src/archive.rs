@@ -37,6 +37,10 @@ pub mod writer;
 /// Version of the lap schema and metadata; readers check it.
 pub const SCHEMA_VERSION: u32 = 1;
 
+/// zstd level of lap files: one of zstd's fast levels. Telemetry floats compress little
+/// whatever the level; this keeps encoding near disk speed (see `benches/archive.rs`).
+pub const ZSTD_LEVEL: i32 = -3;
+
 /// Key-value metadata prefix of every ApexSim key.
 const META: &str = "apexsim.";
 
@@ -381,7 +385,7 @@ fn encode_parquet<W: std::io::Write + Send>(
     batch: &RecordBatch,
     kv: Vec<KeyValue>,
 ) -> Result<W, parquet::errors::ParquetError> {
-    let level = ZstdLevel::try_new(1)?;
+    let level = ZstdLevel::try_new(ZSTD_LEVEL)?;
     // Telemetry floats barely repeat: a dictionary costs a hash per value and is then dropped.
     // Byte-stream split groups the floats' bytes so zstd finds the repetition in exponents.
     let props = WriterProperties::builder()
