@@ -1,16 +1,17 @@
 //! The lap archive: laps from a real simulated race go to Parquet and come back equal, values
 //! and metadata; files land in the Hive layout; nothing half-written is ever visible.
 
-use std::path::Path;
+mod common;
 
 use apexsim::archive::index::Index;
 use apexsim::archive::{ArchiveError, Date, LapMeta, Source, lap_path, read_lap, write_lap};
 use apexsim::content::Content;
 use apexsim::race::{Race, RaceOptions};
 use apexsim::systems::prelude::*;
+use common::{apexsim, bundled_content};
 
 fn race_laps() -> Vec<RecordedLap> {
-    let report = Content::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("content"));
+    let report = Content::load(&bundled_content());
     let opts = RaceOptions {
         track: "oval_simple".into(),
         car: "gt3_generic".into(),
@@ -135,19 +136,6 @@ fn a_file_that_is_not_a_lap_is_rejected_by_name() {
     std::fs::write(&path, b"PAR1 this is not parquet PAR1").expect("write");
     let err = read_lap(&path).expect_err("must fail");
     assert!(err.to_string().contains("junk.parquet"), "{err}");
-}
-
-fn apexsim(args: &[&str]) -> (i32, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_apexsim"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("run apexsim");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[test]

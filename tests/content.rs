@@ -6,26 +6,16 @@ use std::path::{Path, PathBuf};
 
 use apexsim::content::{Content, ContentError};
 
+mod common;
+
 fn bundled() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("content")
+    common::bundled_content()
 }
 
 /// A copy of the bundled content in a temporary directory.
 fn copy() -> tempfile::TempDir {
-    fn cp(from: &Path, to: &Path) {
-        fs::create_dir_all(to).expect("mkdir");
-        for e in fs::read_dir(from).expect("read_dir") {
-            let e = e.expect("entry");
-            let target = to.join(e.file_name());
-            if e.path().is_dir() {
-                cp(&e.path(), &target);
-            } else {
-                fs::copy(e.path(), target).expect("copy");
-            }
-        }
-    }
     let dir = tempfile::tempdir().expect("tempdir");
-    cp(&bundled(), dir.path());
+    common::copy_dir(&bundled(), dir.path());
     dir
 }
 

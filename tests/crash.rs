@@ -9,25 +9,15 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
 use apexsim::archive::index::Index;
 use apexsim::archive::read_lap;
 
 /// Copies the bundled content and adds a 316 m stadium oval (60 m straights, 30 m turns), so a
 /// lap takes about 15 s.
 fn content_with_mini_oval(dir: &Path) {
-    fn cp(from: &Path, to: &Path) {
-        fs::create_dir_all(to).expect("mkdir");
-        for e in fs::read_dir(from).expect("read_dir") {
-            let e = e.expect("entry");
-            let target = to.join(e.file_name());
-            if e.path().is_dir() {
-                cp(&e.path(), &target);
-            } else {
-                fs::copy(e.path(), target).expect("copy");
-            }
-        }
-    }
-    cp(&Path::new(env!("CARGO_MANIFEST_DIR")).join("content"), dir);
+    common::copy_dir(&common::bundled_content(), dir);
     let track = dir.join("tracks/mini_oval");
     fs::create_dir_all(&track).expect("mkdir");
     fs::write(

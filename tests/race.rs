@@ -1,15 +1,16 @@
 //! `apexsim race`: AI drivers on every bundled track with every bundled car, determinism, and
 //! the command line's answers to bad arguments.
 
-use std::path::Path;
-use std::process::Command;
+mod common;
+
+use common::{apexsim, bundled_content};
 
 use apexsim::content::Content;
 use apexsim::race::{Gap, Race, RaceOptions};
 use apexsim::systems::prelude::*;
 
 fn content() -> Content {
-    let report = Content::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("content"));
+    let report = Content::load(&bundled_content());
     assert!(report.errors.is_empty(), "bundled content: {report}");
     report.content
 }
@@ -143,19 +144,6 @@ fn identical_runs_give_identical_reports() {
     // 10 grid-to-line runs, 20 complete laps, and the partial cool-down laps of the 9 cars
     // that finished before the last one did.
     assert_eq!(a.recorded_laps, 10 + 20 + 9);
-}
-
-fn apexsim(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_apexsim"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("run apexsim");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[test]

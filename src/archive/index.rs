@@ -179,29 +179,15 @@ impl Index {
         }
     }
 
-    /// Records a session (replacing an earlier record of the same id).
+    /// Records a session; a session already recorded gets this `finished_at`.
     ///
     /// # Errors
     /// [`ArchiveError::Sqlite`].
     pub fn put_session(&self, s: &SessionRow) -> Result<(), ArchiveError> {
-        self.conn
-            .execute(
-                "INSERT INTO sessions (id, source, track, car_model, lap_limit, seed, started_at, finished_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-                 ON CONFLICT(id) DO UPDATE SET finished_at = excluded.finished_at",
-                params![
-                    s.id.to_string(),
-                    s.source,
-                    s.track,
-                    s.car_model,
-                    s.lap_limit,
-                    s.seed.map(|v| v as i64),
-                    s.started_at,
-                    s.finished_at
-                ],
-            )
-            .map_err(self.sql())?;
-        Ok(())
+        self.insert_session(
+            s,
+            "ON CONFLICT(id) DO UPDATE SET finished_at = excluded.finished_at",
+        )
     }
 
     /// Records a session unless it is already known (recovery uses this).
@@ -209,10 +195,16 @@ impl Index {
     /// # Errors
     /// [`ArchiveError::Sqlite`].
     pub fn ensure_session(&self, s: &SessionRow) -> Result<(), ArchiveError> {
+        self.insert_session(s, "ON CONFLICT(id) DO NOTHING")
+    }
+
+    fn insert_session(&self, s: &SessionRow, on_conflict: &str) -> Result<(), ArchiveError> {
         self.conn
             .execute(
-                "INSERT OR IGNORE INTO sessions (id, source, track, car_model, lap_limit, seed, started_at, finished_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                &format!(
+                    "INSERT INTO sessions (id, source, track, car_model, lap_limit, seed, started_at, finished_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) {on_conflict}"
+                ),
                 params![
                     s.id.to_string(),
                     s.source,
