@@ -477,37 +477,18 @@ pub fn read_lap(path: &Path) -> Result<(LapMeta, LapColumns), ArchiveError> {
     let mut columns = LapColumns::default();
     for batch in builder.build().map_err(pq)? {
         let batch = batch?;
-        let col = |name: &str| -> Result<&Float32Array, ArchiveError> {
-            batch
-                .column_by_name(name)
-                .and_then(|c| c.as_any().downcast_ref::<Float32Array>())
-                .ok_or_else(|| bad(format!("no Float32 column {name}")))
-        };
         let ticks = batch
             .column_by_name("tick")
             .and_then(|c| c.as_any().downcast_ref::<UInt64Array>())
             .ok_or_else(|| bad("no UInt64 column tick".into()))?;
         columns.tick.extend(ticks.values().iter());
-        columns
-            .lap_time_s
-            .extend(col("lap_time_s")?.values().iter());
-        columns
-            .distance_m
-            .extend(col("distance_m")?.values().iter());
-        columns.lateral_m.extend(col("lateral_m")?.values().iter());
-        columns.speed_mps.extend(col("speed_mps")?.values().iter());
-        columns.throttle.extend(col("throttle")?.values().iter());
-        columns.brake.extend(col("brake")?.values().iter());
-        columns.steering.extend(col("steering")?.values().iter());
-        columns.x_m.extend(col("x_m")?.values().iter());
-        columns.y_m.extend(col("y_m")?.values().iter());
-        columns.yaw_rad.extend(col("yaw_rad")?.values().iter());
-        columns
-            .long_accel_mps2
-            .extend(col("long_accel_mps2")?.values().iter());
-        columns
-            .lat_accel_mps2
-            .extend(col("lat_accel_mps2")?.values().iter());
+        for (name, col) in LapColumns::F32_NAMES.iter().zip(columns.f32_columns_mut()) {
+            let values = batch
+                .column_by_name(name)
+                .and_then(|c| c.as_any().downcast_ref::<Float32Array>())
+                .ok_or_else(|| bad(format!("no Float32 column {name}")))?;
+            col.extend(values.values().iter());
+        }
     }
     Ok((meta, columns))
 }

@@ -55,23 +55,6 @@ pub struct Wal {
     path: PathBuf,
 }
 
-fn float_fields() -> [&'static str; 12] {
-    [
-        "lap_time_s",
-        "distance_m",
-        "lateral_m",
-        "speed_mps",
-        "throttle",
-        "brake",
-        "steering",
-        "x_m",
-        "y_m",
-        "yaw_rad",
-        "long_accel_mps2",
-        "lat_accel_mps2",
-    ]
-}
-
 fn wal_schema(session: &WalSession) -> Result<Schema, ArchiveError> {
     let mut fields = vec![
         Field::new("car", DataType::UInt8, false),
@@ -79,7 +62,7 @@ fn wal_schema(session: &WalSession) -> Result<Schema, ArchiveError> {
         Field::new("tick", DataType::UInt64, false),
     ];
     fields.extend(
-        float_fields()
+        LapColumns::F32_NAMES
             .iter()
             .map(|n| Field::new(*n, DataType::Float32, false)),
     );
@@ -134,27 +117,20 @@ impl Wal {
         if chunk.is_empty() {
             return Ok(());
         }
-        let c = &chunk.columns;
-        let f = |v: &Vec<f32>| Arc::new(Float32Array::from(v.clone())) as ArrayRef;
-        let arrays: Vec<ArrayRef> = vec![
+        let mut arrays: Vec<ArrayRef> = vec![
             Arc::new(UInt8Array::from_iter_values(
                 chunk.car.iter().map(|&e| car_index(e)),
             )),
             Arc::new(UInt16Array::from(chunk.lap.clone())),
-            Arc::new(UInt64Array::from(c.tick.clone())),
-            f(&c.lap_time_s),
-            f(&c.distance_m),
-            f(&c.lateral_m),
-            f(&c.speed_mps),
-            f(&c.throttle),
-            f(&c.brake),
-            f(&c.steering),
-            f(&c.x_m),
-            f(&c.y_m),
-            f(&c.yaw_rad),
-            f(&c.long_accel_mps2),
-            f(&c.lat_accel_mps2),
+            Arc::new(UInt64Array::from(chunk.columns.tick.clone())),
         ];
+        arrays.extend(
+            chunk
+                .columns
+                .f32_columns()
+                .into_iter()
+                .map(|v| Arc::new(Float32Array::from(v.clone())) as ArrayRef),
+        );
         let batch = RecordBatch::try_new(self.schema.clone(), arrays)?;
         self.writer.write(&batch)?;
         self.writer
@@ -321,7 +297,7 @@ fn append_rows(
         .downcast_ref::<UInt64Array>()
         .ok_or("tick is not UInt64")?;
     let mut floats = Vec::new();
-    for name in float_fields() {
+    for name in LapColumns::F32_NAMES {
         floats.push(
             col(name)?
                 .as_any()
@@ -330,29 +306,14 @@ fn append_rows(
                 .values(),
         );
     }
-    #[expect(
-        clippy::needless_range_loop,
-        reason = "row i is read across fifteen columns of different types"
-    )]
     for i in 0..batch.num_rows() {
         let lap = laps
             .entry((cars.value(i), lap_numbers.value(i)))
             .or_default();
-        lap.push(&apexsim_systems::record::LapSample {
-            tick: ticks.value(i),
-            lap_time_s: floats[0][i],
-            distance_m: floats[1][i],
-            lateral_m: floats[2][i],
-            speed_mps: floats[3][i],
-            throttle: floats[4][i],
-            brake: floats[5][i],
-            steering: floats[6][i],
-            x_m: floats[7][i],
-            y_m: floats[8][i],
-            yaw_rad: floats[9][i],
-            long_accel_mps2: floats[10][i],
-            lat_accel_mps2: floats[11][i],
-        });
+        lap.tick.push(ticks.value(i));
+        for (col, values) in lap.f32_columns_mut().into_iter().zip(&floats) {
+            col.push(values[i]);
+        }
     }
     Ok(())
 }

@@ -93,6 +93,58 @@ impl LapColumns {
         self.tick.is_empty()
     }
 
+    /// Names of the `f32` columns, in the order of [`LapColumns::f32_columns`].
+    pub const F32_NAMES: [&'static str; 12] = [
+        "lap_time_s",
+        "distance_m",
+        "lateral_m",
+        "speed_mps",
+        "throttle",
+        "brake",
+        "steering",
+        "x_m",
+        "y_m",
+        "yaw_rad",
+        "long_accel_mps2",
+        "lat_accel_mps2",
+    ];
+
+    /// The `f32` columns, in the order of [`LapColumns::F32_NAMES`].
+    pub fn f32_columns(&self) -> [&Vec<f32>; 12] {
+        [
+            &self.lap_time_s,
+            &self.distance_m,
+            &self.lateral_m,
+            &self.speed_mps,
+            &self.throttle,
+            &self.brake,
+            &self.steering,
+            &self.x_m,
+            &self.y_m,
+            &self.yaw_rad,
+            &self.long_accel_mps2,
+            &self.lat_accel_mps2,
+        ]
+    }
+
+    /// The `f32` columns, mutably, in the order of [`LapColumns::F32_NAMES`].
+    pub fn f32_columns_mut(&mut self) -> [&mut Vec<f32>; 12] {
+        [
+            &mut self.lap_time_s,
+            &mut self.distance_m,
+            &mut self.lateral_m,
+            &mut self.speed_mps,
+            &mut self.throttle,
+            &mut self.brake,
+            &mut self.steering,
+            &mut self.x_m,
+            &mut self.y_m,
+            &mut self.yaw_rad,
+            &mut self.long_accel_mps2,
+            &mut self.lat_accel_mps2,
+        ]
+    }
+
     /// Empty columns with the same capacity as these.
     pub fn empty_like(&self) -> Self {
         let cap = self.tick.capacity();
@@ -116,18 +168,9 @@ impl LapColumns {
     /// Removes every row, keeping the capacity.
     pub fn clear(&mut self) {
         self.tick.clear();
-        self.lap_time_s.clear();
-        self.distance_m.clear();
-        self.lateral_m.clear();
-        self.speed_mps.clear();
-        self.throttle.clear();
-        self.brake.clear();
-        self.steering.clear();
-        self.x_m.clear();
-        self.y_m.clear();
-        self.yaw_rad.clear();
-        self.long_accel_mps2.clear();
-        self.lat_accel_mps2.clear();
+        for col in self.f32_columns_mut() {
+            col.clear();
+        }
     }
 
     /// Appends one row.
