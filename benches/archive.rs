@@ -9,6 +9,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
+use apexsim::archive::writer::{ArchiveJob, ArchiveWriter};
 use apexsim::archive::{Date, LapMeta, Source, encode_lap, write_lap};
 use apexsim::content::Content;
 use apexsim::race::{Race, RaceOptions};
@@ -116,6 +117,65 @@ fn parquet_write(c: &mut Criterion) {
             f.write_all(&raw).expect("write");
             f.sync_all().expect("sync");
             std::fs::rename(&tmp, &raw_path).expect("rename");
+        })
+    });
+    group.finish();
+
+    // The archive writer as a race uses it: a stream of laps through its channel, encoded on
+    // its thread while the previous lap's file is synced on another; indexed in SQLite. Next
+    // to it, the same laps' bytes raw, each with its own fsync and rename.
+    const LAPS: u64 = 16;
+    let mut group = c.benchmark_group("archive/writer");
+    group.measurement_time(Duration::from_secs(10));
+    group.sample_size(10);
+    group.throughput(Throughput::Bytes(LAPS * raw.len() as u64));
+    let session = apexsim::archive::index::SessionRow {
+        id: meta.session,
+        source: "sim".into(),
+        track: meta.track.clone(),
+        car_model: meta.car_model.clone(),
+        lap_limit: None,
+        seed: None,
+        started_at: 0,
+        finished_at: None,
+    };
+    group.bench_function(format!("parquet_zstd/{LAPS}_laps"), |b| {
+        b.iter_batched(
+            || {
+                let data = tempfile::tempdir().expect("tempdir");
+                let mut writer = ArchiveWriter::start(data.path()).expect("writer");
+                writer.submit(ArchiveJob::Session(session.clone()));
+                let laps: Vec<_> = (0..LAPS as u16).map(|_| lap.clone()).collect();
+                (data, writer, laps)
+            },
+            |(data, mut writer, laps)| {
+                for (n, columns) in laps.into_iter().enumerate() {
+                    let meta = LapMeta {
+                        lap: n as u16 + 1,
+                        ..meta.clone()
+                    };
+                    writer.submit(ArchiveJob::Lap {
+                        meta: Box::new(meta),
+                        columns,
+                    });
+                }
+                let report = writer.finish();
+                assert_eq!(report.laps_written, LAPS, "{:?}", report.errors);
+                data
+            },
+            criterion::BatchSize::PerIteration,
+        )
+    });
+    group.bench_function(format!("raw/{LAPS}_laps"), |b| {
+        b.iter(|| {
+            for n in 0..LAPS {
+                let path = dir.path().join(format!("raw{n}.bin"));
+                let tmp = path.with_extension("tmp");
+                let mut f = std::fs::File::create(&tmp).expect("create");
+                f.write_all(&raw).expect("write");
+                f.sync_all().expect("sync");
+                std::fs::rename(&tmp, &path).expect("rename");
+            }
         })
     });
     group.finish();

@@ -338,44 +338,86 @@ fn key_values(meta: &LapMeta, rows: usize) -> Vec<KeyValue> {
     ]
 }
 
-/// Writes a lap into the archive under `data` and returns its path. The file is written as
-/// `<name>.tmp` beside its final name, synced, and renamed into place; an existing file of the
-/// same lap is replaced atomically.
+/// Writes a lap into the archive under `data` and returns its path: [`stage_lap`] writes
+/// `<name>.tmp` beside the final name, [`StagedLap::commit`] syncs it and renames it into
+/// place; an existing file of the same lap is replaced atomically.
 ///
 /// # Errors
-/// [`ArchiveError`] when the directory cannot be created or the file written or renamed; the
-/// temporary file is removed and nothing is left at the final name.
+/// [`ArchiveError`] when the directory or file cannot be created, written, synced or renamed.
+/// No half-written file is left under the final name.
 pub fn write_lap(
     data: &Path,
     meta: &LapMeta,
     columns: LapColumns,
 ) -> Result<PathBuf, ArchiveError> {
+    let rows = columns.len();
+    let batch = lap_batch(meta, columns)?;
+    stage_lap(data, meta, &batch, rows)?.commit()
+}
+
+/// A lap file encoded and written beside its final name, not yet synced or renamed: the
+/// archive writer encodes the next lap while this one waits for the disk.
+#[derive(Debug)]
+pub struct StagedLap {
+    file: File,
+    tmp: PathBuf,
+    path: PathBuf,
+}
+
+/// Encodes `batch` and writes it to `<final name>.tmp` (creating the partition directories).
+///
+/// # Errors
+/// [`ArchiveError`] when a directory or the file cannot be created or written; the temporary
+/// file is removed then.
+pub fn stage_lap(
+    data: &Path,
+    meta: &LapMeta,
+    batch: &RecordBatch,
+    rows: usize,
+) -> Result<StagedLap, ArchiveError> {
     let path = lap_path(data, meta);
     let dir = path.parent().unwrap_or(data);
     fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let rows = columns.len();
-    let batch = lap_batch(meta, columns)?;
     let tmp = path.with_extension("parquet.tmp");
-    let result = write_parquet(&tmp, &batch, key_values(meta, rows))
-        .and_then(|()| fs::rename(&tmp, &path).map_err(io_err(&path)));
-    if let Err(e) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
+    let file = File::create(&tmp).map_err(io_err(&tmp))?;
+    match encode_parquet(file, batch, key_values(meta, rows)) {
+        Ok(file) => Ok(StagedLap { file, tmp, path }),
+        Err(source) => {
+            let _ = fs::remove_file(&tmp);
+            Err(ArchiveError::Parquet { path: tmp, source })
+        }
     }
-    // Make the rename itself durable.
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(path)
 }
 
-fn write_parquet(path: &Path, batch: &RecordBatch, kv: Vec<KeyValue>) -> Result<(), ArchiveError> {
-    let file = File::create(path).map_err(io_err(path))?;
-    let file = encode_parquet(file, batch, kv).map_err(|source| ArchiveError::Parquet {
-        path: path.to_owned(),
-        source,
-    })?;
-    file.sync_all().map_err(io_err(path))
+impl StagedLap {
+    /// The lap's final path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Syncs the file, renames it into place and syncs the directory; returns the final path.
+    ///
+    /// # Errors
+    /// [`ArchiveError::Io`] when the sync or the rename fails; the temporary file is removed.
+    pub fn commit(self) -> Result<PathBuf, ArchiveError> {
+        let Self { file, tmp, path } = self;
+        let result = file
+            .sync_all()
+            .map_err(io_err(&tmp))
+            .and_then(|()| fs::rename(&tmp, &path).map_err(io_err(&path)));
+        drop(file);
+        if let Err(e) = result {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        // Make the rename itself durable.
+        if let Some(dir) = path.parent()
+            && let Ok(d) = File::open(dir)
+        {
+            let _ = d.sync_all();
+        }
+        Ok(path)
+    }
 }
 
 /// Encodes one batch as a Parquet file into `out` with the archive's settings and returns

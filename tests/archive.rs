@@ -371,3 +371,81 @@ fn prune_removes_sessions_older_than_the_retention_and_their_files() {
     assert_eq!(code, 2);
     assert!(err.contains("is not a duration"), "{err}");
 }
+
+#[test]
+fn a_lap_that_cannot_be_written_stays_in_memory_and_is_written_once_the_disk_is_back() {
+    use apexsim::archive::writer::{ArchiveJob, ArchiveWriter};
+    let laps = race_laps();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut writer = ArchiveWriter::start(dir.path()).expect("writer");
+    writer.submit(session_of_meta_of());
+    // The index opened; now `laps` becomes a file, so no lap directory can be created.
+    std::fs::write(dir.path().join("laps"), b"in the way").expect("write");
+    let metas: Vec<LapMeta> = laps
+        .iter()
+        .take(3)
+        .enumerate()
+        .map(|(car, l)| meta_of(l, car as u8))
+        .collect();
+    for (lap, meta) in laps.iter().zip(&metas) {
+        writer.submit(ArchiveJob::Lap {
+            meta: Box::new(meta.clone()),
+            columns: lap.columns.clone(),
+        });
+    }
+    // Long enough for the first attempts and at least one retry to fail.
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    let index = Index::open(dir.path()).expect("index");
+    assert!(index.laps(None).expect("laps").is_empty());
+    std::fs::remove_file(dir.path().join("laps")).expect("remove");
+    let report = writer.finish();
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert!(
+        report.retries >= 3,
+        "each lap failed at least once: {report:?}"
+    );
+    assert_eq!(report.laps_written, 3);
+    let indexed = index.laps(None).expect("laps");
+    assert_eq!(indexed.len(), 3);
+    for (lap, meta) in laps.iter().zip(&metas) {
+        let (read_meta, columns) = read_lap(&lap_path(dir.path(), meta)).expect("read");
+        assert_eq!(&read_meta, meta);
+        assert_eq!(columns, lap.columns);
+    }
+}
+
+#[test]
+fn a_lap_that_never_can_be_written_is_reported_not_dropped_silently() {
+    use apexsim::archive::writer::{ArchiveJob, ArchiveWriter};
+    let laps = race_laps();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut writer = ArchiveWriter::start(dir.path()).expect("writer");
+    writer.submit(session_of_meta_of());
+    std::fs::write(dir.path().join("laps"), b"in the way").expect("write");
+    writer.submit(ArchiveJob::Lap {
+        meta: Box::new(meta_of(&laps[0], 1)),
+        columns: laps[0].columns.clone(),
+    });
+    let report = writer.finish();
+    assert_eq!(report.laps_written, 0);
+    assert_eq!(report.errors.len(), 1, "{:?}", report.errors);
+    assert!(
+        report.errors[0].contains("laps/source=sim") && report.errors[0].contains("write-ahead"),
+        "names the path and where the data is: {}",
+        report.errors[0]
+    );
+}
+
+/// The session row `meta_of` laps belong to.
+fn session_of_meta_of() -> apexsim::archive::writer::ArchiveJob {
+    apexsim::archive::writer::ArchiveJob::Session(apexsim::archive::index::SessionRow {
+        id: uuid::Uuid::from_u64_pair(7, 7),
+        source: "sim".into(),
+        track: "oval_simple".into(),
+        car_model: "GT3 Generic".into(),
+        lap_limit: Some(2),
+        seed: Some(4),
+        started_at: 1_795_392_000,
+        finished_at: None,
+    })
+}

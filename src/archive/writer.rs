@@ -2,17 +2,27 @@
 //! bounded channel. [`ArchiveWriter::submit`] never blocks the simulation: when the channel is
 //! full the job waits in a local queue (in order, nothing dropped), and the stall is counted
 //! and logged; the queue drains on the next submit or at [`ArchiveWriter::finish`].
+//!
+//! The thread encodes a lap and writes it beside its final name; a second thread syncs and
+//! renames it while the first encodes the next lap. A write that fails (disk full, directory
+//! gone) keeps the lap in memory and is tried again with a growing wait (0.25 s to 8 s), in
+//! order; what still fails when the writer finishes is reported, and the race keeps its
+//! write-ahead file for the next start.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{
+    Receiver, RecvTimeoutError, SyncSender, TrySendError, channel, sync_channel,
+};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use apexsim_systems::record::LapColumns;
+use arrow::array::RecordBatch;
 use uuid::Uuid;
 
 use super::index::{Index, ResultEntry, SessionRow};
-use super::{ArchiveError, LapMeta, write_lap};
+use super::{ArchiveError, LapMeta, StagedLap, lap_batch, stage_lap};
 
 /// Jobs the channel holds before submits start queueing locally.
 pub const CHANNEL_CAPACITY: usize = 256;
@@ -53,6 +63,8 @@ pub struct WriterReport {
     pub stalls: u64,
     /// Most jobs that waited in the local queue at once.
     pub max_backlog: usize,
+    /// Writes that failed and were kept in memory to be tried again.
+    pub retries: u64,
     /// Every failure, in order.
     pub errors: Vec<String>,
 }
@@ -169,32 +181,285 @@ fn unix_now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-fn run(data: &Path, mut index: Index, rx: Receiver<ArchiveJob>) -> WriterReport {
-    let mut report = WriterReport::default();
-    for job in rx {
-        let result = match job {
-            ArchiveJob::Templates(t) => index.put_templates(&t, unix_now()),
-            ArchiveJob::Session(s) => index.put_session(&s),
+/// First wait before a failed write is tried again; it doubles up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(250);
+const RETRY_MAX: Duration = Duration::from_secs(8);
+
+/// How often the writer looks for synced laps to index while a sync is in flight.
+const SYNC_POLL: Duration = Duration::from_millis(2);
+
+/// Staged lap files waiting for their sync: the writer encodes the next lap meanwhile.
+const COMMIT_QUEUE: usize = 2;
+
+/// Work that failed and waits in memory to be tried again.
+enum Retry {
+    /// Encode and write the lap file (the batch holds the lap's buffers).
+    Lap(LapWork),
+    /// The file is in place; its index row is not.
+    IndexLap(LapWork, PathBuf),
+    /// An index job (session, templates, results).
+    Job(Box<ArchiveJob>),
+}
+
+struct LapWork {
+    meta: Box<LapMeta>,
+    batch: RecordBatch,
+    rows: usize,
+}
+
+struct Pending {
+    work: Retry,
+    attempts: u32,
+    due: Instant,
+    error: String,
+}
+
+/// A staged file's sync, done on the commit thread.
+struct Commit {
+    lap: LapWork,
+    staged: StagedLap,
+    attempts: u32,
+}
+
+enum Committed {
+    Done(LapWork, PathBuf, u32),
+    Failed(LapWork, ArchiveError, u32),
+}
+
+/// The writer thread's state: the index, what is in flight on the commit thread, and what
+/// waits to be retried.
+struct Worker {
+    data: PathBuf,
+    index: Index,
+    report: WriterReport,
+    retry: VecDeque<Pending>,
+    in_flight: usize,
+    commit_tx: Option<SyncSender<Commit>>,
+    done_rx: Receiver<Committed>,
+}
+
+fn run(data: &Path, index: Index, rx: Receiver<ArchiveJob>) -> WriterReport {
+    let (commit_tx, commit_rx) = sync_channel::<Commit>(COMMIT_QUEUE);
+    let (done_tx, done_rx) = channel();
+    let committer = std::thread::Builder::new()
+        .name("apexsim-archive-sync".into())
+        .spawn(move || {
+            for Commit {
+                lap,
+                staged,
+                attempts,
+            } in commit_rx
+            {
+                let done = match staged.commit() {
+                    Ok(path) => Committed::Done(lap, path, attempts),
+                    Err(e) => Committed::Failed(lap, e, attempts),
+                };
+                if done_tx.send(done).is_err() {
+                    return;
+                }
+            }
+        });
+    let mut worker = Worker {
+        data: data.to_owned(),
+        index,
+        report: WriterReport::default(),
+        retry: VecDeque::new(),
+        in_flight: 0,
+        // Without a commit thread the writer syncs laps itself.
+        commit_tx: committer.is_ok().then_some(commit_tx),
+        done_rx,
+    };
+    loop {
+        worker.collect(false);
+        worker.retry_due(false);
+        // Wait for the next job, but wake for a retry that is due and, while a lap is being
+        // synced, often enough to index it as soon as it is in place.
+        let retry = worker
+            .retry
+            .front()
+            .map(|p| p.due.saturating_duration_since(Instant::now()));
+        let sync = (worker.in_flight > 0).then_some(SYNC_POLL);
+        let job = match retry.into_iter().chain(sync).min() {
+            None => match rx.recv() {
+                Ok(job) => job,
+                Err(_) => break,
+            },
+            Some(wait) => match rx.recv_timeout(wait) {
+                Ok(job) => job,
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => break,
+            },
+        };
+        worker.handle(job);
+    }
+    // The channel is closed: finish what is in flight, give everything that failed one last
+    // try, and report what still could not be written.
+    worker.collect(true);
+    worker.retry_due(true);
+    worker.collect(true);
+    worker.commit_tx = None;
+    if let Ok(handle) = committer {
+        let _ = handle.join();
+    }
+    let Worker {
+        mut report, retry, ..
+    } = worker;
+    for p in retry {
+        report.errors.push(format!(
+            "{} (not written after {} attempts; the write-ahead file keeps the data)",
+            p.error, p.attempts
+        ));
+    }
+    report
+}
+
+impl Worker {
+    fn handle(&mut self, job: ArchiveJob) {
+        match job {
             ArchiveJob::Lap { meta, columns } => {
                 let rows = columns.len();
-                write_lap(data, &meta, columns).and_then(|path| {
-                    let rel = path.strip_prefix(data).unwrap_or(&path);
-                    index.put_lap(&meta, rel, rows)?;
-                    report.laps_written += 1;
-                    report.rows_written += rows as u64;
-                    Ok(())
-                })
+                match lap_batch(&meta, columns) {
+                    Ok(batch) => self.write(LapWork { meta, batch, rows }, 0),
+                    Err(e) => {
+                        // Columns that do not form a batch will not form one later either.
+                        tracing::error!(error = %e, lap = meta.lap, car = meta.car, "lap not archived");
+                        self.report.errors.push(e.to_string());
+                    }
+                }
             }
+            job => {
+                // Sessions and results are indexed after the laps submitted before them.
+                self.collect(true);
+                if let Err(e) = self.index_job(&job) {
+                    self.failed(Retry::Job(Box::new(job)), 0, &e);
+                }
+            }
+        }
+    }
+
+    fn index_job(&mut self, job: &ArchiveJob) -> Result<(), ArchiveError> {
+        match job {
+            ArchiveJob::Templates(t) => self.index.put_templates(t, unix_now()),
+            ArchiveJob::Session(s) => self.index.put_session(s),
             ArchiveJob::Finished {
                 id,
                 finished_at,
                 results,
-            } => index.finish_session(id, finished_at, &results),
-        };
-        if let Err(e) = result {
-            tracing::error!(error = %e, "archive write failed");
-            report.errors.push(e.to_string());
+            } => self.index.finish_session(*id, *finished_at, results),
+            ArchiveJob::Lap { .. } => Ok(()),
         }
     }
-    report
+
+    /// Encodes and writes the lap's file and hands it to the commit thread.
+    fn write(&mut self, lap: LapWork, attempts: u32) {
+        match stage_lap(&self.data, &lap.meta, &lap.batch, lap.rows) {
+            Ok(staged) => match &self.commit_tx {
+                Some(tx) => {
+                    self.in_flight += 1;
+                    if let Err(err) = tx.send(Commit {
+                        lap,
+                        staged,
+                        attempts,
+                    }) {
+                        self.in_flight -= 1;
+                        let Commit { lap, staged, .. } = err.0;
+                        self.committed(staged.commit(), lap, attempts);
+                    }
+                }
+                None => self.committed(staged.commit(), lap, attempts),
+            },
+            Err(e) => self.failed(Retry::Lap(lap), attempts, &e),
+        }
+    }
+
+    fn committed(&mut self, result: Result<PathBuf, ArchiveError>, lap: LapWork, attempts: u32) {
+        match result {
+            Ok(path) => self.index_lap(lap, path, attempts),
+            Err(e) => self.failed(Retry::Lap(lap), attempts, &e),
+        }
+    }
+
+    fn index_lap(&mut self, lap: LapWork, path: PathBuf, attempts: u32) {
+        let rel = path.strip_prefix(&self.data).unwrap_or(&path).to_owned();
+        match self.index.put_lap(&lap.meta, &rel, lap.rows) {
+            Ok(()) => {
+                if attempts > 0 {
+                    tracing::info!(file = %rel.display(), attempts, "lap archived after retrying");
+                }
+                self.report.laps_written += 1;
+                self.report.rows_written += lap.rows as u64;
+            }
+            Err(e) => self.failed(Retry::IndexLap(lap, path), attempts, &e),
+        }
+    }
+
+    /// Takes the commit thread's results; with `wait`, until nothing is in flight.
+    fn collect(&mut self, wait: bool) {
+        while self.in_flight > 0 {
+            let done = if wait {
+                self.done_rx.recv().ok()
+            } else {
+                self.done_rx.try_recv().ok()
+            };
+            let Some(done) = done else {
+                if wait {
+                    // The commit thread is gone; what it held is in the write-ahead file.
+                    self.report.errors.push(format!(
+                        "{} staged laps lost with the sync thread",
+                        self.in_flight
+                    ));
+                    self.in_flight = 0;
+                }
+                return;
+            };
+            self.in_flight -= 1;
+            match done {
+                Committed::Done(lap, path, attempts) => self.index_lap(lap, path, attempts),
+                Committed::Failed(lap, e, attempts) => self.failed(Retry::Lap(lap), attempts, &e),
+            }
+        }
+    }
+
+    fn failed(&mut self, work: Retry, attempts: u32, error: &ArchiveError) {
+        let attempts = attempts + 1;
+        if attempts == 1 {
+            tracing::warn!(%error, "archive write failed; the data stays in memory and is retried");
+        } else {
+            tracing::debug!(%error, attempts, "archive write failed again");
+        }
+        let wait = RETRY_FIRST
+            .saturating_mul(1 << (attempts - 1).min(6))
+            .min(RETRY_MAX);
+        self.report.retries += 1;
+        self.retry.push_back(Pending {
+            work,
+            attempts,
+            due: Instant::now() + wait,
+            error: error.to_string(),
+        });
+    }
+
+    /// Tries again what is due (with `all`, everything), in the order it failed.
+    fn retry_due(&mut self, all: bool) {
+        let now = Instant::now();
+        let mut due = Vec::new();
+        while let Some(p) = self.retry.front() {
+            if !all && p.due > now {
+                break;
+            }
+            due.extend(self.retry.pop_front());
+        }
+        for p in due {
+            match p.work {
+                Retry::Lap(lap) => self.write(lap, p.attempts),
+                Retry::IndexLap(lap, path) => self.index_lap(lap, path, p.attempts),
+                Retry::Job(job) => {
+                    self.collect(true);
+                    if let Err(e) = self.index_job(&job) {
+                        self.failed(Retry::Job(job), p.attempts, &e);
+                    }
+                }
+            }
+        }
+    }
 }
