@@ -56,6 +56,7 @@ pub mod collision;
 pub mod physics;
 pub mod race;
 pub mod record;
+pub mod telemetry;
 pub mod timing;
 pub mod track;
 
@@ -221,6 +222,7 @@ impl Plugin for SimulationPlugin {
                 timing::TimingPlugin,
                 race::RacePlugin,
                 record::RecordPlugin,
+                telemetry::TelemetryPlugin,
             ));
     }
 }
@@ -285,6 +287,10 @@ pub mod prelude {
     };
     pub use crate::record::{
         LapAssembler, LapClosed, LapColumns, LapRecorder, RecordChunk, RecordedLap,
+    };
+    pub use crate::telemetry::{
+        RecordedClock, RecordedLapState, RecordedLapTime, RecordedLapTimes, RecordedSample,
+        TelemetryFeed, spawn_recording,
     };
     pub use crate::timing::{LapCompleted, LapTiming, TrackProgress, ticks_to_seconds};
     pub use crate::track::{GridSlot, TrackGeometry, TrackId, Tracks};

@@ -17,13 +17,14 @@ use bevy_ecs::prelude::*;
 
 use crate::car::{Active, Controls, InSession, Motion, Pose, SessionCars};
 use crate::race::RaceFinished;
+use crate::telemetry::RecordedClock;
 use crate::timing::{LapTiming, TrackProgress, ticks_to_seconds};
 use crate::{SimSystems, SimTick};
 
 /// One lap of one car, column by column (all columns have the same length).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct LapColumns {
-    /// Simulation tick of the row.
+    /// Simulation tick of the row, or for a recorded car the recording's record number.
     pub tick: Vec<u64>,
     /// Time since the lap started in seconds.
     pub lap_time_s: Vec<f32>,
@@ -399,21 +400,27 @@ pub fn record_cars(
             &TrackProgress,
             &LapTiming,
             &mut LapRecorder,
+            Option<&RecordedClock>,
         ),
         With<Active>,
     >,
 ) {
     let chunk = &mut *chunk;
-    for (car, session, pose, motion, controls, progress, timing, mut rec) in &mut cars {
+    for (car, session, pose, motion, controls, progress, timing, mut rec, clock) in &mut cars {
         if rec.lap != timing.lap {
             let closed = close_lap(car, session.0, &mut rec, timing);
             chunk.closed.push(closed);
         }
-        let lap_time_s = ticks_to_seconds((tick.0 as f64 - timing.lap_start_tick).max(0.0)) as f32;
+        // A recorded car's rows carry the recording's record number and clock.
+        let (row, now) = match clock {
+            Some(c) => (c.record, c.ticks()),
+            None => (tick.0, tick.0 as f64),
+        };
+        let lap_time_s = ticks_to_seconds((now - timing.lap_start_tick).max(0.0)) as f32;
         chunk.car.push(car);
         chunk.lap.push(rec.lap);
         chunk.columns.push(&LapSample {
-            tick: tick.0,
+            tick: row,
             lap_time_s,
             distance_m: progress.distance_m,
             lateral_m: progress.lateral_m,
