@@ -50,6 +50,28 @@ pub enum Command {
     /// Inspect the lap archive.
     #[command(subcommand)]
     Archive(ArchiveCommand),
+    /// Archive the laps of iRacing recordings (.ibt files, or folders of them).
+    Ingest(IngestArgs),
+    /// Archive laps from live iRacing telemetry (Windows, with iRacing running).
+    Live {
+        /// Store the driver's name instead of a pseudonym.
+        #[arg(long)]
+        keep_driver_names: bool,
+    },
+}
+
+/// Arguments of `apexsim ingest`.
+#[derive(Debug, clap::Args)]
+pub struct IngestArgs {
+    /// Recordings: .ibt files or folders (searched recursively for .ibt files).
+    #[arg(required = true, value_name = "FILE_OR_FOLDER")]
+    pub paths: Vec<PathBuf>,
+    /// Store drivers' names instead of stable pseudonyms.
+    #[arg(long)]
+    pub keep_driver_names: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
 }
 
 /// `apexsim archive` commands.

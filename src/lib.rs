@@ -1,12 +1,13 @@
 //! ApexSim: a data-oriented ECS simulation and analysis engine for sim racing.
 //!
 //! The simulation itself lives in [`apexsim_systems`] (no I/O). This crate does the I/O around
-//! it: the command line, content loading, and the offline race runner; the archive, network,
-//! ingest and analysis build on these.
+//! it: the command line, content loading, the offline race runner, the lap archive and the
+//! iRacing ingest; the network and analysis build on these.
 
 pub mod archive;
 pub mod cli;
 pub mod content;
+pub mod ingest;
 pub mod output;
 pub mod race;
 

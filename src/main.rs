@@ -136,6 +136,40 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let pruned = apexsim::archive::prune(&cli.data, &index, cutoff).context("pruning")?;
             output::print_prune(&pruned, format).context("writing the prune report")?;
         }
+        Command::Ingest(args) => {
+            let files = apexsim::ingest::collect_files(&args.paths)
+                .map_err(|e| UsageError(e.to_string()))?;
+            if files.is_empty() {
+                return Err(UsageError("no .ibt files found in the given paths".into()).into());
+            }
+            let opts = apexsim::ingest::IngestOptions {
+                keep_driver_names: args.keep_driver_names,
+            };
+            let mut bar = output::Progress::new("ingest");
+            let report =
+                apexsim::ingest::ingest(&files, &cli.data, &opts, |done, total, records| {
+                    bar.update(done, total, records)
+                })
+                .with_context(|| format!("opening the archive in {}", cli.data.display()))?;
+            bar.finish();
+            output::print_ingest(&report, args.format).context("writing the ingest report")?;
+            let failed = report.failed();
+            if failed > 0 {
+                anyhow::bail!("{failed} of {} file(s) could not be ingested", files.len());
+            }
+            if let Some(archive) = &report.archive
+                && !archive.errors.is_empty()
+            {
+                anyhow::bail!(
+                    "{} archive write(s) failed; first: {}",
+                    archive.errors.len(),
+                    archive.errors[0]
+                );
+            }
+        }
+        Command::Live { keep_driver_names } => {
+            apexsim::ingest::live::run(&cli.data, keep_driver_names)?;
+        }
     }
     Ok(())
 }

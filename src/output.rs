@@ -232,6 +232,144 @@ pub fn print_archive(
     emit(&text)
 }
 
+/// A progress bar on standard error for long jobs, drawn only when standard error is a
+/// terminal (logs and pipes stay clean).
+pub struct Progress {
+    label: &'static str,
+    enabled: bool,
+    started: std::time::Instant,
+}
+
+impl Progress {
+    /// A bar labelled `label`.
+    pub fn new(label: &'static str) -> Self {
+        Self {
+            label,
+            enabled: io::IsTerminal::is_terminal(&io::stderr()),
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// Redraws the bar: `done` of `total` files, `records` records read so far.
+    pub fn update(&mut self, done: usize, total: usize, records: u64) {
+        if !self.enabled || total == 0 {
+            return;
+        }
+        const WIDTH: usize = 30;
+        let filled = done * WIDTH / total;
+        let rate = records as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
+        let mut err = io::stderr().lock();
+        let _ = write!(
+            err,
+            "\r{} [{}{}] {done}/{total} files, {records} records ({rate:.0}/s)",
+            self.label,
+            "#".repeat(filled),
+            " ".repeat(WIDTH - filled),
+        );
+        let _ = err.flush();
+    }
+
+    /// Ends the bar's line.
+    pub fn finish(self) {
+        if self.enabled {
+            let _ = writeln!(io::stderr());
+        }
+    }
+}
+
+/// Prints what an ingest did: one line per file (laps, valid laps, lap times, or why it
+/// failed), then the totals.
+///
+/// # Errors
+/// Writing to standard output failed.
+pub fn print_ingest(report: &crate::ingest::IngestReport, format: Format) -> io::Result<()> {
+    use crate::ingest::FileOutcome;
+    if format == Format::Json {
+        return emit_json(report);
+    }
+    let rows: Vec<Vec<String>> = report
+        .files
+        .iter()
+        .map(|f| {
+            let name = f.path.file_name().map_or_else(
+                || f.path.display().to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            );
+            match &f.outcome {
+                FileOutcome::Ingested { info, laps, .. } => {
+                    let times: Vec<String> = laps
+                        .iter()
+                        .map(|l| {
+                            let t = lap_time(l.time_s);
+                            if l.valid {
+                                t
+                            } else {
+                                format!("({t} invalid: {})", l.invalid_because.join(", "))
+                            }
+                        })
+                        .collect();
+                    vec![
+                        name,
+                        "ingested".into(),
+                        info.track_name.clone(),
+                        info.car.clone(),
+                        laps.len().to_string(),
+                        laps.iter().filter(|l| l.valid).count().to_string(),
+                        if times.is_empty() {
+                            "-".into()
+                        } else {
+                            times.join(" ")
+                        },
+                    ]
+                }
+                FileOutcome::Skipped { .. } => vec![
+                    name,
+                    "already archived".into(),
+                    String::new(),
+                    String::new(),
+                    "-".into(),
+                    "-".into(),
+                    String::new(),
+                ],
+                FileOutcome::Failed { error } => vec![
+                    name,
+                    "FAILED".into(),
+                    error.clone(),
+                    String::new(),
+                    "-".into(),
+                    "-".into(),
+                    String::new(),
+                ],
+            }
+        })
+        .collect();
+    let mut text = table(
+        &[
+            "File",
+            "Status",
+            "Track",
+            "Car",
+            "Laps",
+            "Valid",
+            "Lap times",
+        ],
+        &rows,
+    );
+    let (laps, valid) = report.laps();
+    let archived = report.archive.as_ref().map_or(0, |a| a.laps_written);
+    text += &format!(
+        "\n{} files ({} failed): {laps} complete laps, {valid} valid, {archived} archived; \
+         {} records ({:.0} s recorded) in {:.2} s = {:.0} records/s\n",
+        report.files.len(),
+        report.failed(),
+        report.records,
+        report.recorded_s,
+        report.wall_s,
+        report.records as f64 / report.wall_s.max(1e-9),
+    );
+    emit(&text)
+}
+
 #[derive(Serialize)]
 struct ContentSummary<'a> {
     cars: Vec<(&'a str, &'a str, String)>,

@@ -220,7 +220,21 @@ impl Index {
         Ok(())
     }
 
-    /// Whether a lap of a session's car is indexed.
+    /// Whether a session is in the index.
+    ///
+    /// # Errors
+    /// [`ArchiveError::Sqlite`].
+    pub fn has_session(&self, id: Uuid) -> Result<bool, ArchiveError> {
+        self.conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM sessions WHERE id = ?1)",
+                params![id.to_string()],
+                |r| r.get(0),
+            )
+            .map_err(self.sql())
+    }
+
+    /// Whether a lap of `session`'s car is indexed.
     ///
     /// # Errors
     /// [`ArchiveError::Sqlite`].

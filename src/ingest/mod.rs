@@ -1,0 +1,659 @@
+//! iRacing ingest: recordings (.ibt) become archived laps.
+//!
+//! Each file is read whole at full speed (pitwall's IBT reader for version 2, ApexSim's own
+//! record reader for version 1), its records become [`RecordedSample`]s, and a batch of files
+//! plays through one ECS world side by side: one session and one telemetry-driven car per
+//! file, one sample per tick. The same timing and record systems as a race detect and record
+//! the laps; complete laps are archived (`source=iracing`) with their official time and
+//! validity, indexed in SQLite.
+//!
+//! A file is identified by the hash of its bytes: ingesting it again finds its session in the
+//! index and skips it, so laps are never duplicated. Driver names are replaced by a stable
+//! pseudonym unless asked otherwise. A file that cannot be read is reported with its path and
+//! what is wrong, and the others go on.
+
+pub mod frame;
+pub mod ibt;
+pub mod live;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use apexsim_systems::prelude::*;
+use apexsim_systems::telemetry::reason;
+use bevy_ecs::entity::Entity;
+use thiserror::Error;
+use uuid::Uuid;
+
+use crate::archive::index::{Index, SessionRow};
+use crate::archive::writer::{ArchiveJob, ArchiveWriter, WriterReport};
+use crate::archive::{ArchiveError, Date, LapMeta, Source};
+use frame::IbtFrame;
+use ibt::{IbtError, IbtHeader};
+
+/// Files played through the world together.
+pub const BATCH_FILES: usize = 16;
+
+/// Accelerations beyond this (about 8 g) next to ordinary neighbours are sensor spikes.
+pub const SPIKE_MPS2: f32 = 80.0;
+
+/// Namespace of recording and driver ids (uuid v5).
+const NAMESPACE: Uuid = Uuid::from_u128(0x6170_6578_7369_6d2d_6962_742d_696e_6765);
+
+/// Why one file was not ingested.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum IngestError {
+    /// The file could not be read.
+    #[error("{}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not a readable recording.
+    #[error("{}: {source}", path.display())]
+    Ibt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        source: IbtError,
+    },
+    /// The archive failed.
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
+}
+
+/// Ingest options.
+#[derive(Debug, Clone, Default)]
+pub struct IngestOptions {
+    /// Store drivers' names instead of pseudonyms.
+    pub keep_driver_names: bool,
+}
+
+/// What a recording says about itself.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RecordingInfo {
+    /// IBT version (1 or 2).
+    pub version: i32,
+    /// Samples per second.
+    pub hz: f64,
+    /// Records in the file.
+    pub records: usize,
+    /// Track display name.
+    pub track_name: String,
+    /// Track configuration, if any.
+    pub track_config: Option<String>,
+    /// Track slug for the archive (from iRacing's track name).
+    pub track: String,
+    /// Lap length in metres (measured from the lap distance channels, else the session info).
+    pub track_length_m: f32,
+    /// Car name.
+    pub car: String,
+    /// Session type (practice, race, offline testing...).
+    pub session_type: String,
+    /// Driver (pseudonym unless names are kept).
+    pub driver: String,
+    /// Unix seconds at which the recording started.
+    pub started_at: i64,
+}
+
+/// One lap found in a recording.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct IngestedLap {
+    /// The recording's lap counter.
+    pub lap: i32,
+    /// First record of the lap.
+    pub start_record: u64,
+    /// First record after it.
+    pub end_record: u64,
+    /// Lap time in seconds (official when the recording had one).
+    pub time_s: f64,
+    /// Whether the time is the recording's own.
+    pub official: bool,
+    /// Whether the lap is valid.
+    pub valid: bool,
+    /// Why not, when invalid.
+    pub invalid_because: Vec<&'static str>,
+}
+
+/// What happened to one file.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum FileOutcome {
+    /// Read and its laps archived.
+    Ingested {
+        /// Session id (from the file's bytes).
+        session: Uuid,
+        /// What the file says.
+        info: RecordingInfo,
+        /// Complete laps, in order.
+        laps: Vec<IngestedLap>,
+        /// Acceleration spikes smoothed.
+        spikes: usize,
+    },
+    /// Already in the archive.
+    Skipped {
+        /// Its session.
+        session: Uuid,
+    },
+    /// Could not be ingested.
+    Failed {
+        /// Why.
+        error: String,
+    },
+}
+
+/// One file's line in the report.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct FileReport {
+    /// The file.
+    pub path: PathBuf,
+    /// What happened.
+    #[serde(flatten)]
+    pub outcome: FileOutcome,
+}
+
+/// What an ingest did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct IngestReport {
+    /// Every file, in order.
+    pub files: Vec<FileReport>,
+    /// Records read.
+    pub records: u64,
+    /// Recorded time, seconds.
+    pub recorded_s: f64,
+    /// Wall-clock seconds.
+    pub wall_s: f64,
+    /// The archive writer's report.
+    pub archive: Option<WriterReport>,
+}
+
+impl IngestReport {
+    /// Files that failed.
+    pub fn failed(&self) -> usize {
+        self.files
+            .iter()
+            .filter(|f| matches!(f.outcome, FileOutcome::Failed { .. }))
+            .count()
+    }
+
+    /// Complete laps found, and how many of them are valid.
+    pub fn laps(&self) -> (usize, usize) {
+        self.files
+            .iter()
+            .filter_map(|f| match &f.outcome {
+                FileOutcome::Ingested { laps, .. } => Some(laps),
+                _ => None,
+            })
+            .fold((0, 0), |(n, v), laps| {
+                (n + laps.len(), v + laps.iter().filter(|l| l.valid).count())
+            })
+    }
+}
+
+/// Lists the .ibt files under the given paths (folders recursively, in name order); a path
+/// that is a file is taken as is, whatever its name.
+///
+/// # Errors
+/// [`IngestError::Read`] for a path that does not exist or a folder that cannot be listed.
+pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, IngestError> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), IngestError> {
+        let read = std::fs::read_dir(dir).map_err(|source| IngestError::Read {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let mut entries: Vec<PathBuf> = read.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        entries.sort();
+        for p in entries {
+            if p.is_dir() {
+                walk(&p, out)?;
+            } else if p.extension().is_some_and(|e| e.eq_ignore_ascii_case("ibt")) {
+                out.push(p);
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    for p in paths {
+        let meta = std::fs::metadata(p).map_err(|source| IngestError::Read {
+            path: p.clone(),
+            source,
+        })?;
+        if meta.is_dir() {
+            walk(p, &mut out)?;
+        } else {
+            out.push(p.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// A recording read into samples, ready to play.
+#[derive(Debug, Clone)]
+pub struct Recording {
+    /// Session id: a hash of the file's bytes.
+    pub session: Uuid,
+    /// What the file says.
+    pub info: RecordingInfo,
+    /// The samples (blank records left out).
+    pub samples: Vec<RecordedSample>,
+    /// Acceleration spikes smoothed.
+    pub spikes: usize,
+}
+
+/// Reads a recording's frames: version 2 through pitwall's IBT reader, version 1 directly.
+///
+/// # Errors
+/// [`IbtError`] naming what is wrong with the file.
+pub fn read_frames(bytes: &[u8]) -> Result<(IbtHeader, Vec<IbtFrame>), IbtError> {
+    let header = IbtHeader::parse(bytes)?;
+    let frames = if header.version == 2 {
+        ibt::frames_via_pitwall(bytes, &header)?
+    } else {
+        ibt::frames_direct(bytes, &header)?
+    };
+    Ok((header, frames))
+}
+
+/// Reads a file into a [`Recording`].
+///
+/// # Errors
+/// [`IngestError`] naming the file and what is wrong with it.
+pub fn read_recording(path: &Path, opts: &IngestOptions) -> Result<Recording, IngestError> {
+    let bytes = std::fs::read(path).map_err(|source| IngestError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let ibt_err = |source| IngestError::Ibt {
+        path: path.to_owned(),
+        source,
+    };
+    let (header, frames) = read_frames(&bytes).map_err(ibt_err)?;
+    let yaml = header.session_yaml(&bytes);
+    let session = Uuid::new_v5(&NAMESPACE, &bytes);
+    let mut info = session_info(yaml.as_deref(), &header, opts);
+    if let Some(length) = measured_length(&frames) {
+        info.track_length_m = length;
+    }
+    let (samples, spikes) = samples(&frames, &info);
+    Ok(Recording {
+        session,
+        info,
+        samples,
+        spikes,
+    })
+}
+
+/// Track, car, driver and session type from the session info YAML (pitwall's parser, with a
+/// line scan for the track when an old recording's YAML does not fit pitwall's schema).
+fn session_info(yaml: Option<&str>, header: &IbtHeader, opts: &IngestOptions) -> RecordingInfo {
+    let parsed = yaml.and_then(|y| pitwall::SessionInfo::parse(y).ok());
+    let line = |key: &str| -> Option<String> {
+        yaml?.lines().find_map(|l| {
+            let l = l.trim_start();
+            let v = l.strip_prefix(key)?.strip_prefix(':')?.trim();
+            (!v.is_empty()).then(|| v.trim_matches('"').to_owned())
+        })
+    };
+    let (track_name, track_id, track_length, track_config) = match &parsed {
+        Some(p) => (
+            p.weekend_info.track_display_name.clone(),
+            p.weekend_info.track_name.clone(),
+            p.weekend_info.track_length.clone(),
+            p.weekend_info.track_config_name.clone(),
+        ),
+        None => (
+            line("TrackDisplayName").unwrap_or_default(),
+            line("TrackName").unwrap_or_default(),
+            line("TrackLength").unwrap_or_default(),
+            line("TrackConfigName"),
+        ),
+    };
+    let (car, driver, session_type) = parsed
+        .as_ref()
+        .map(|p| {
+            let me = p.driver_info.as_ref().and_then(|d| {
+                let idx = d.driver_car_idx?;
+                d.drivers.as_ref()?.iter().find(|x| x.car_idx == idx)
+            });
+            let session_type = p
+                .session_info
+                .sessions
+                .first()
+                .map(|s| s.session_type.clone());
+            (
+                me.and_then(|m| m.car_screen_name.clone()),
+                me.map(|m| m.user_name.clone()),
+                session_type,
+            )
+        })
+        .unwrap_or_default();
+    let car = car
+        .or_else(|| line("CarScreenName"))
+        .unwrap_or_else(|| "unknown car".into());
+    let driver = driver.or_else(|| line("UserName")).unwrap_or_default();
+    let driver = if opts.keep_driver_names {
+        driver
+    } else {
+        pseudonym(&driver)
+    };
+    let track = slug(if track_id.is_empty() {
+        &track_name
+    } else {
+        &track_id
+    });
+    RecordingInfo {
+        version: header.version,
+        hz: f64::from(header.tick_rate),
+        records: header.records,
+        track_name,
+        track_config: track_config.filter(|c| !c.is_empty()),
+        track: if track.is_empty() {
+            "unknown".into()
+        } else {
+            track
+        },
+        track_length_m: parse_km(&track_length).unwrap_or(0.0),
+        car,
+        session_type: session_type
+            .or_else(|| line("SessionType"))
+            .unwrap_or_else(|| "unknown".into()),
+        driver,
+        started_at: header.start_date,
+    }
+}
+
+/// A stable pseudonym for a driver's name: the same name gives the same pseudonym everywhere.
+pub fn pseudonym(name: &str) -> String {
+    let id = Uuid::new_v5(&NAMESPACE, name.as_bytes());
+    format!("driver-{}", &id.simple().to_string()[..8])
+}
+
+/// `"tsukuba 1kouter"` -> `"tsukuba_1kouter"`: lowercase letters, digits and single `_`.
+pub fn slug(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for c in name.chars() {
+        if c.is_ascii_alphanumeric() {
+            out.push(c.to_ascii_lowercase());
+        } else if !out.ends_with('_') && !out.is_empty() {
+            out.push('_');
+        }
+    }
+    out.trim_end_matches('_').to_owned()
+}
+
+fn parse_km(s: &str) -> Option<f32> {
+    let (v, unit) = s.trim().split_once(' ')?;
+    let v: f32 = v.parse().ok()?;
+    match unit.trim() {
+        "km" => Some(v * 1000.0),
+        "mi" => Some(v * 1609.344),
+        _ => None,
+    }
+}
+
+/// The lap length from `LapDist / LapDistPct` (the session info rounds it to 10 m): the median
+/// over samples well inside the lap.
+fn measured_length(frames: &[IbtFrame]) -> Option<f32> {
+    let mut ratios: Vec<f32> = frames
+        .iter()
+        .filter(|f| f.lap_dist_pct > 0.25 && f.lap_dist_pct < 0.95 && f.lap_dist_m > 0.0)
+        .map(|f| f.lap_dist_m / f.lap_dist_pct)
+        .filter(|r| r.is_finite())
+        .collect();
+    if ratios.len() < 10 {
+        return None;
+    }
+    let mid = ratios.len() / 2;
+    let (_, m, _) = ratios.select_nth_unstable_by(mid, f32::total_cmp);
+    Some(*m)
+}
+
+/// Frames to samples: blank records dropped, positions in metres east/north of the first
+/// located sample, steering normalised to -1 (left) ..= 1 (right), isolated acceleration
+/// spikes replaced by their neighbours' mean.
+fn samples(frames: &[IbtFrame], info: &RecordingInfo) -> (Vec<RecordedSample>, usize) {
+    const EARTH_R_M: f64 = 6_371_000.0;
+    let origin = frames
+        .iter()
+        .find(|f| f.lat_deg.is_finite() && f.lat_deg != 0.0 && f.lon_deg != 0.0)
+        .map(|f| (f.lat_deg, f.lon_deg));
+    let length = info.track_length_m;
+    let mut out: Vec<RecordedSample> = frames
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| !f.is_blank())
+        .map(|(i, f)| {
+            let (x, y) = match origin {
+                Some((lat0, lon0)) if f.lat_deg != 0.0 => (
+                    ((f.lon_deg - lon0).to_radians() * lat0.to_radians().cos() * EARTH_R_M) as f32,
+                    ((f.lat_deg - lat0).to_radians() * EARTH_R_M) as f32,
+                ),
+                _ => (f32::NAN, f32::NAN),
+            };
+            let steering = match f.steering_max_rad {
+                Some(max) if max > 0.0 => (-f.steering_rad / max).clamp(-1.0, 1.0),
+                _ => f32::NAN,
+            };
+            let lap_dist_m = if f.lap_dist_m.is_finite() {
+                f.lap_dist_m
+            } else {
+                f.lap_dist_pct * length
+            };
+            RecordedSample {
+                record: i as u64,
+                time_s: f.session_time_s,
+                lap: f.lap,
+                lap_dist_pct: f.lap_dist_pct,
+                lap_dist_m,
+                last_lap_time_s: f.last_lap_time_s,
+                speed_mps: f.speed_mps,
+                throttle: f.throttle,
+                brake: f.brake,
+                steering,
+                x_m: x,
+                y_m: y,
+                yaw_rad: f.yaw_north_rad.unwrap_or(f.yaw_rad),
+                long_accel_mps2: f.long_accel_mps2,
+                lat_accel_mps2: f.lat_accel_mps2,
+                on_pit_road: f.on_pit_road,
+                off_track: f.track_surface == Some(0),
+            }
+        })
+        .collect();
+    let mut spikes = 0;
+    for i in 1..out.len().saturating_sub(1) {
+        for get in [
+            (|s: &mut RecordedSample| &mut s.long_accel_mps2)
+                as fn(&mut RecordedSample) -> &mut f32,
+            |s: &mut RecordedSample| &mut s.lat_accel_mps2,
+        ] {
+            let (a, b) = (*get(&mut out[i - 1]), *get(&mut out[i + 1]));
+            let v = get(&mut out[i]);
+            if v.abs() > SPIKE_MPS2 && a.abs() <= SPIKE_MPS2 && b.abs() <= SPIKE_MPS2 {
+                *v = (a + b) * 0.5;
+                spikes += 1;
+            }
+        }
+    }
+    (out, spikes)
+}
+
+/// Plays recordings through an ECS world, side by side, and returns each one's complete laps:
+/// the recorded rows and the lap's time and validity, keyed by the recording's position.
+pub fn play(
+    sim: &mut Simulation,
+    recordings: &[Recording],
+) -> Vec<Vec<(RecordedLapTime, LapColumns)>> {
+    let cars: Vec<(Entity, Entity)> = recordings
+        .iter()
+        .map(|r| {
+            spawn_recording(
+                sim.world_mut(),
+                r.session,
+                r.samples.clone(),
+                r.info.hz,
+                r.info.track_length_m,
+            )
+        })
+        .collect();
+    let longest = recordings
+        .iter()
+        .map(|r| r.samples.len())
+        .max()
+        .unwrap_or(0);
+    let mut assembler = LapAssembler::default();
+    let mut rows: HashMap<(Entity, u16), LapColumns> = HashMap::new();
+    let mut times = Vec::new();
+    // One tick per sample, plus one for the cars to leave.
+    for n in 0..=longest {
+        sim.step();
+        if n % 240 == 0 || n == longest {
+            let chunk = sim.world_mut().resource_mut::<RecordChunk>().take();
+            for lap in assembler.ingest(&chunk) {
+                if lap.complete {
+                    rows.insert((lap.car, lap.lap), lap.columns);
+                }
+            }
+            times.append(&mut sim.world_mut().resource_mut::<RecordedLapTimes>().0);
+        }
+    }
+    let out = cars
+        .iter()
+        .map(|&(_, car)| {
+            times
+                .iter()
+                .filter(|t| t.car == car)
+                .filter_map(|t| rows.remove(&(car, t.lap)).map(|c| (*t, c)))
+                .collect()
+        })
+        .collect();
+    for (session, _) in cars {
+        sim.world_mut().despawn(session);
+    }
+    out
+}
+
+/// Ingests files into the archive under `data`. `progress` is called after each file with
+/// (files done, files total, records so far).
+///
+/// # Errors
+/// [`IngestError::Archive`] when the archive cannot be opened; a bad file is reported in the
+/// result instead.
+pub fn ingest(
+    files: &[PathBuf],
+    data: &Path,
+    opts: &IngestOptions,
+    mut progress: impl FnMut(usize, usize, u64),
+) -> Result<IngestReport, IngestError> {
+    let started = Instant::now();
+    let index = Index::open(data)?;
+    let mut writer = ArchiveWriter::start(data)?;
+    let mut sim = Simulation::new(SimulationPlugin::default());
+    let mut report = IngestReport::default();
+    let mut done = 0;
+    for batch in files.chunks(BATCH_FILES) {
+        let mut recordings = Vec::new();
+        let mut slots = Vec::new();
+        for path in batch {
+            report.files.push(FileReport {
+                path: path.clone(),
+                outcome: FileOutcome::Failed {
+                    error: String::new(),
+                },
+            });
+            let slot = report.files.len() - 1;
+            match read_recording(path, opts) {
+                Ok(r) if index.has_session(r.session)? => {
+                    report.files[slot].outcome = FileOutcome::Skipped { session: r.session };
+                }
+                Ok(r) => {
+                    slots.push(slot);
+                    recordings.push(r);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "recording not ingested");
+                    report.files[slot].outcome = FileOutcome::Failed {
+                        error: e.to_string(),
+                    };
+                }
+            }
+        }
+        let laps = play(&mut sim, &recordings);
+        for ((slot, rec), laps) in slots.into_iter().zip(recordings).zip(laps) {
+            report.records += rec.samples.len() as u64;
+            if let (Some(first), Some(last)) = (rec.samples.first(), rec.samples.last()) {
+                report.recorded_s += last.time_s - first.time_s;
+            }
+            report.files[slot].outcome = archive_recording(&mut writer, rec, laps);
+        }
+        done += batch.len();
+        progress(done, files.len(), report.records);
+    }
+    report.archive = Some(writer.finish());
+    report.wall_s = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+fn archive_recording(
+    writer: &mut ArchiveWriter,
+    rec: Recording,
+    laps: Vec<(RecordedLapTime, LapColumns)>,
+) -> FileOutcome {
+    let info = rec.info;
+    let date = Date::from_unix(info.started_at);
+    let duration = rec
+        .samples
+        .last()
+        .zip(rec.samples.first())
+        .map_or(0.0, |(l, f)| l.time_s - f.time_s);
+    writer.submit(ArchiveJob::Session(SessionRow {
+        id: rec.session,
+        source: Source::Iracing.as_str().into(),
+        track: info.track.clone(),
+        car_model: info.car.clone(),
+        lap_limit: None,
+        seed: None,
+        started_at: info.started_at,
+        finished_at: Some(info.started_at + duration.round() as i64),
+    }));
+    let mut out = Vec::with_capacity(laps.len());
+    for (t, columns) in laps {
+        let lap = IngestedLap {
+            lap: t.recorded_lap,
+            start_record: t.start_record,
+            end_record: t.end_record,
+            time_s: t.time_s(),
+            official: t.official_s.is_some(),
+            valid: t.valid(),
+            invalid_because: reason::names(t.reasons),
+        };
+        writer.submit(ArchiveJob::Lap {
+            meta: Box::new(LapMeta {
+                source: Source::Iracing,
+                session: rec.session,
+                car: 0,
+                car_model: info.car.clone(),
+                driver: info.driver.clone(),
+                track: info.track.clone(),
+                track_length_m: info.track_length_m,
+                lap: u16::try_from(t.recorded_lap.max(0)).unwrap_or(u16::MAX),
+                lap_time_s: Some(lap.time_s),
+                complete: true,
+                valid: lap.valid,
+                date,
+            }),
+            columns,
+        });
+        out.push(lap);
+    }
+    FileOutcome::Ingested {
+        session: rec.session,
+        info,
+        laps: out,
+        spikes: rec.spikes,
+    }
+}

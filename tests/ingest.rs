@@ -1,0 +1,284 @@
+//! iRacing ingest over the real recordings in `../shared/data/ibt/`: the laps found equal the
+//! ground truth in `laps.json`; both record readers agree; bad files are named and the others
+//! go on; re-ingesting does not duplicate; drivers are pseudonymised.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use apexsim::archive::index::Index;
+use apexsim::archive::read_lap;
+use apexsim::ingest::{IngestOptions, ibt, play, read_recording};
+use apexsim::systems::prelude::*;
+use common::apexsim;
+
+fn corpus() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/ibt")
+}
+
+fn truth() -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(corpus().join("laps.json")).expect("laps.json");
+    serde_json::from_str(&text).expect("json")
+}
+
+#[test]
+fn the_complete_laps_found_in_every_recording_equal_the_ground_truth() {
+    let files = truth();
+    assert_eq!(files.len(), 15);
+    let recordings: Vec<_> = files
+        .iter()
+        .map(|f| {
+            let path = corpus().join(f["dest"].as_str().expect("dest"));
+            read_recording(&path, &IngestOptions::default()).expect("readable")
+        })
+        .collect();
+    // All recordings play side by side in one world, as the ingest does.
+    let mut sim = Simulation::new(SimulationPlugin::default());
+    let found = play(&mut sim, &recordings);
+    let tick = 1.0 / 60.0;
+    let mut checked = 0;
+    for ((f, rec), laps) in files.iter().zip(&recordings).zip(&found) {
+        let name = f["dest"].as_str().expect("dest");
+        let expected = f["complete_laps"].as_array().expect("laps");
+        assert_eq!(rec.info.hz, 60.0, "{name}");
+        assert_eq!(
+            rec.info.records as u64,
+            f["samples"].as_u64().expect("samples"),
+            "{name}"
+        );
+        assert_eq!(laps.len(), expected.len(), "{name}: {laps:?}");
+        for ((t, columns), e) in laps.iter().zip(expected) {
+            assert_eq!(
+                i64::from(t.recorded_lap),
+                e["lap"].as_i64().expect("lap"),
+                "{name}"
+            );
+            let (start, end) = (
+                e["start"].as_u64().expect("s"),
+                e["end"].as_u64().expect("e"),
+            );
+            assert!(
+                t.start_record.abs_diff(start) <= 1,
+                "{name}: start {t:?} vs {e}"
+            );
+            assert!(t.end_record.abs_diff(end) <= 1, "{name}: end {t:?} vs {e}");
+            assert_eq!(
+                t.valid(),
+                e["valid"].as_bool().expect("valid"),
+                "{name}: {t:?}"
+            );
+            // The rows are the lap's records, stamped with their record numbers.
+            assert_eq!(columns.tick.first(), Some(&t.start_record), "{name}");
+            assert_eq!(columns.tick.last(), Some(&(t.end_record - 1)), "{name}");
+            // Every sample of the lap (blank records, as in a reset, are not samples).
+            let inside = rec
+                .samples
+                .iter()
+                .filter(|s| (t.start_record..t.end_record).contains(&s.record))
+                .count();
+            assert_eq!(columns.len(), inside, "{name}");
+            assert!(inside as u64 + 2 >= t.end_record - t.start_record, "{name}");
+            match e["official"].as_f64() {
+                Some(official) => {
+                    assert!(
+                        t.official_s.is_some(),
+                        "{name}: the recording's own time is used"
+                    );
+                    assert!(
+                        (t.time_s() - official).abs() <= tick,
+                        "{name}: {t:?} vs {official}"
+                    );
+                    // The samples alone agree within a tick too.
+                    assert!((t.sample_s - official).abs() <= tick, "{name}: {t:?}");
+                }
+                None => {
+                    // The reset lap: never a valid 26.4 s lap.
+                    assert!(!t.valid(), "{name}: {t:?}");
+                    assert!(name.contains("reset"));
+                }
+            }
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 12);
+}
+
+#[test]
+fn pitwall_and_the_own_reader_give_identical_frames_for_version_2_files() {
+    let mut compared = 0;
+    for f in truth().iter().filter(|f| f["ver"] == 2) {
+        let bytes = std::fs::read(corpus().join(f["dest"].as_str().expect("dest"))).expect("read");
+        let header = ibt::IbtHeader::parse(&bytes).expect("header");
+        let via_pitwall = ibt::frames_via_pitwall(&bytes, &header).expect("pitwall");
+        let direct = ibt::frames_direct(&bytes, &header).expect("direct");
+        assert_eq!(via_pitwall.len(), header.records);
+        assert_eq!(direct.len(), header.records);
+        // Debug text compares NaN (absent channels) as equal, and every value bit for bit.
+        for (a, b) in via_pitwall.iter().zip(&direct) {
+            assert_eq!(format!("{a:?}"), format!("{b:?}"));
+        }
+        if f["complete_laps"].as_array().is_some_and(|l| !l.is_empty()) {
+            assert!(via_pitwall.iter().any(|fr| fr.speed_mps > 10.0));
+        }
+        compared += 1;
+    }
+    assert_eq!(compared, 4);
+}
+
+#[test]
+fn version_1_files_lack_channels_that_version_2_files_have() {
+    let v1 = corpus().join("iracing_skmodified_langley_2015-05-28_144623_2laps.ibt");
+    let bytes = std::fs::read(v1).expect("read");
+    let err = pitwall::IbtReader::from_bytes(&bytes)
+        .err()
+        .expect("pitwall refuses v1");
+    assert!(err.to_string().contains("expected 2, found 1"), "{err}");
+    let (header, frames) = apexsim::ingest::read_frames(&bytes).expect("read v1");
+    assert_eq!(header.version, 1);
+    assert!(
+        frames
+            .iter()
+            .all(|f| f.yaw_north_rad.is_none() && f.track_surface.is_none())
+    );
+    // The first record is blank (lap, lap distance and position zero); the ingest leaves it
+    // out, and only it.
+    assert!(frames[0].is_blank());
+    assert!(!frames[1..].iter().any(|f| f.is_blank()));
+    let path = corpus().join("iracing_skmodified_langley_2015-05-28_144623_2laps.ibt");
+    let rec = read_recording(&path, &IngestOptions::default()).expect("read");
+    assert_eq!(rec.samples[0].record, 1);
+    assert_eq!(rec.samples.len(), frames.len() - 1);
+}
+
+#[test]
+fn ingest_archives_laps_skips_known_files_and_names_bad_ones() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let bad = dir.path().join("bad");
+    std::fs::create_dir_all(&bad).expect("mkdir");
+    let good = corpus().join("iracing_skmodified_langley_2015-05-28_145046_2laps_reset.ibt");
+    let bytes = std::fs::read(&good).expect("read");
+    std::fs::write(bad.join("truncated.ibt"), &bytes[..bytes.len() * 2 / 3]).expect("write");
+    // Deterministic "random" bytes.
+    let mut x = 0x9E37_79B9_7F4A_7C15_u64;
+    let noise: Vec<u8> = (0..10_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(bad.join("noise.ibt"), noise).expect("write");
+
+    let data_arg = data.to_str().expect("utf-8");
+    let (code, out, err) = apexsim(&[
+        "--data",
+        data_arg,
+        "ingest",
+        "--format",
+        "json",
+        bad.join("truncated.ibt").to_str().expect("utf-8"),
+        good.to_str().expect("utf-8"),
+        bad.join("noise.ibt").to_str().expect("utf-8"),
+    ]);
+    assert_eq!(code, 1, "a failed file makes the exit code nonzero: {err}");
+    let report: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let files = report["files"].as_array().expect("files");
+    assert_eq!(files[0]["status"], "failed");
+    let truncated = files[0]["error"].as_str().expect("error");
+    assert!(
+        truncated.contains("truncated.ibt") && truncated.contains("truncated:"),
+        "{truncated}"
+    );
+    assert_eq!(files[2]["status"], "failed");
+    let noise = files[2]["error"].as_str().expect("error");
+    assert!(
+        noise.contains("noise.ibt") && noise.contains("not an IBT recording"),
+        "{noise}"
+    );
+    // The good file between them went on.
+    assert_eq!(files[1]["status"], "ingested");
+    assert_eq!(files[1]["laps"].as_array().expect("laps").len(), 3);
+    assert_eq!(report["archive"]["laps_written"], 3);
+
+    let index = Index::open(&data).expect("index");
+    let laps = index.laps(None).expect("laps");
+    assert_eq!(laps.len(), 3);
+    let valid: Vec<u16> = laps.iter().filter(|l| l.valid).map(|l| l.lap).collect();
+    assert_eq!(valid, vec![184, 185]);
+    let sessions = index.sessions().expect("sessions");
+    assert_eq!(sessions.len(), 1);
+    assert_eq!(sessions[0].source, "iracing");
+    assert_eq!(sessions[0].track, "langley");
+    for lap in &laps {
+        let path = data.join(&lap.file);
+        let rel = lap.file.to_string_lossy().into_owned();
+        assert!(
+            rel.starts_with("laps/source=iracing/track=langley/date=2015-05-28/"),
+            "{rel}"
+        );
+        let (meta, columns) = read_lap(&path).expect("readable lap file");
+        assert_eq!(columns.len() as u64, lap.rows);
+        assert!(meta.driver.starts_with("driver-") && meta.driver.len() == 15);
+        assert_eq!(meta.lap_time_s, lap.lap_time_s);
+    }
+    let official: Vec<f64> = laps
+        .iter()
+        .filter(|l| l.valid)
+        .filter_map(|l| l.lap_time_s)
+        .collect();
+    assert!((official[0] - 15.1959).abs() < 1e-3 && (official[1] - 15.2772).abs() < 1e-3);
+
+    // Again: nothing is duplicated.
+    let (code, out, _) = apexsim(&[
+        "--data",
+        data_arg,
+        "ingest",
+        "--format",
+        "json",
+        good.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(code, 0);
+    let report: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(report["files"][0]["status"], "skipped");
+    assert_eq!(index.laps(None).expect("laps").len(), 3);
+}
+
+#[test]
+fn drivers_are_pseudonymised_unless_names_are_kept() {
+    let file = corpus().join("iracing_formulavee_tsukuba-1k-outer_2025-01-30_2laps.ibt");
+    let hidden = read_recording(&file, &IngestOptions::default()).expect("read");
+    let again = read_recording(&file, &IngestOptions::default()).expect("read");
+    let kept = read_recording(
+        &file,
+        &IngestOptions {
+            keep_driver_names: true,
+        },
+    )
+    .expect("read");
+    assert!(hidden.info.driver.starts_with("driver-"));
+    assert_eq!(hidden.info.driver, again.info.driver, "stable");
+    // No message: the real name must not be printed.
+    assert!(kept.info.driver != hidden.info.driver && !kept.info.driver.is_empty());
+    assert_eq!(
+        hidden.info.driver,
+        apexsim::ingest::pseudonym(&kept.info.driver)
+    );
+    assert_eq!(hidden.info.track, "tsukuba_1kouter");
+    assert_eq!(hidden.info.car, "Formula Vee");
+    assert!(
+        (hidden.info.track_length_m - 680.0).abs() < 10.0,
+        "{}",
+        hidden.info.track_length_m
+    );
+}
+
+#[cfg(not(windows))]
+#[test]
+fn live_says_it_needs_windows_and_iracing() {
+    let (code, out, err) = apexsim(&["live"]);
+    assert_eq!(code, 1);
+    assert!(out.is_empty());
+    assert!(err.contains("needs Windows with iRacing running"), "{err}");
+}
