@@ -52,11 +52,36 @@ pub enum Command {
     Archive(ArchiveCommand),
     /// Archive the laps of iRacing recordings (.ibt files, or folders of them).
     Ingest(IngestArgs),
+    /// Build tracks.
+    #[command(subcommand)]
+    Track(TrackCommand),
     /// Archive laps from live iRacing telemetry (Windows, with iRacing running).
     Live {
         /// Store the driver's name instead of a pseudonym.
         #[arg(long)]
         keep_driver_names: bool,
+    },
+}
+
+/// `apexsim track` commands.
+#[derive(Debug, Subcommand)]
+pub enum TrackCommand {
+    /// Build a track for the content directory from a clean lap of an iRacing recording.
+    FromIbt {
+        /// The recording (.ibt).
+        file: PathBuf,
+        /// The lap, by the recording's lap number (as `apexsim ingest` lists it).
+        #[arg(long)]
+        lap: i32,
+        /// Directory name of the new track under `<content>/tracks/` (a-z, 0-9, _).
+        #[arg(long)]
+        name: String,
+        /// Track width in metres (the recording does not hold it).
+        #[arg(long, default_value_t = 12.0)]
+        width: f32,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
     },
 }
 

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use apexsim::archive::index::Index;
 use apexsim::archive::writer::ArchiveWriter;
-use apexsim::cli::{ArchiveCommand, Cli, Command};
+use apexsim::cli::{ArchiveCommand, Cli, Command, TrackCommand};
 use apexsim::content::Content;
 use apexsim::{output, race};
 use clap::Parser;
@@ -166,6 +166,46 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     archive.errors[0]
                 );
             }
+        }
+        Command::Track(TrackCommand::FromIbt {
+            file,
+            lap,
+            name,
+            width,
+            format,
+        }) => {
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            {
+                return Err(UsageError(format!(
+                    "--name {name:?}: use lowercase letters, digits and _"
+                ))
+                .into());
+            }
+            if !(3.0..=60.0).contains(&width) {
+                return Err(UsageError(format!("--width {width}: use 3 to 60 metres")).into());
+            }
+            use apexsim::ingest::track::{TrackBuildError, from_ibt};
+            let built = from_ibt(&file, lap, &name, width, &dir).map_err(|e| match e {
+                TrackBuildError::NoLap { .. }
+                | TrackBuildError::NotClean { .. }
+                | TrackBuildError::Exists(_) => anyhow::Error::new(UsageError(e.to_string())),
+                other => anyhow::Error::new(other),
+            })?;
+            // The new track must load like any other content.
+            let check = Content::load(&dir);
+            let problems: Vec<String> = check
+                .errors
+                .iter()
+                .map(ToString::to_string)
+                .filter(|e| e.contains(&name))
+                .collect();
+            if !problems.is_empty() {
+                anyhow::bail!("the new track does not load: {}", problems.join("; "));
+            }
+            output::print_track_built(&built, format).context("writing the result")?;
         }
         Command::Live { keep_driver_names } => {
             apexsim::ingest::live::run(&cli.data, keep_driver_names)?;

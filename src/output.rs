@@ -370,6 +370,26 @@ pub fn print_ingest(report: &crate::ingest::IngestReport, format: Format) -> io:
     emit(&text)
 }
 
+/// Prints a track built from a recording.
+///
+/// # Errors
+/// Writing to standard output failed.
+pub fn print_track_built(t: &crate::ingest::track::BuiltTrack, format: Format) -> io::Result<()> {
+    if format == Format::Json {
+        return emit_json(t);
+    }
+    emit(&format!(
+        "built {} in {}: {} points, {:.1} m (the recording's lap: {:.1} m), from lap {} ({})\n",
+        t.name,
+        t.dir.display(),
+        t.points,
+        t.length_m,
+        t.recorded_length_m,
+        t.lap,
+        lap_time(t.lap_time_s)
+    ))
+}
+
 #[derive(Serialize)]
 struct ContentSummary<'a> {
     cars: Vec<(&'a str, &'a str, String)>,

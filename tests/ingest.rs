@@ -282,3 +282,103 @@ fn live_says_it_needs_windows_and_iracing() {
     assert!(out.is_empty());
     assert!(err.contains("needs Windows with iRacing running"), "{err}");
 }
+
+#[test]
+fn a_track_built_from_a_recorded_lap_loads_and_the_ai_races_on_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let content = dir.path().join("content");
+    common::copy_dir(&common::bundled_content(), &content);
+    let file = corpus().join("iracing_skmodified_langley_2015-05-28_144623_2laps.ibt");
+    let content_arg = content.to_str().expect("utf-8");
+    let file_arg = file.to_str().expect("utf-8");
+
+    // The reset lap is not clean; a missing lap lists the laps there are.
+    let reset = corpus().join("iracing_skmodified_langley_2015-05-28_145046_2laps_reset.ibt");
+    let (code, _, err) = apexsim(&[
+        "--content",
+        content_arg,
+        "track",
+        "from-ibt",
+        reset.to_str().expect("utf-8"),
+        "--lap",
+        "186",
+        "--name",
+        "langley_test",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("lap 186 is not clean"), "{err}");
+    let (code, _, err) = apexsim(&[
+        "--content",
+        content_arg,
+        "track",
+        "from-ibt",
+        file_arg,
+        "--lap",
+        "999",
+        "--name",
+        "langley_test",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("complete laps: 174, 175"), "{err}");
+
+    let (code, out, err) = apexsim(&[
+        "--content",
+        content_arg,
+        "track",
+        "from-ibt",
+        file_arg,
+        "--lap",
+        "174",
+        "--name",
+        "langley_test",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let built: serde_json::Value = serde_json::from_str(&out).expect("json");
+    // The centerline is the driven line, smoothed: within 3 % of the recording's lap distance.
+    let (length, recorded) = (
+        built["length_m"].as_f64().expect("length"),
+        built["recorded_length_m"].as_f64().expect("recorded"),
+    );
+    assert!(
+        (length / recorded - 1.0).abs() < 0.03,
+        "{length} vs {recorded}"
+    );
+
+    let report = apexsim::content::Content::load(&content);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let opts = apexsim::race::RaceOptions {
+        track: "langley_test".into(),
+        car: "gt3_generic".into(),
+        cars: 4,
+        laps: 3,
+        seed: 1,
+        fast: true,
+        time_limit: None,
+        session_id: None,
+    };
+    let race = apexsim::race::Race::new(&report.content, &opts).expect("race");
+    let result = race.run(true).expect("race runs");
+    assert_eq!(result.results.len(), 4);
+    assert!(
+        result.results.iter().all(|r| r.laps == 3),
+        "{:?}",
+        result.results
+    );
+
+    // Building it again is refused: the track exists.
+    let (code, _, err) = apexsim(&[
+        "--content",
+        content_arg,
+        "track",
+        "from-ibt",
+        file_arg,
+        "--lap",
+        "174",
+        "--name",
+        "langley_test",
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("exists"), "{err}");
+}

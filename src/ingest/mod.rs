@@ -15,6 +15,7 @@
 pub mod frame;
 pub mod ibt;
 pub mod live;
+pub mod track;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
