@@ -52,7 +52,8 @@ fn bundled_content_is_valid() {
     assert!(report.errors.is_empty(), "{report}");
     let c = report.content;
     assert_eq!(c.cars.len(), 2);
-    assert_eq!(c.tracks.len(), 3);
+    // Three generated tracks and two built from iRacing recordings.
+    assert_eq!(c.tracks.len(), 5);
     assert_eq!(c.templates.len(), 3);
     assert!(c.templates.iter().all(|t| t.active));
     let oval = c.track("Simple Oval").expect("by name");
@@ -115,7 +116,7 @@ fn too_few_centerline_points() {
         text.contains("oval_simple/centerline.csv: 3 points; a centerline needs at least 8"),
         "{text}"
     );
-    assert_eq!(content.tracks.len(), 2);
+    assert_eq!(content.tracks.len(), 4);
 }
 
 #[test]
