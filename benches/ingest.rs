@@ -20,13 +20,18 @@ fn corpus() -> Vec<PathBuf> {
 
 fn ingest_benches(c: &mut Criterion) {
     let files = corpus();
-    let bytes: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(f).expect("read")).collect();
+    let bytes: Vec<Vec<u8>> = files
+        .iter()
+        .map(|f| std::fs::read(f).expect("read"))
+        .collect();
     let headers: Vec<ibt::IbtHeader> = bytes
         .iter()
         .map(|b| ibt::IbtHeader::parse(b).expect("header"))
         .collect();
     let records: usize = headers.iter().map(|h| h.records).sum();
-    let v2: Vec<usize> = (0..files.len()).filter(|&i| headers[i].version == 2).collect();
+    let v2: Vec<usize> = (0..files.len())
+        .filter(|&i| headers[i].version == 2)
+        .collect();
     let v2_records: usize = v2.iter().map(|&i| headers[i].records).sum();
     eprintln!(
         "{} files, {records} records ({:.0} s of driving); {} version 2 files, {v2_records} records",
@@ -69,14 +74,22 @@ fn ingest_benches(c: &mut Criterion) {
     group.bench_function("pitwall_reader_and_decode/v2_files", |b| {
         b.iter(|| {
             v2.iter()
-                .map(|&i| ibt::frames_via_pitwall(&bytes[i], &headers[i]).expect("frames").len())
+                .map(|&i| {
+                    ibt::frames_via_pitwall(&bytes[i], &headers[i])
+                        .expect("frames")
+                        .len()
+                })
                 .sum::<usize>()
         })
     });
     group.bench_function("own_reader_and_decode/v2_files", |b| {
         b.iter(|| {
             v2.iter()
-                .map(|&i| ibt::frames_direct(&bytes[i], &headers[i]).expect("frames").len())
+                .map(|&i| {
+                    ibt::frames_direct(&bytes[i], &headers[i])
+                        .expect("frames")
+                        .len()
+                })
                 .sum::<usize>()
         })
     });
