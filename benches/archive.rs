@@ -54,6 +54,8 @@ fn raw_bytes(c: &LapColumns) -> Vec<u8> {
         &c.throttle,
         &c.brake,
         &c.steering,
+        &c.gear,
+        &c.rpm,
         &c.x_m,
         &c.y_m,
         &c.yaw_rad,

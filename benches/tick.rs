@@ -304,6 +304,8 @@ impl Soa {
                 throttle: self.controls[i].throttle,
                 brake: self.controls[i].brake,
                 steering: self.controls[i].steering,
+                gear: f32::NAN,
+                rpm: f32::NAN,
                 x_m: self.pose[i].x_m,
                 y_m: self.pose[i].y_m,
                 yaw_rad: self.pose[i].yaw_rad,

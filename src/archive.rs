@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use apexsim_systems::record::LapColumns;
-use arrow::array::{ArrayRef, Float32Array, RecordBatch, UInt64Array};
+use arrow::array::{Array, ArrayRef, Float32Array, Int32Array, RecordBatch, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -35,7 +35,7 @@ pub mod wal;
 pub mod writer;
 
 /// Version of the lap schema and metadata; readers check it.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// zstd level of lap files: one of zstd's fast levels. Telemetry floats compress little
 /// whatever the level; this keeps encoding near disk speed (see `benches/archive.rs`).
@@ -247,6 +247,19 @@ pub fn lap_schema() -> SchemaRef {
             "1",
             "steering -1 (left) ..1 (right)",
         ),
+        f(
+            "gear",
+            DataType::Int32,
+            "1",
+            "gear: -1 reverse, 0 neutral, 1...; null when the car has no gearbox model",
+        )
+        .with_nullable(true),
+        f(
+            "rpm",
+            DataType::Float32,
+            "1/min",
+            "engine speed; NaN when the car has no engine model",
+        ),
         f("x_m", DataType::Float32, "m", "world X"),
         f("y_m", DataType::Float32, "m", "world Y"),
         f(
@@ -306,6 +319,14 @@ pub fn lap_batch(meta: &LapMeta, columns: LapColumns) -> Result<RecordBatch, Arc
         f(columns.throttle),
         f(columns.brake),
         f(columns.steering),
+        Arc::new(
+            columns
+                .gear
+                .iter()
+                .map(|g| g.is_finite().then_some(*g as i32))
+                .collect::<Int32Array>(),
+        ),
+        f(columns.rpm),
         f(columns.x_m),
         f(columns.y_m),
         f(columns.yaw_rad),
@@ -400,6 +421,19 @@ impl StagedLap {
     /// # Errors
     /// [`ArchiveError::Io`] when the sync or the rename fails; the temporary file is removed.
     pub fn commit(self) -> Result<PathBuf, ArchiveError> {
+        let path = self.sync_and_rename()?;
+        if let Some(dir) = path.parent() {
+            sync_dir(dir);
+        }
+        Ok(path)
+    }
+
+    /// Syncs the file and renames it into place; the rename is durable once the directory is
+    /// synced ([`sync_dir`]), which a writer committing several laps does once for all.
+    ///
+    /// # Errors
+    /// [`ArchiveError::Io`] when the sync or the rename fails; the temporary file is removed.
+    pub fn sync_and_rename(self) -> Result<PathBuf, ArchiveError> {
         let Self { file, tmp, path } = self;
         let result = file
             .sync_all()
@@ -410,13 +444,15 @@ impl StagedLap {
             let _ = fs::remove_file(&tmp);
             return Err(e);
         }
-        // Make the rename itself durable.
-        if let Some(dir) = path.parent()
-            && let Ok(d) = File::open(dir)
-        {
-            let _ = d.sync_all();
-        }
         Ok(path)
+    }
+}
+
+/// Syncs a directory, making the renames into it durable (best effort: not every file system
+/// lets a directory be synced).
+pub fn sync_dir(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
     }
 }
 
@@ -435,6 +471,7 @@ fn encode_parquet<W: std::io::Write + Send>(
         .set_dictionary_enabled(false)
         .set_encoding(Encoding::BYTE_STREAM_SPLIT)
         .set_column_encoding(ColumnPath::from("tick"), Encoding::DELTA_BINARY_PACKED)
+        .set_column_encoding(ColumnPath::from("gear"), Encoding::DELTA_BINARY_PACKED)
         // One page per column in a lap: chunk statistics are as selective and cost less.
         .set_statistics_enabled(EnabledStatistics::Chunk)
         .set_key_value_metadata(Some(kv))
@@ -492,9 +529,10 @@ pub fn read_lap(path: &Path) -> Result<(LapMeta, LapColumns), ArchiveError> {
     let version: u32 = get("schema_version")?
         .parse()
         .map_err(|_| bad("schema_version is not a number".into()))?;
-    if version != SCHEMA_VERSION {
+    // Version 1 had no gear and rpm columns: they read as not measured.
+    if !(1..=SCHEMA_VERSION).contains(&version) {
         return Err(bad(format!(
-            "schema version {version}; this build reads {SCHEMA_VERSION}"
+            "schema version {version}; this build reads 1 to {SCHEMA_VERSION}"
         )));
     }
     let num = |k: &str| -> Result<f64, ArchiveError> {
@@ -524,12 +562,30 @@ pub fn read_lap(path: &Path) -> Result<(LapMeta, LapColumns), ArchiveError> {
             .and_then(|c| c.as_any().downcast_ref::<UInt64Array>())
             .ok_or_else(|| bad("no UInt64 column tick".into()))?;
         columns.tick.extend(ticks.values().iter());
+        let rows = batch.num_rows();
         for (name, col) in LapColumns::F32_NAMES.iter().zip(columns.f32_columns_mut()) {
-            let values = batch
-                .column_by_name(name)
-                .and_then(|c| c.as_any().downcast_ref::<Float32Array>())
-                .ok_or_else(|| bad(format!("no Float32 column {name}")))?;
-            col.extend(values.values().iter());
+            let column = batch.column_by_name(name);
+            if *name == "gear" {
+                match column {
+                    Some(c) => {
+                        let gears = c
+                            .as_any()
+                            .downcast_ref::<Int32Array>()
+                            .ok_or_else(|| bad("gear is not Int32".into()))?;
+                        col.extend(gears.iter().map(|g| g.map_or(f32::NAN, |g| g as f32)));
+                    }
+                    None if version == 1 => col.extend(std::iter::repeat_n(f32::NAN, rows)),
+                    None => return Err(bad("no Int32 column gear".into())),
+                }
+                continue;
+            }
+            match column.and_then(|c| c.as_any().downcast_ref::<Float32Array>()) {
+                Some(values) => col.extend(values.values().iter()),
+                None if version == 1 && *name == "rpm" => {
+                    col.extend(std::iter::repeat_n(f32::NAN, rows));
+                }
+                None => return Err(bad(format!("no Float32 column {name}"))),
+            }
         }
     }
     Ok((meta, columns))

@@ -83,6 +83,8 @@ fn polars_reads_the_archive_with_hive_partitions_and_filters_on_track_and_date()
         "tick",
         "speed_mps",
         "distance_frac",
+        "gear",
+        "rpm",
     ] {
         assert!(
             all.column(column).is_ok(),

@@ -211,6 +211,16 @@ fn ingest_archives_laps_skips_known_files_and_names_bad_ones() {
     assert_eq!(sessions.len(), 1);
     assert_eq!(sessions[0].source, "iracing");
     assert_eq!(sessions[0].track, "langley");
+    // Finished once its laps were handed over: the recording's start plus its length.
+    let (start, end) = (
+        sessions[0].started_at,
+        sessions[0].finished_at.expect("finished"),
+    );
+    assert_eq!(
+        apexsim::archive::Date::from_unix(start).to_string(),
+        "2015-05-28"
+    );
+    assert!((90..=92).contains(&(end - start)), "{start} {end}");
     for lap in &laps {
         let path = data.join(&lap.file);
         let rel = lap.file.to_string_lossy().into_owned();
@@ -222,6 +232,16 @@ fn ingest_archives_laps_skips_known_files_and_names_bad_ones() {
         assert_eq!(columns.len() as u64, lap.rows);
         assert!(meta.driver.starts_with("driver-") && meta.driver.len() == 15);
         assert_eq!(meta.lap_time_s, lap.lap_time_s);
+        // Gear and engine speed come through from the recording.
+        assert!(
+            columns.gear.iter().all(|g| (-1.0..=8.0).contains(g)),
+            "{lap:?}"
+        );
+        assert!(
+            columns.gear.iter().any(|g| *g >= 2.0),
+            "the SK Modified laps Langley in 2nd"
+        );
+        assert!(columns.rpm.iter().any(|r| *r > 3000.0));
     }
     let official: Vec<f64> = laps
         .iter()

@@ -220,14 +220,14 @@ impl Index {
         Ok(())
     }
 
-    /// Whether a session is in the index.
+    /// Whether a session is in the index and finished (all its laps were handed over).
     ///
     /// # Errors
     /// [`ArchiveError::Sqlite`].
-    pub fn has_session(&self, id: Uuid) -> Result<bool, ArchiveError> {
+    pub fn has_finished_session(&self, id: Uuid) -> Result<bool, ArchiveError> {
         self.conn
             .query_row(
-                "SELECT EXISTS (SELECT 1 FROM sessions WHERE id = ?1)",
+                "SELECT EXISTS (SELECT 1 FROM sessions WHERE id = ?1 AND finished_at IS NOT NULL)",
                 params![id.to_string()],
                 |r| r.get(0),
             )

@@ -296,15 +296,18 @@ fn append_rows(
         .as_any()
         .downcast_ref::<UInt64Array>()
         .ok_or("tick is not UInt64")?;
+    // A column an older build did not write (gear, rpm) reads as NaN.
     let mut floats = Vec::new();
     for name in LapColumns::F32_NAMES {
-        floats.push(
-            col(name)?
-                .as_any()
-                .downcast_ref::<Float32Array>()
-                .ok_or(format!("{name} is not Float32"))?
-                .values(),
-        );
+        floats.push(match batch.column_by_name(name) {
+            Some(c) => Some(
+                c.as_any()
+                    .downcast_ref::<Float32Array>()
+                    .ok_or(format!("{name} is not Float32"))?
+                    .values(),
+            ),
+            None => None,
+        });
     }
     for i in 0..batch.num_rows() {
         let lap = laps
@@ -312,7 +315,7 @@ fn append_rows(
             .or_default();
         lap.tick.push(ticks.value(i));
         for (col, values) in lap.f32_columns_mut().into_iter().zip(&floats) {
-            col.push(values[i]);
+            col.push(values.as_ref().map_or(f32::NAN, |v| v[i]));
         }
     }
     Ok(())

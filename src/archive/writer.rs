@@ -4,7 +4,8 @@
 //! and logged; the queue drains on the next submit or at [`ArchiveWriter::finish`].
 //!
 //! The thread encodes a lap and writes it beside its final name; a second thread syncs and
-//! renames it while the first encodes the next lap. A write that fails (disk full, directory
+//! renames it while the first encodes the next lap (group commit: the laps waiting are synced
+//! and renamed together, and each directory is synced once for them). A write that fails (disk full, directory
 //! gone) keeps the lap in memory and is tried again with a growing wait (0.25 s to 8 s), in
 //! order; what still fails when the writer finishes is reported, and the race keeps its
 //! write-ahead file for the next start.
@@ -29,6 +30,10 @@ pub const CHANNEL_CAPACITY: usize = 256;
 
 /// Work for the writer thread.
 #[derive(Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "laps are most of the jobs; their columns are moved, not copied"
+)]
 pub enum ArchiveJob {
     /// The content's race templates, to store in the index.
     Templates(Vec<crate::content::RaceTemplate>),
@@ -189,7 +194,7 @@ const RETRY_MAX: Duration = Duration::from_secs(8);
 const SYNC_POLL: Duration = Duration::from_millis(2);
 
 /// Staged lap files waiting for their sync: the writer encodes the next lap meanwhile.
-const COMMIT_QUEUE: usize = 2;
+const COMMIT_QUEUE: usize = 8;
 
 /// Work that failed and waits in memory to be tried again.
 enum Retry {
@@ -244,18 +249,33 @@ fn run(data: &Path, index: Index, rx: Receiver<ArchiveJob>) -> WriterReport {
     let committer = std::thread::Builder::new()
         .name("apexsim-archive-sync".into())
         .spawn(move || {
-            for Commit {
-                lap,
-                staged,
-                attempts,
-            } in commit_rx
-            {
-                let done = match staged.commit() {
-                    Ok(path) => Committed::Done(lap, path, attempts),
-                    Err(e) => Committed::Failed(lap, e, attempts),
-                };
-                if done_tx.send(done).is_err() {
-                    return;
+            // Group commit: every staged file waiting is synced and renamed, then each
+            // directory they went into is synced once, then they are reported.
+            while let Ok(first) = commit_rx.recv() {
+                let mut group = vec![first];
+                group.extend(commit_rx.try_iter());
+                let mut dirs: Vec<PathBuf> = Vec::new();
+                let done: Vec<Committed> = group
+                    .into_iter()
+                    .map(|c| match c.staged.sync_and_rename() {
+                        Ok(path) => {
+                            if let Some(dir) = path.parent()
+                                && !dirs.iter().any(|d| d == dir)
+                            {
+                                dirs.push(dir.to_owned());
+                            }
+                            Committed::Done(c.lap, path, c.attempts)
+                        }
+                        Err(e) => Committed::Failed(c.lap, e, c.attempts),
+                    })
+                    .collect();
+                for dir in &dirs {
+                    super::sync_dir(dir);
+                }
+                for d in done {
+                    if done_tx.send(d).is_err() {
+                        return;
+                    }
                 }
             }
         });

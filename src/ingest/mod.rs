@@ -7,8 +7,9 @@
 //! the laps; complete laps are archived (`source=iracing`) with their official time and
 //! validity, indexed in SQLite.
 //!
-//! A file is identified by the hash of its bytes: ingesting it again finds its session in the
-//! index and skips it, so laps are never duplicated. Driver names are replaced by a stable
+//! A file is identified by the hash of its bytes: ingesting it again finds its finished session
+//! in the index and skips it, so laps are never duplicated (a session whose ingest was cut short
+//! is not finished and is ingested again, replacing what it had). Driver names are replaced by a stable
 //! pseudonym unless asked otherwise. A file that cannot be read is reported with its path and
 //! what is wrong, and the others go on.
 
@@ -455,6 +456,8 @@ fn samples(frames: &[IbtFrame], info: &RecordingInfo) -> (Vec<RecordedSample>, u
                 throttle: f.throttle,
                 brake: f.brake,
                 steering,
+                gear: f.gear.clamp(-1, 127) as i8,
+                rpm: f.rpm,
                 x_m: x,
                 y_m: y,
                 yaw_rad: f.yaw_north_rad.unwrap_or(f.yaw_rad),
@@ -538,8 +541,8 @@ pub fn play(
     out
 }
 
-/// Ingests files into the archive under `data`. `progress` is called after each file with
-/// (files done, files total, records so far).
+/// Ingests files into the archive under `data`. `progress` is called after each batch of
+/// files with (files done, files total, records so far).
 ///
 /// # Errors
 /// [`IngestError::Archive`] when the archive cannot be opened; a bad file is reported in the
@@ -568,7 +571,7 @@ pub fn ingest(
             });
             let slot = report.files.len() - 1;
             match read_recording(path, opts) {
-                Ok(r) if index.has_session(r.session)? => {
+                Ok(r) if index.has_finished_session(r.session)? => {
                     report.files[slot].outcome = FileOutcome::Skipped { session: r.session };
                 }
                 Ok(r) => {
@@ -619,7 +622,8 @@ fn archive_recording(
         lap_limit: None,
         seed: None,
         started_at: info.started_at,
-        finished_at: Some(info.started_at + duration.round() as i64),
+        // Set once the laps are in (below): an ingest cut short is redone next time.
+        finished_at: None,
     }));
     let mut out = Vec::with_capacity(laps.len());
     for (t, columns) in laps {
@@ -651,6 +655,11 @@ fn archive_recording(
         });
         out.push(lap);
     }
+    writer.submit(ArchiveJob::Finished {
+        id: rec.session,
+        finished_at: info.started_at + duration.round() as i64,
+        results: Vec::new(),
+    });
     FileOutcome::Ingested {
         session: rec.session,
         info,

@@ -226,6 +226,16 @@ impl SessionCars {
 #[derive(Component, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct CarIndex(pub u8);
 
+/// Gear and engine speed, for cars that report them (recorded cars; the physics model has no
+/// gearbox). Cars without it record NaN.
+#[derive(Component, Debug, Clone, Copy, PartialEq, Default)]
+pub struct Drivetrain {
+    /// Gear: -1 reverse, 0 neutral, 1...
+    pub gear: i8,
+    /// Engine speed in rev/min.
+    pub rpm: f32,
+}
+
 /// Marker: the car's state comes from the physics model (AI or a human over the network).
 #[derive(Component, Debug, Clone, Copy, Default)]
 pub struct Simulated;

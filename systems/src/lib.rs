@@ -276,8 +276,8 @@ impl Simulation {
 pub mod prelude {
     pub use crate::ai::{AiDriver, SpeedProfile, ideal_lap_time_s};
     pub use crate::car::{
-        Active, CarIndex, CarSpec, Controls, InSession, Motion, Pose, SessionCars, Simulated,
-        TelemetryDriven,
+        Active, CarIndex, CarSpec, Controls, Drivetrain, InSession, Motion, Pose, SessionCars,
+        Simulated, TelemetryDriven,
     };
     pub use crate::collision::{CarsCollided, CollisionState};
     pub use crate::race::{

@@ -15,14 +15,16 @@
 use bevy_app::prelude::*;
 use bevy_ecs::prelude::*;
 
+use crate::car::Drivetrain;
 use crate::car::{Active, Controls, InSession, Motion, Pose, SessionCars};
 use crate::race::RaceFinished;
 use crate::telemetry::RecordedClock;
 use crate::timing::{LapTiming, TrackProgress, ticks_to_seconds};
 use crate::{SimSystems, SimTick};
 
-/// One lap of one car, column by column (all columns have the same length).
-#[derive(Debug, Clone, PartialEq, Default)]
+/// One lap of one car, column by column (all columns have the same length). Equality is bit
+/// for bit, so columns holding NaN ("not measured") compare equal to their copies.
+#[derive(Debug, Clone, Default)]
 pub struct LapColumns {
     /// Simulation tick of the row, or for a recorded car the recording's record number.
     pub tick: Vec<u64>,
@@ -40,6 +42,10 @@ pub struct LapColumns {
     pub brake: Vec<f32>,
     /// Steering -1 (left) ..= 1 (right).
     pub steering: Vec<f32>,
+    /// Gear (-1 reverse, 0 neutral, 1...); NaN when the car has no gearbox model.
+    pub gear: Vec<f32>,
+    /// Engine speed in rev/min; NaN when the car has no engine model.
+    pub rpm: Vec<f32>,
     /// World X in metres.
     pub x_m: Vec<f32>,
     /// World Y in metres.
@@ -71,6 +77,10 @@ pub struct LapSample {
     pub brake: f32,
     /// Steering -1..=1.
     pub steering: f32,
+    /// Gear; NaN when not modelled.
+    pub gear: f32,
+    /// Engine speed in rev/min; NaN when not modelled.
+    pub rpm: f32,
     /// World X in metres.
     pub x_m: f32,
     /// World Y in metres.
@@ -81,6 +91,19 @@ pub struct LapSample {
     pub long_accel_mps2: f32,
     /// Lateral acceleration in m/s².
     pub lat_accel_mps2: f32,
+}
+
+impl PartialEq for LapColumns {
+    fn eq(&self, other: &Self) -> bool {
+        self.tick == other.tick
+            && self
+                .f32_columns()
+                .iter()
+                .zip(other.f32_columns())
+                .all(|(a, b)| {
+                    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+                })
+    }
 }
 
 impl LapColumns {
@@ -95,7 +118,7 @@ impl LapColumns {
     }
 
     /// Names of the `f32` columns, in the order of [`LapColumns::f32_columns`].
-    pub const F32_NAMES: [&'static str; 12] = [
+    pub const F32_NAMES: [&'static str; 14] = [
         "lap_time_s",
         "distance_m",
         "lateral_m",
@@ -103,6 +126,8 @@ impl LapColumns {
         "throttle",
         "brake",
         "steering",
+        "gear",
+        "rpm",
         "x_m",
         "y_m",
         "yaw_rad",
@@ -111,7 +136,7 @@ impl LapColumns {
     ];
 
     /// The `f32` columns, in the order of [`LapColumns::F32_NAMES`].
-    pub fn f32_columns(&self) -> [&Vec<f32>; 12] {
+    pub fn f32_columns(&self) -> [&Vec<f32>; 14] {
         [
             &self.lap_time_s,
             &self.distance_m,
@@ -120,6 +145,8 @@ impl LapColumns {
             &self.throttle,
             &self.brake,
             &self.steering,
+            &self.gear,
+            &self.rpm,
             &self.x_m,
             &self.y_m,
             &self.yaw_rad,
@@ -129,7 +156,7 @@ impl LapColumns {
     }
 
     /// The `f32` columns, mutably, in the order of [`LapColumns::F32_NAMES`].
-    pub fn f32_columns_mut(&mut self) -> [&mut Vec<f32>; 12] {
+    pub fn f32_columns_mut(&mut self) -> [&mut Vec<f32>; 14] {
         [
             &mut self.lap_time_s,
             &mut self.distance_m,
@@ -138,6 +165,8 @@ impl LapColumns {
             &mut self.throttle,
             &mut self.brake,
             &mut self.steering,
+            &mut self.gear,
+            &mut self.rpm,
             &mut self.x_m,
             &mut self.y_m,
             &mut self.yaw_rad,
@@ -158,6 +187,8 @@ impl LapColumns {
             throttle: Vec::with_capacity(cap),
             brake: Vec::with_capacity(cap),
             steering: Vec::with_capacity(cap),
+            gear: Vec::with_capacity(cap),
+            rpm: Vec::with_capacity(cap),
             x_m: Vec::with_capacity(cap),
             y_m: Vec::with_capacity(cap),
             yaw_rad: Vec::with_capacity(cap),
@@ -185,6 +216,8 @@ impl LapColumns {
         self.throttle.push(s.throttle);
         self.brake.push(s.brake);
         self.steering.push(s.steering);
+        self.gear.push(s.gear);
+        self.rpm.push(s.rpm);
         self.x_m.push(s.x_m);
         self.y_m.push(s.y_m);
         self.yaw_rad.push(s.yaw_rad);
@@ -203,6 +236,8 @@ impl LapColumns {
             throttle: self.throttle[i],
             brake: self.brake[i],
             steering: self.steering[i],
+            gear: self.gear[i],
+            rpm: self.rpm[i],
             x_m: self.x_m[i],
             y_m: self.y_m[i],
             yaw_rad: self.yaw_rad[i],
@@ -401,12 +436,14 @@ pub fn record_cars(
             &LapTiming,
             &mut LapRecorder,
             Option<&RecordedClock>,
+            Option<&Drivetrain>,
         ),
         With<Active>,
     >,
 ) {
     let chunk = &mut *chunk;
-    for (car, session, pose, motion, controls, progress, timing, mut rec, clock) in &mut cars {
+    for (car, session, pose, motion, controls, progress, timing, mut rec, clock, drive) in &mut cars
+    {
         if rec.lap != timing.lap {
             let closed = close_lap(car, session.0, &mut rec, timing);
             chunk.closed.push(closed);
@@ -428,6 +465,8 @@ pub fn record_cars(
             throttle: controls.throttle,
             brake: controls.brake,
             steering: controls.steering,
+            gear: drive.map_or(f32::NAN, |d| f32::from(d.gear)),
+            rpm: drive.map_or(f32::NAN, |d| d.rpm),
             x_m: pose.x_m,
             y_m: pose.y_m,
             yaw_rad: pose.yaw_rad,

@@ -17,7 +17,7 @@
 use bevy_app::prelude::*;
 use bevy_ecs::prelude::*;
 
-use crate::car::{Active, Controls, InSession, Motion, Pose, TelemetryDriven};
+use crate::car::{Active, Controls, Drivetrain, InSession, Motion, Pose, TelemetryDriven};
 use crate::timing::{LapCompleted, LapTiming, TimingEvent, TimingSystems, TrackProgress};
 use crate::{SimSystems, TICK_HZ};
 
@@ -44,6 +44,10 @@ pub struct RecordedSample {
     pub brake: f32,
     /// Steering -1 (left) ..= 1 (right).
     pub steering: f32,
+    /// Gear: -1 reverse, 0 neutral, 1...
+    pub gear: i8,
+    /// Engine speed in rev/min.
+    pub rpm: f32,
     /// Local X in metres.
     pub x_m: f32,
     /// Local Y in metres.
@@ -371,11 +375,12 @@ pub fn feed_telemetry(
             &mut Pose,
             &mut Motion,
             &mut Controls,
+            &mut Drivetrain,
         ),
         (With<TelemetryDriven>, With<Active>),
     >,
 ) {
-    for (car, mut feed, mut clock, mut pose, mut motion, mut controls) in &mut cars {
+    for (car, mut feed, mut clock, mut pose, mut motion, mut controls, mut drive) in &mut cars {
         let Some(s) = feed.samples.get(feed.next).copied() else {
             commands.entity(car).remove::<Active>();
             continue;
@@ -396,6 +401,10 @@ pub fn feed_telemetry(
         controls.throttle = s.throttle;
         controls.brake = s.brake;
         controls.steering = s.steering;
+        *drive = Drivetrain {
+            gear: s.gear,
+            rpm: s.rpm,
+        };
     }
 }
 
@@ -493,6 +502,7 @@ pub fn spawn_recording(
             Pose::default(),
             Motion::default(),
             Controls::default(),
+            Drivetrain::default(),
             TrackProgress {
                 distance_m: 0.0,
                 lateral_m: f32::NAN,
