@@ -208,7 +208,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             output::print_track_built(&built, format).context("writing the result")?;
         }
         Command::Live { keep_driver_names } => {
-            apexsim::ingest::live::run(&cli.data, keep_driver_names)?;
+            let opts = apexsim::ingest::IngestOptions { keep_driver_names };
+            let report = apexsim::ingest::live::run(&cli.data, &opts)?;
+            output::print_live(&report).context("writing the live report")?;
         }
     }
     Ok(())

@@ -390,6 +390,34 @@ pub fn print_track_built(t: &crate::ingest::track::BuiltTrack, format: Format) -
     ))
 }
 
+/// Prints what a live session archived.
+///
+/// # Errors
+/// Writing to standard output failed.
+pub fn print_live(r: &crate::ingest::live::LiveReport) -> io::Result<()> {
+    let rows: Vec<Vec<String>> = r
+        .laps
+        .iter()
+        .map(|l| {
+            vec![
+                l.lap.to_string(),
+                lap_time(l.time_s),
+                if l.valid {
+                    "valid".into()
+                } else {
+                    format!("invalid: {}", l.invalid_because.join(", "))
+                },
+            ]
+        })
+        .collect();
+    let mut text = table(&["Lap", "Time", "Validity"], &rows);
+    text += &format!(
+        "\nsession {} at {} in {}: {} frames, {} laps archived\n",
+        r.session, r.info.track_name, r.info.car, r.records, r.archive.laps_written
+    );
+    emit(&text)
+}
+
 #[derive(Serialize)]
 struct ContentSummary<'a> {
     cars: Vec<(&'a str, &'a str, String)>,

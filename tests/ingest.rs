@@ -402,3 +402,34 @@ fn a_track_built_from_a_recorded_lap_loads_and_the_ai_races_on_it() {
     assert_eq!(code, 2);
     assert!(err.contains("exists"), "{err}");
 }
+
+#[test]
+fn live_frames_are_played_and_their_laps_archived_as_they_complete() {
+    // A recording's frames as a stream stand in for iRacing's live connection.
+    let file = corpus().join("iracing_formulavee_tsukuba-1k-outer_2025-01-30_2laps.ibt");
+    let bytes = std::fs::read(&file).expect("read");
+    let (header, frames) = apexsim::ingest::read_frames(&bytes).expect("frames");
+    let yaml = header.session_yaml(&bytes).expect("session info");
+    let session = pitwall::SessionInfo::parse(&yaml).expect("session info parses");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let report = futures::executor::block_on(apexsim::ingest::live::record_stream(
+        futures::stream::iter(frames),
+        Some(&session),
+        60.0,
+        dir.path(),
+        &IngestOptions::default(),
+        std::future::pending(),
+    ))
+    .expect("live");
+    assert_eq!(report.records, 3429);
+    assert_eq!(report.info.car, "Formula Vee");
+    let times: Vec<f64> = report.laps.iter().map(|l| l.time_s).collect();
+    assert_eq!(times.len(), 2, "{:?}", report.laps);
+    assert!(
+        (times[0] - 25.9145).abs() < 1e-3 && (times[1] - 23.9797).abs() < 1e-3,
+        "{times:?}"
+    );
+    assert_eq!(report.archive.laps_written, 2);
+    let index = Index::open(dir.path()).expect("index");
+    assert_eq!(index.laps(Some(report.session)).expect("laps").len(), 2);
+}

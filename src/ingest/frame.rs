@@ -132,6 +132,15 @@ impl IbtFrame {
         }
     }
 
+    /// Latitude and longitude in degrees, when the frame has a position.
+    pub fn location(&self) -> Option<(f64, f64)> {
+        (self.lat_deg.is_finite()
+            && self.lon_deg.is_finite()
+            && self.lat_deg != 0.0
+            && self.lon_deg != 0.0)
+            .then_some((self.lat_deg, self.lon_deg))
+    }
+
     /// Whether this is one of the blank records many recordings start with: the clock runs
     /// but lap, lap distance and position are all zero.
     pub fn is_blank(&self) -> bool {

@@ -293,6 +293,21 @@ pub fn read_recording(path: &Path, opts: &IngestOptions) -> Result<Recording, In
 /// line scan for the track when an old recording's YAML does not fit pitwall's schema).
 fn session_info(yaml: Option<&str>, header: &IbtHeader, opts: &IngestOptions) -> RecordingInfo {
     let parsed = yaml.and_then(|y| pitwall::SessionInfo::parse(y).ok());
+    let mut info = describe(parsed.as_ref(), yaml, f64::from(header.tick_rate), opts);
+    info.version = header.version;
+    info.records = header.records;
+    info.started_at = header.start_date;
+    info
+}
+
+/// What a session info says about the recording, from pitwall's parsed form or, failing that,
+/// from a scan of the YAML's lines.
+pub(crate) fn describe(
+    parsed: Option<&pitwall::SessionInfo>,
+    yaml: Option<&str>,
+    hz: f64,
+    opts: &IngestOptions,
+) -> RecordingInfo {
     let line = |key: &str| -> Option<String> {
         yaml?.lines().find_map(|l| {
             let l = l.trim_start();
@@ -300,7 +315,7 @@ fn session_info(yaml: Option<&str>, header: &IbtHeader, opts: &IngestOptions) ->
             (!v.is_empty()).then(|| v.trim_matches('"').to_owned())
         })
     };
-    let (track_name, track_id, track_length, track_config) = match &parsed {
+    let (track_name, track_id, track_length, track_config) = match parsed {
         Some(p) => (
             p.weekend_info.track_display_name.clone(),
             p.weekend_info.track_name.clone(),
@@ -315,7 +330,6 @@ fn session_info(yaml: Option<&str>, header: &IbtHeader, opts: &IngestOptions) ->
         ),
     };
     let (car, driver, session_type) = parsed
-        .as_ref()
         .map(|p| {
             let me = p.driver_info.as_ref().and_then(|d| {
                 let idx = d.driver_car_idx?;
@@ -348,9 +362,9 @@ fn session_info(yaml: Option<&str>, header: &IbtHeader, opts: &IngestOptions) ->
         &track_id
     });
     RecordingInfo {
-        version: header.version,
-        hz: f64::from(header.tick_rate),
-        records: header.records,
+        version: 2,
+        hz,
+        records: 0,
         track_name,
         track_config: track_config.filter(|c| !c.is_empty()),
         track: if track.is_empty() {
@@ -364,7 +378,7 @@ fn session_info(yaml: Option<&str>, header: &IbtHeader, opts: &IngestOptions) ->
             .or_else(|| line("SessionType"))
             .unwrap_or_else(|| "unknown".into()),
         driver,
-        started_at: header.start_date,
+        started_at: 0,
     }
 }
 
@@ -418,55 +432,12 @@ fn measured_length(frames: &[IbtFrame]) -> Option<f32> {
 /// located sample, steering normalised to -1 (left) ..= 1 (right), isolated acceleration
 /// spikes replaced by their neighbours' mean.
 fn samples(frames: &[IbtFrame], info: &RecordingInfo) -> (Vec<RecordedSample>, usize) {
-    const EARTH_R_M: f64 = 6_371_000.0;
-    let origin = frames
-        .iter()
-        .find(|f| f.lat_deg.is_finite() && f.lat_deg != 0.0 && f.lon_deg != 0.0)
-        .map(|f| (f.lat_deg, f.lon_deg));
-    let length = info.track_length_m;
+    let origin = frames.iter().find_map(IbtFrame::location);
     let mut out: Vec<RecordedSample> = frames
         .iter()
         .enumerate()
         .filter(|(_, f)| !f.is_blank())
-        .map(|(i, f)| {
-            let (x, y) = match origin {
-                Some((lat0, lon0)) if f.lat_deg != 0.0 => (
-                    ((f.lon_deg - lon0).to_radians() * lat0.to_radians().cos() * EARTH_R_M) as f32,
-                    ((f.lat_deg - lat0).to_radians() * EARTH_R_M) as f32,
-                ),
-                _ => (f32::NAN, f32::NAN),
-            };
-            let steering = match f.steering_max_rad {
-                Some(max) if max > 0.0 => (-f.steering_rad / max).clamp(-1.0, 1.0),
-                _ => f32::NAN,
-            };
-            let lap_dist_m = if f.lap_dist_m.is_finite() {
-                f.lap_dist_m
-            } else {
-                f.lap_dist_pct * length
-            };
-            RecordedSample {
-                record: i as u64,
-                time_s: f.session_time_s,
-                lap: f.lap,
-                lap_dist_pct: f.lap_dist_pct,
-                lap_dist_m,
-                last_lap_time_s: f.last_lap_time_s,
-                speed_mps: f.speed_mps,
-                throttle: f.throttle,
-                brake: f.brake,
-                steering,
-                gear: f.gear.clamp(-1, 127) as i8,
-                rpm: f.rpm,
-                x_m: x,
-                y_m: y,
-                yaw_rad: f.yaw_north_rad.unwrap_or(f.yaw_rad),
-                long_accel_mps2: f.long_accel_mps2,
-                lat_accel_mps2: f.lat_accel_mps2,
-                on_pit_road: f.on_pit_road,
-                off_track: f.track_surface == Some(0),
-            }
-        })
+        .map(|(i, f)| to_sample(i as u64, f, origin, info.track_length_m))
         .collect();
     let mut spikes = 0;
     for i in 1..out.len().saturating_sub(1) {
@@ -484,6 +455,91 @@ fn samples(frames: &[IbtFrame], info: &RecordingInfo) -> (Vec<RecordedSample>, u
         }
     }
     (out, spikes)
+}
+
+/// One frame as a sample: positions in metres east/north of `origin`, steering normalised to
+/// -1 (left) ..= 1 (right) (NaN without the steering lock), lap distance in metres.
+pub(crate) fn to_sample(
+    record: u64,
+    f: &IbtFrame,
+    origin: Option<(f64, f64)>,
+    track_length_m: f32,
+) -> RecordedSample {
+    const EARTH_R_M: f64 = 6_371_000.0;
+    let (x, y) = match (origin, f.location()) {
+        (Some((lat0, lon0)), Some((lat, lon))) => (
+            ((lon - lon0).to_radians() * lat0.to_radians().cos() * EARTH_R_M) as f32,
+            ((lat - lat0).to_radians() * EARTH_R_M) as f32,
+        ),
+        _ => (f32::NAN, f32::NAN),
+    };
+    let steering = match f.steering_max_rad {
+        Some(max) if max > 0.0 => (-f.steering_rad / max).clamp(-1.0, 1.0),
+        _ => f32::NAN,
+    };
+    let lap_dist_m = if f.lap_dist_m.is_finite() {
+        f.lap_dist_m
+    } else {
+        f.lap_dist_pct * track_length_m
+    };
+    RecordedSample {
+        record,
+        time_s: f.session_time_s,
+        lap: f.lap,
+        lap_dist_pct: f.lap_dist_pct,
+        lap_dist_m,
+        last_lap_time_s: f.last_lap_time_s,
+        speed_mps: f.speed_mps,
+        throttle: f.throttle,
+        brake: f.brake,
+        steering,
+        gear: f.gear.clamp(-1, 127) as i8,
+        rpm: f.rpm,
+        x_m: x,
+        y_m: y,
+        yaw_rad: f.yaw_north_rad.unwrap_or(f.yaw_rad),
+        long_accel_mps2: f.long_accel_mps2,
+        lat_accel_mps2: f.lat_accel_mps2,
+        on_pit_road: f.on_pit_road,
+        off_track: f.track_surface == Some(0),
+    }
+}
+
+/// Collects complete recorded laps from a world: their rows from the record chunks and their
+/// times (known a little after the line) from [`RecordedLapTimes`].
+#[derive(Debug, Default)]
+pub struct LapCollector {
+    assembler: LapAssembler,
+    rows: HashMap<(Entity, u16), LapColumns>,
+    times: Vec<RecordedLapTime>,
+}
+
+impl LapCollector {
+    /// Takes what the world recorded since the last call.
+    pub fn drain(&mut self, sim: &mut Simulation) {
+        let chunk = sim.world_mut().resource_mut::<RecordChunk>().take();
+        for lap in self.assembler.ingest(&chunk) {
+            if lap.complete {
+                self.rows.insert((lap.car, lap.lap), lap.columns);
+            }
+        }
+        self.times
+            .append(&mut sim.world_mut().resource_mut::<RecordedLapTimes>().0);
+    }
+
+    /// Complete laps whose rows and time are both known, in the order their times came.
+    pub fn take_ready(&mut self) -> Vec<(RecordedLapTime, LapColumns)> {
+        let mut ready = Vec::new();
+        let rows = &mut self.rows;
+        self.times.retain(|t| match rows.remove(&(t.car, t.lap)) {
+            Some(columns) => {
+                ready.push((*t, columns));
+                false
+            }
+            None => true,
+        });
+        ready
+    }
 }
 
 /// Plays recordings through an ECS world, side by side, and returns each one's complete laps:
@@ -509,29 +565,22 @@ pub fn play(
         .map(|r| r.samples.len())
         .max()
         .unwrap_or(0);
-    let mut assembler = LapAssembler::default();
-    let mut rows: HashMap<(Entity, u16), LapColumns> = HashMap::new();
-    let mut times = Vec::new();
+    let mut collector = LapCollector::default();
     // One tick per sample, plus one for the cars to leave.
     for n in 0..=longest {
         sim.step();
         if n % 240 == 0 || n == longest {
-            let chunk = sim.world_mut().resource_mut::<RecordChunk>().take();
-            for lap in assembler.ingest(&chunk) {
-                if lap.complete {
-                    rows.insert((lap.car, lap.lap), lap.columns);
-                }
-            }
-            times.append(&mut sim.world_mut().resource_mut::<RecordedLapTimes>().0);
+            collector.drain(sim);
         }
     }
+    let ready = collector.take_ready();
     let out = cars
         .iter()
         .map(|&(_, car)| {
-            times
+            ready
                 .iter()
-                .filter(|t| t.car == car)
-                .filter_map(|t| rows.remove(&(car, t.lap)).map(|c| (*t, c)))
+                .filter(|(t, _)| t.car == car)
+                .cloned()
                 .collect()
         })
         .collect();
@@ -608,53 +657,16 @@ fn archive_recording(
     laps: Vec<(RecordedLapTime, LapColumns)>,
 ) -> FileOutcome {
     let info = rec.info;
-    let date = Date::from_unix(info.started_at);
     let duration = rec
         .samples
         .last()
         .zip(rec.samples.first())
         .map_or(0.0, |(l, f)| l.time_s - f.time_s);
-    writer.submit(ArchiveJob::Session(SessionRow {
-        id: rec.session,
-        source: Source::Iracing.as_str().into(),
-        track: info.track.clone(),
-        car_model: info.car.clone(),
-        lap_limit: None,
-        seed: None,
-        started_at: info.started_at,
-        // Set once the laps are in (below): an ingest cut short is redone next time.
-        finished_at: None,
-    }));
-    let mut out = Vec::with_capacity(laps.len());
-    for (t, columns) in laps {
-        let lap = IngestedLap {
-            lap: t.recorded_lap,
-            start_record: t.start_record,
-            end_record: t.end_record,
-            time_s: t.time_s(),
-            official: t.official_s.is_some(),
-            valid: t.valid(),
-            invalid_because: reason::names(t.reasons),
-        };
-        writer.submit(ArchiveJob::Lap {
-            meta: Box::new(LapMeta {
-                source: Source::Iracing,
-                session: rec.session,
-                car: 0,
-                car_model: info.car.clone(),
-                driver: info.driver.clone(),
-                track: info.track.clone(),
-                track_length_m: info.track_length_m,
-                lap: u16::try_from(t.recorded_lap.max(0)).unwrap_or(u16::MAX),
-                lap_time_s: Some(lap.time_s),
-                complete: true,
-                valid: lap.valid,
-                date,
-            }),
-            columns,
-        });
-        out.push(lap);
-    }
+    submit_session(writer, rec.session, &info);
+    let out = laps
+        .into_iter()
+        .map(|(t, columns)| submit_lap(writer, rec.session, &info, t, columns))
+        .collect();
     writer.submit(ArchiveJob::Finished {
         id: rec.session,
         finished_at: info.started_at + duration.round() as i64,
@@ -666,4 +678,56 @@ fn archive_recording(
         laps: out,
         spikes: rec.spikes,
     }
+}
+
+/// Indexes a recorded session, not finished yet: it is finished once its laps are handed over,
+/// so an ingest cut short is redone next time.
+pub(crate) fn submit_session(writer: &mut ArchiveWriter, session: Uuid, info: &RecordingInfo) {
+    writer.submit(ArchiveJob::Session(SessionRow {
+        id: session,
+        source: Source::Iracing.as_str().into(),
+        track: info.track.clone(),
+        car_model: info.car.clone(),
+        lap_limit: None,
+        seed: None,
+        started_at: info.started_at,
+        finished_at: None,
+    }));
+}
+
+/// Hands a complete recorded lap to the archive writer.
+pub(crate) fn submit_lap(
+    writer: &mut ArchiveWriter,
+    session: Uuid,
+    info: &RecordingInfo,
+    t: RecordedLapTime,
+    columns: LapColumns,
+) -> IngestedLap {
+    let lap = IngestedLap {
+        lap: t.recorded_lap,
+        start_record: t.start_record,
+        end_record: t.end_record,
+        time_s: t.time_s(),
+        official: t.official_s.is_some(),
+        valid: t.valid(),
+        invalid_because: reason::names(t.reasons),
+    };
+    writer.submit(ArchiveJob::Lap {
+        meta: Box::new(LapMeta {
+            source: Source::Iracing,
+            session,
+            car: 0,
+            car_model: info.car.clone(),
+            driver: info.driver.clone(),
+            track: info.track.clone(),
+            track_length_m: info.track_length_m,
+            lap: u16::try_from(t.recorded_lap.max(0)).unwrap_or(u16::MAX),
+            lap_time_s: Some(lap.time_s),
+            complete: true,
+            valid: lap.valid,
+            date: Date::from_unix(info.started_at),
+        }),
+        columns,
+    });
+    lap
 }

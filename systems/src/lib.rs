@@ -290,7 +290,7 @@ pub mod prelude {
     };
     pub use crate::telemetry::{
         RecordedClock, RecordedLapState, RecordedLapTime, RecordedLapTimes, RecordedSample,
-        TelemetryFeed, spawn_recording,
+        TelemetryFeed, end_feed, spawn_fed, spawn_recording,
     };
     pub use crate::timing::{LapCompleted, LapTiming, TrackProgress, ticks_to_seconds};
     pub use crate::track::{GridSlot, TrackGeometry, TrackId, Tracks};

@@ -64,22 +64,54 @@ pub struct RecordedSample {
     pub off_track: bool,
 }
 
-/// The samples still to play into a telemetry-driven car, one per tick.
+/// The samples still to play into a telemetry-driven car, one per tick. A recording's feed
+/// holds all its samples; a live feed is open: samples are pushed as they arrive (one per
+/// tick) until it is closed.
 #[derive(Component, Debug, Clone, Default)]
 pub struct TelemetryFeed {
     samples: Vec<RecordedSample>,
     next: usize,
+    open: bool,
 }
 
 impl TelemetryFeed {
     /// A feed of these samples, in order.
     pub fn new(samples: Vec<RecordedSample>) -> Self {
-        Self { samples, next: 0 }
+        Self {
+            samples,
+            next: 0,
+            open: false,
+        }
     }
 
-    /// Whether every sample was played.
+    /// An open feed, for live telemetry.
+    pub fn live() -> Self {
+        Self {
+            open: true,
+            ..Self::default()
+        }
+    }
+
+    /// Adds a sample to an open feed (played samples are dropped).
+    pub fn push(&mut self, sample: RecordedSample) {
+        if self.next > 0 && self.next == self.samples.len() {
+            // Keep the last played sample: timing reads it.
+            let last = self.samples[self.next - 1];
+            self.samples.clear();
+            self.samples.push(last);
+            self.next = 1;
+        }
+        self.samples.push(sample);
+    }
+
+    /// Closes an open feed: once played out, the car stops.
+    pub fn close(&mut self) {
+        self.open = false;
+    }
+
+    /// Whether every sample was played and no more will come.
     pub fn is_done(&self) -> bool {
-        self.next >= self.samples.len()
+        !self.open && self.next >= self.samples.len()
     }
 
     /// Samples left.
@@ -352,6 +384,25 @@ pub fn finish_recorded(state: &mut RecordedLapState) -> Option<PendingLapTime> {
     state.pending.take().map(|p| p.resolve(None))
 }
 
+/// Ends a live car's feed: it stops, and a lap still waiting for its official time is handed
+/// out with the samples' time (into [`RecordedLapTimes`]).
+pub fn end_feed(world: &mut World, car: Entity) {
+    if let Some(mut feed) = world.get_mut::<TelemetryFeed>(car) {
+        feed.close();
+    }
+    world.entity_mut(car).remove::<Active>();
+    let last = world
+        .get_mut::<RecordedLapState>(car)
+        .and_then(|mut state| finish_recorded(&mut state));
+    if let Some(last) = last {
+        world.init_resource::<RecordedLapTimes>();
+        world
+            .resource_mut::<RecordedLapTimes>()
+            .0
+            .push(last.of(car));
+    }
+}
+
 fn flags_of(s: &RecordedSample) -> u8 {
     let mut r = 0;
     if s.on_pit_road {
@@ -382,7 +433,9 @@ pub fn feed_telemetry(
 ) {
     for (car, mut feed, mut clock, mut pose, mut motion, mut controls, mut drive) in &mut cars {
         let Some(s) = feed.samples.get(feed.next).copied() else {
-            commands.entity(car).remove::<Active>();
+            if !feed.open {
+                commands.entity(car).remove::<Active>();
+            }
             continue;
         };
         feed.next += 1;
@@ -428,21 +481,21 @@ pub fn recorded_progress(
         let Some(s) = feed.next.checked_sub(1).and_then(|i| feed.samples.get(i)) else {
             continue;
         };
-        if state.prev.is_some_and(|p| p.record == s.record) {
-            continue;
+        // A sample already played (no new one this tick) is not played again.
+        if state.prev.is_none_or(|p| p.record != s.record) {
+            let (event, done) = advance_recorded(&mut state, s, &mut progress, &mut timing);
+            if let TimingEvent::Completed(lap, lap_ticks, crossing_tick, valid) = event {
+                laps.write(LapCompleted {
+                    car,
+                    session: session.0,
+                    lap,
+                    lap_ticks,
+                    crossing_tick,
+                    valid,
+                });
+            }
+            times.0.extend(done.map(|d| d.of(car)));
         }
-        let (event, done) = advance_recorded(&mut state, s, &mut progress, &mut timing);
-        if let TimingEvent::Completed(lap, lap_ticks, crossing_tick, valid) = event {
-            laps.write(LapCompleted {
-                car,
-                session: session.0,
-                lap,
-                lap_ticks,
-                crossing_tick,
-                valid,
-            });
-        }
-        times.0.extend(done.map(|d| d.of(car)));
         if feed.is_done()
             && let Some(last) = finish_recorded(&mut state)
         {
@@ -494,6 +547,18 @@ pub fn spawn_recording(
     hz: f64,
     track_length_m: f32,
 ) -> (Entity, Entity) {
+    spawn_fed(world, id, TelemetryFeed::new(samples), hz, track_length_m)
+}
+
+/// Spawns a session holding one telemetry-driven car played from `feed` (a recording's, or an
+/// open one for live telemetry). Returns `(session, car)`.
+pub fn spawn_fed(
+    world: &mut World,
+    id: uuid::Uuid,
+    feed: TelemetryFeed,
+    hz: f64,
+    track_length_m: f32,
+) -> (Entity, Entity) {
     let session = world.spawn(crate::race::SessionId(id)).id();
     let car = world
         .spawn((
@@ -513,7 +578,7 @@ pub fn spawn_recording(
             crate::record::LapRecorder::default(),
             (
                 TelemetryDriven,
-                TelemetryFeed::new(samples),
+                feed,
                 RecordedClock::default(),
                 RecordedLapState::new(hz, track_length_m),
                 Active,
@@ -630,6 +695,23 @@ mod tests {
         let (_, done) = run(&samples);
         assert!(done[0].of(Entity::PLACEHOLDER).valid());
         assert_eq!(done[1].of(Entity::PLACEHOLDER).reasons, reason::PIT_ROAD);
+    }
+
+    #[test]
+    fn an_open_feed_plays_what_is_pushed_and_ends_when_closed() {
+        let mut feed = TelemetryFeed::live();
+        assert!(!feed.is_done());
+        for s in lapping(3, 0.5) {
+            feed.push(s);
+        }
+        feed.next = 3;
+        assert!(!feed.is_done(), "open: more may come");
+        feed.push(RecordedSample::default());
+        assert_eq!(feed.samples.len(), 2, "played samples dropped but the last");
+        assert_eq!(feed.next, 1);
+        feed.next = 2;
+        feed.close();
+        assert!(feed.is_done());
     }
 
     #[test]
