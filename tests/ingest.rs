@@ -312,48 +312,33 @@ fn a_track_built_from_a_recorded_lap_loads_and_the_ai_races_on_it() {
     let content_arg = content.to_str().expect("utf-8");
     let file_arg = file.to_str().expect("utf-8");
 
+    // `apexsim --content <copy> track from-ibt <file> --lap <lap> --name langley_test ...`
+    let from_ibt = |file: &str, lap: &str, more: &[&str]| {
+        let mut args = vec![
+            "--content",
+            content_arg,
+            "track",
+            "from-ibt",
+            file,
+            "--lap",
+            lap,
+            "--name",
+            "langley_test",
+        ];
+        args.extend_from_slice(more);
+        apexsim(&args)
+    };
+
     // The reset lap is not clean; a missing lap lists the laps there are.
     let reset = corpus().join("iracing_skmodified_langley_2015-05-28_145046_2laps_reset.ibt");
-    let (code, _, err) = apexsim(&[
-        "--content",
-        content_arg,
-        "track",
-        "from-ibt",
-        reset.to_str().expect("utf-8"),
-        "--lap",
-        "186",
-        "--name",
-        "langley_test",
-    ]);
+    let (code, _, err) = from_ibt(reset.to_str().expect("utf-8"), "186", &[]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("lap 186 is not clean"), "{err}");
-    let (code, _, err) = apexsim(&[
-        "--content",
-        content_arg,
-        "track",
-        "from-ibt",
-        file_arg,
-        "--lap",
-        "999",
-        "--name",
-        "langley_test",
-    ]);
+    let (code, _, err) = from_ibt(file_arg, "999", &[]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("complete laps: 174, 175"), "{err}");
 
-    let (code, out, err) = apexsim(&[
-        "--content",
-        content_arg,
-        "track",
-        "from-ibt",
-        file_arg,
-        "--lap",
-        "174",
-        "--name",
-        "langley_test",
-        "--format",
-        "json",
-    ]);
+    let (code, out, err) = from_ibt(file_arg, "174", &["--format", "json"]);
     assert_eq!(code, 0, "{err}");
     let built: serde_json::Value = serde_json::from_str(&out).expect("json");
     // The centerline is the driven line, smoothed: within 3 % of the recording's lap distance.
@@ -388,17 +373,7 @@ fn a_track_built_from_a_recorded_lap_loads_and_the_ai_races_on_it() {
     );
 
     // Building it again is refused: the track exists.
-    let (code, _, err) = apexsim(&[
-        "--content",
-        content_arg,
-        "track",
-        "from-ibt",
-        file_arg,
-        "--lap",
-        "174",
-        "--name",
-        "langley_test",
-    ]);
+    let (code, _, err) = from_ibt(file_arg, "174", &[]);
     assert_eq!(code, 2);
     assert!(err.contains("exists"), "{err}");
 }

@@ -484,15 +484,8 @@ pub fn recorded_progress(
         // A sample already played (no new one this tick) is not played again.
         if state.prev.is_none_or(|p| p.record != s.record) {
             let (event, done) = advance_recorded(&mut state, s, &mut progress, &mut timing);
-            if let TimingEvent::Completed(lap, lap_ticks, crossing_tick, valid) = event {
-                laps.write(LapCompleted {
-                    car,
-                    session: session.0,
-                    lap,
-                    lap_ticks,
-                    crossing_tick,
-                    valid,
-                });
+            if let Some(completed) = event.completed(car, session.0) {
+                laps.write(completed);
             }
             times.0.extend(done.map(|d| d.of(car)));
         }

@@ -119,6 +119,23 @@ pub enum TimingEvent {
     Completed(u16, f64, f64, bool),
 }
 
+impl TimingEvent {
+    /// The [`LapCompleted`] message of a completed lap of `car` in `session`.
+    pub fn completed(self, car: Entity, session: Entity) -> Option<LapCompleted> {
+        match self {
+            Self::Completed(lap, lap_ticks, crossing_tick, valid) => Some(LapCompleted {
+                car,
+                session,
+                lap,
+                lap_ticks,
+                crossing_tick,
+                valid,
+            }),
+            Self::None | Self::Started => None,
+        }
+    }
+}
+
 /// Advances one car's progress and timing for the tick numbered `tick`, given its new position.
 /// Pure: the system is a loop over this.
 pub fn advance_timing(
@@ -200,17 +217,9 @@ pub fn track_progress(
         let Some(track) = tracks.get(*track_id) else {
             continue;
         };
-        if let TimingEvent::Completed(lap, lap_ticks, crossing_tick, valid) =
-            advance_timing(track, pose, &mut progress, &mut timing, tick.0)
-        {
-            laps.write(LapCompleted {
-                car,
-                session: session.0,
-                lap,
-                lap_ticks,
-                crossing_tick,
-                valid,
-            });
+        let event = advance_timing(track, pose, &mut progress, &mut timing, tick.0);
+        if let Some(completed) = event.completed(car, session.0) {
+            laps.write(completed);
         }
     }
 }
