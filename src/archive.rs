@@ -23,7 +23,11 @@ use arrow::array::{Array, ArrayRef, Float32Array, Int32Array, RecordBatch, UInt6
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::arrow_writer::{
+    ArrowColumnChunk, ArrowColumnWriter, ArrowLeafColumn, compute_leaves,
+};
 use parquet::basic::{Compression, Encoding, ZstdLevel};
+use parquet::errors::ParquetError;
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
@@ -476,9 +480,59 @@ fn encode_parquet<W: std::io::Write + Send>(
         .set_statistics_enabled(EnabledStatistics::Chunk)
         .set_key_value_metadata(Some(kv))
         .build();
-    let mut writer = ArrowWriter::try_new(out, batch.schema(), Some(props))?;
-    writer.write(batch)?;
-    writer.into_inner()
+    // The lap is one row group of flat columns (one leaf each). They are encoded apart, every
+    // other one on a second thread, then spliced into the file in schema order.
+    let schema = batch.schema();
+    let (mut file, factory) =
+        ArrowWriter::try_new(out, Arc::clone(&schema), Some(props))?.into_serialized_writer()?;
+    let mut jobs = Vec::with_capacity(schema.fields().len());
+    for ((writer, field), array) in factory
+        .create_column_writers(0)?
+        .into_iter()
+        .zip(schema.fields())
+        .zip(batch.columns())
+    {
+        let mut leaves = compute_leaves(field, array)?;
+        let (Some(leaf), None) = (leaves.pop(), leaves.pop()) else {
+            return Err(ParquetError::General(format!(
+                "column {} is not a flat column",
+                field.name()
+            )));
+        };
+        jobs.push((writer, leaf));
+    }
+    let encode = |(mut writer, leaf): (ArrowColumnWriter, ArrowLeafColumn)| {
+        writer.write(&leaf)?;
+        writer.close()
+    };
+    let (theirs, mine): (Vec<_>, Vec<_>) =
+        jobs.into_iter().enumerate().partition(|(i, _)| i % 2 == 1);
+    let chunks =
+        std::thread::scope(
+            |scope| -> Result<Vec<(usize, ArrowColumnChunk)>, ParquetError> {
+                let helper = scope.spawn(|| {
+                    theirs
+                        .into_iter()
+                        .map(|(i, job)| encode(job).map(|c| (i, c)))
+                        .collect::<Result<Vec<_>, ParquetError>>()
+                });
+                let mut chunks = mine
+                    .into_iter()
+                    .map(|(i, job)| encode(job).map(|c| (i, c)))
+                    .collect::<Result<Vec<_>, ParquetError>>()?;
+                chunks.extend(helper.join().map_err(|_| {
+                    ParquetError::General("column encoder thread panicked".into())
+                })??);
+                chunks.sort_unstable_by_key(|(i, _)| *i);
+                Ok(chunks)
+            },
+        )?;
+    let mut row_group = file.next_row_group()?;
+    for (_, chunk) in chunks {
+        chunk.append_to_row_group(&mut row_group)?;
+    }
+    row_group.close()?;
+    file.into_inner()
 }
 
 /// Encodes a lap as a Parquet file in memory, exactly as [`write_lap`] writes it (for

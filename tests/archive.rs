@@ -80,6 +80,17 @@ fn laps_round_trip_through_parquet_with_their_metadata() {
         assert_eq!(back, lap.columns, "every value comes back bit for bit");
         // The physics model has no gearbox: gear and rpm are not measured.
         assert!(back.gear.iter().chain(&back.rpm).all(|v| v.is_nan()));
+        // The file carries the Arrow schema with the units.
+        let file = std::fs::File::open(&path).expect("open");
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .expect("pq");
+        let schema = reader.schema();
+        assert_eq!(schema.fields(), apexsim::archive::lap_schema().fields());
+        let speed = schema.field_with_name("speed_mps").expect("speed");
+        assert_eq!(
+            speed.metadata().get("unit").map(String::as_str),
+            Some("m/s")
+        );
         assert!(!path.with_extension("parquet.tmp").exists());
     }
 }
