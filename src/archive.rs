@@ -415,11 +415,6 @@ pub fn stage_lap(
 }
 
 impl StagedLap {
-    /// The lap's final path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Syncs the file, renames it into place and syncs the directory; returns the final path.
     ///
     /// # Errors

@@ -573,17 +573,13 @@ pub fn play(
             collector.drain(sim);
         }
     }
-    let ready = collector.take_ready();
-    let out = cars
-        .iter()
-        .map(|&(_, car)| {
-            ready
-                .iter()
-                .filter(|(t, _)| t.car == car)
-                .cloned()
-                .collect()
-        })
-        .collect();
+    // Each lap goes to its recording's list, moved, in the order its time came.
+    let mut out: Vec<Vec<(RecordedLapTime, LapColumns)>> = vec![Vec::new(); cars.len()];
+    for (t, columns) in collector.take_ready() {
+        if let Some(i) = cars.iter().position(|&(_, car)| car == t.car) {
+            out[i].push((t, columns));
+        }
+    }
     for (session, _) in cars {
         sim.world_mut().despawn(session);
     }

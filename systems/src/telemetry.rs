@@ -113,11 +113,6 @@ impl TelemetryFeed {
     pub fn is_done(&self) -> bool {
         !self.open && self.next >= self.samples.len()
     }
-
-    /// Samples left.
-    pub fn remaining(&self) -> usize {
-        self.samples.len() - self.next.min(self.samples.len())
-    }
 }
 
 /// The recording's clock for the sample the car shows now; the record system stamps rows with
