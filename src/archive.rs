@@ -35,6 +35,8 @@ use thiserror::Error;
 use uuid::Uuid;
 
 pub mod index;
+pub mod lock;
+pub mod session;
 pub mod wal;
 pub mod writer;
 
@@ -79,6 +81,18 @@ pub enum ArchiveError {
     /// Arrow could not assemble the columns.
     #[error("arrow: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
+    /// The session already has a write-ahead file: another process is writing it, or it
+    /// waits for recovery.
+    #[error(
+        "session {session} is being written by another process (or its write-ahead file {} \
+         waits for recovery)", path.display()
+    )]
+    SessionBusy {
+        /// The session.
+        session: Uuid,
+        /// Its write-ahead file.
+        path: PathBuf,
+    },
     /// A file is not an ApexSim lap file, or its metadata is unusable.
     #[error("{}: {problem}", path.display())]
     BadLapFile {
@@ -375,9 +389,23 @@ pub fn write_lap(
     meta: &LapMeta,
     columns: LapColumns,
 ) -> Result<PathBuf, ArchiveError> {
+    let owner = lock::Owner::acquire(data)?;
+    write_lap_as(data, &owner, meta, columns)
+}
+
+/// [`write_lap`] for a process that already holds an [`Owner`](lock::Owner) lock.
+///
+/// # Errors
+/// As [`write_lap`].
+pub fn write_lap_as(
+    data: &Path,
+    owner: &lock::Owner,
+    meta: &LapMeta,
+    columns: LapColumns,
+) -> Result<PathBuf, ArchiveError> {
     let rows = columns.len();
     let batch = lap_batch(meta, columns)?;
-    stage_lap(data, meta, &batch, rows)?.commit()
+    stage_lap(data, owner, meta, &batch, rows)?.commit()
 }
 
 /// A lap file encoded and written beside its final name, not yet synced or renamed: the
@@ -389,13 +417,17 @@ pub struct StagedLap {
     path: PathBuf,
 }
 
-/// Encodes `batch` and writes it to `<final name>.tmp` (creating the partition directories).
+/// Encodes `batch` and writes it to `<final name>.<owner>.tmp` (creating the partition
+/// directories): the temporary name is the writer's own, so two writers never share one, and
+/// the file of a writer that is gone can be recognised and removed
+/// ([`lock::clean_stray`]).
 ///
 /// # Errors
 /// [`ArchiveError`] when a directory or the file cannot be created or written; the temporary
 /// file is removed then.
 pub fn stage_lap(
     data: &Path,
+    owner: &lock::Owner,
     meta: &LapMeta,
     batch: &RecordBatch,
     rows: usize,
@@ -403,7 +435,7 @@ pub fn stage_lap(
     let path = lap_path(data, meta);
     let dir = path.parent().unwrap_or(data);
     fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let tmp = path.with_extension("parquet.tmp");
+    let tmp = owner.tmp_path(&path);
     let file = File::create(&tmp).map_err(io_err(&tmp))?;
     match encode_parquet(file, batch, key_values(meta, rows)) {
         Ok(file) => Ok(StagedLap { file, tmp, path }),
@@ -561,6 +593,53 @@ pub fn read_lap(path: &Path) -> Result<(LapMeta, LapColumns), ArchiveError> {
     };
     let file = File::open(path).map_err(io_err(path))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(pq)?;
+    let (meta, version) = lap_meta(path, &builder)?;
+    let mut columns = LapColumns::default();
+    for batch in builder.build().map_err(pq)? {
+        let batch = batch?;
+        let ticks = batch
+            .column_by_name("tick")
+            .and_then(|c| c.as_any().downcast_ref::<UInt64Array>())
+            .ok_or_else(|| bad("no UInt64 column tick".into()))?;
+        columns.tick.extend(ticks.values().iter());
+        let rows = batch.num_rows();
+        for (name, col) in LapColumns::F32_NAMES.iter().zip(columns.f32_columns_mut()) {
+            let column = batch.column_by_name(name);
+            if *name == "gear" {
+                match column {
+                    Some(c) => {
+                        let gears = c
+                            .as_any()
+                            .downcast_ref::<Int32Array>()
+                            .ok_or_else(|| bad("gear is not Int32".into()))?;
+                        col.extend(gears.iter().map(|g| g.map_or(f32::NAN, |g| g as f32)));
+                    }
+                    None if version == 1 => col.extend(std::iter::repeat_n(f32::NAN, rows)),
+                    None => return Err(bad("no Int32 column gear".into())),
+                }
+                continue;
+            }
+            match column.and_then(|c| c.as_any().downcast_ref::<Float32Array>()) {
+                Some(values) => col.extend(values.values().iter()),
+                None if version == 1 && *name == "rpm" => {
+                    col.extend(std::iter::repeat_n(f32::NAN, rows));
+                }
+                None => return Err(bad(format!("no Float32 column {name}"))),
+            }
+        }
+    }
+    Ok((meta, columns))
+}
+
+/// The lap's identity from a lap file's key-value metadata, and the file's schema version.
+fn lap_meta(
+    path: &Path,
+    builder: &ParquetRecordBatchReaderBuilder<File>,
+) -> Result<(LapMeta, u32), ArchiveError> {
+    let bad = |problem: String| ArchiveError::BadLapFile {
+        path: path.to_owned(),
+        problem,
+    };
     let kv: HashMap<String, String> = builder
         .metadata()
         .file_metadata()
@@ -603,41 +682,23 @@ pub fn read_lap(path: &Path) -> Result<(LapMeta, LapColumns), ArchiveError> {
         valid: get("valid")? == "true",
         date: Date::parse(get("date")?).ok_or_else(|| bad("bad date".into()))?,
     };
-    let mut columns = LapColumns::default();
-    for batch in builder.build().map_err(pq)? {
-        let batch = batch?;
-        let ticks = batch
-            .column_by_name("tick")
-            .and_then(|c| c.as_any().downcast_ref::<UInt64Array>())
-            .ok_or_else(|| bad("no UInt64 column tick".into()))?;
-        columns.tick.extend(ticks.values().iter());
-        let rows = batch.num_rows();
-        for (name, col) in LapColumns::F32_NAMES.iter().zip(columns.f32_columns_mut()) {
-            let column = batch.column_by_name(name);
-            if *name == "gear" {
-                match column {
-                    Some(c) => {
-                        let gears = c
-                            .as_any()
-                            .downcast_ref::<Int32Array>()
-                            .ok_or_else(|| bad("gear is not Int32".into()))?;
-                        col.extend(gears.iter().map(|g| g.map_or(f32::NAN, |g| g as f32)));
-                    }
-                    None if version == 1 => col.extend(std::iter::repeat_n(f32::NAN, rows)),
-                    None => return Err(bad("no Int32 column gear".into())),
-                }
-                continue;
-            }
-            match column.and_then(|c| c.as_any().downcast_ref::<Float32Array>()) {
-                Some(values) => col.extend(values.values().iter()),
-                None if version == 1 && *name == "rpm" => {
-                    col.extend(std::iter::repeat_n(f32::NAN, rows));
-                }
-                None => return Err(bad(format!("no Float32 column {name}"))),
-            }
-        }
-    }
-    Ok((meta, columns))
+    Ok((meta, version))
+}
+
+/// Reads only a lap file's metadata (no rows) and its row count.
+///
+/// # Errors
+/// As [`read_lap`].
+pub fn read_lap_meta(path: &Path) -> Result<(LapMeta, usize), ArchiveError> {
+    let file = File::open(path).map_err(io_err(path))?;
+    let builder =
+        ParquetRecordBatchReaderBuilder::try_new(file).map_err(|source| ArchiveError::Parquet {
+            path: path.to_owned(),
+            source,
+        })?;
+    let rows = usize::try_from(builder.metadata().file_metadata().num_rows()).unwrap_or(0);
+    let (meta, _) = lap_meta(path, &builder)?;
+    Ok((meta, rows))
 }
 
 /// What a prune removed.
@@ -649,10 +710,13 @@ pub struct PruneReport {
     pub laps: usize,
     /// Bytes freed.
     pub bytes: u64,
+    /// Sessions old enough but left alone because a live process is writing them.
+    pub live_sessions: usize,
 }
 
 /// Removes every session that started before `cutoff` (Unix seconds): its lap files, then its
-/// rows. Partition directories left empty are removed too.
+/// rows. Partition directories left empty are removed too. A session that a live process is
+/// writing (its write-ahead file is locked) is never removed, however old.
 ///
 /// # Errors
 /// [`ArchiveError`] when the index or a file cannot be changed; sessions already pruned stay
@@ -664,6 +728,10 @@ pub fn prune(data: &Path, index: &index::Index, cutoff: i64) -> Result<PruneRepo
         .into_iter()
         .filter(|s| s.started_at < cutoff)
     {
+        if wal::is_live(data, session.id) {
+            report.live_sessions += 1;
+            continue;
+        }
         for lap in index.laps(Some(session.id))? {
             let path = data.join(&lap.file);
             if let Ok(meta) = fs::metadata(&path) {
@@ -689,19 +757,9 @@ pub fn prune(data: &Path, index: &index::Index, cutoff: i64) -> Result<PruneRepo
     Ok(report)
 }
 
-/// Parses a duration such as `168h`, `7d`, `90m` or `3600s`.
+/// Parses a duration such as `168h`, `7d`, `90m`, `3600s` or `1h 30m` (humantime's syntax).
 pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit())?;
-    let n: u64 = s[..split].parse().ok()?;
-    let unit = match &s[split..] {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return None,
-    };
-    Some(std::time::Duration::from_secs(n.checked_mul(unit)?))
+    humantime::parse_duration(s.trim()).ok()
 }
 
 #[cfg(test)]
@@ -728,7 +786,11 @@ mod tests {
         );
         assert_eq!(parse_duration("7"), None);
         assert_eq!(parse_duration("h"), None);
-        assert_eq!(parse_duration("3w"), None);
+        assert_eq!(
+            parse_duration("1h 30m"),
+            Some(std::time::Duration::from_secs(5400))
+        );
+        assert_eq!(parse_duration("week"), None);
     }
 
     #[test]

@@ -18,12 +18,22 @@ pub struct Cli {
     /// Data directory: the lap archive and its index.
     #[arg(long, global = true, value_name = "DIR", default_value = "data")]
     pub data: PathBuf,
+    /// How often a writing session fsyncs its write-ahead file: a duration (`1s`, `250ms`),
+    /// `0` after every flush, or `off`. A killed process loses at most the last flush (250 ms)
+    /// whatever this says; a machine that goes down loses at most this much more.
+    #[arg(long, global = true, value_name = "INTERVAL", default_value = "1s", value_parser = parse_wal_sync)]
+    pub wal_sync: crate::archive::wal::WalSync,
     /// Log more (-v info, -vv debug, -vvv trace). RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
     /// The command.
     #[command(subcommand)]
     pub command: Command,
+}
+
+fn parse_wal_sync(s: &str) -> Result<crate::archive::wal::WalSync, String> {
+    crate::archive::wal::WalSync::parse(s)
+        .ok_or_else(|| format!("{s:?} is not a duration like 1s or 250ms, 0, or off"))
 }
 
 /// Output format of commands that print results.

@@ -76,7 +76,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if !args.no_archive {
                 let writer = ArchiveWriter::start(&cli.data)
                     .with_context(|| format!("opening the archive in {}", cli.data.display()))?;
-                race.archive_to(writer, &cli.data).with_context(|| {
+                race.archive_to(writer, cli.wal_sync).with_context(|| {
                     format!("creating the write-ahead file in {}", cli.data.display())
                 })?;
             }
@@ -108,14 +108,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Archive(ArchiveCommand::Ls { session, format }) => {
             let index = Index::open(&cli.data)
                 .with_context(|| format!("opening the archive in {}", cli.data.display()))?;
-            let recovered = apexsim::archive::wal::recover(&cli.data, &index)
+            apexsim::archive::wal::recover_logged(&cli.data, &index)
                 .context("recovering write-ahead files")?;
-            if recovered.files > 0 {
-                tracing::warn!(
-                    ?recovered,
-                    "recovered write-ahead files from an unclean stop"
-                );
-            }
             let sessions = index.sessions().context("listing sessions")?;
             let laps = index.laps(session).context("listing laps")?;
             output::print_archive(&sessions, &laps, session, format)
@@ -132,7 +126,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs() as i64);
-            let cutoff = now - age.as_secs() as i64;
+            let cutoff = now.saturating_sub(i64::try_from(age.as_secs()).unwrap_or(i64::MAX));
+            // Sessions of processes that are gone are recovered first, so that what they hold
+            // is pruned with them; sessions of live processes are left alone.
+            apexsim::archive::wal::recover_logged(&cli.data, &index)
+                .context("recovering write-ahead files")?;
             let pruned = apexsim::archive::prune(&cli.data, &index, cutoff).context("pruning")?;
             output::print_prune(&pruned, format).context("writing the prune report")?;
         }
@@ -144,6 +142,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let opts = apexsim::ingest::IngestOptions {
                 keep_driver_names: args.keep_driver_names,
+                wal_sync: cli.wal_sync,
             };
             let mut bar = output::Progress::new("ingest");
             let report =
@@ -208,7 +207,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             output::print_track_built(&built, format).context("writing the result")?;
         }
         Command::Live { keep_driver_names } => {
-            let opts = apexsim::ingest::IngestOptions { keep_driver_names };
+            let opts = apexsim::ingest::IngestOptions {
+                keep_driver_names,
+                wal_sync: cli.wal_sync,
+            };
             let report = apexsim::ingest::live::run(&cli.data, &opts)?;
             output::print_live(&report).context("writing the live report")?;
         }

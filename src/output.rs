@@ -144,8 +144,12 @@ pub fn print_prune(report: &crate::archive::PruneReport, format: Format) -> io::
     if format == Format::Json {
         return emit_json(report);
     }
+    let live = match report.live_sessions {
+        0 => String::new(),
+        n => format!(" ({n} older sessions kept: a live process is writing them)"),
+    };
     emit(&format!(
-        "pruned {} sessions, {} lap files, {:.1} MB\n",
+        "pruned {} sessions, {} lap files, {:.1} MB{live}\n",
         report.sessions,
         report.laps,
         report.bytes as f64 / 1e6
@@ -322,6 +326,15 @@ pub fn print_ingest(report: &crate::ingest::IngestReport, format: Format) -> io:
                         },
                     ]
                 }
+                FileOutcome::InProgress { .. } => vec![
+                    name,
+                    "being ingested by another process".into(),
+                    String::new(),
+                    String::new(),
+                    "-".into(),
+                    "-".into(),
+                    String::new(),
+                ],
                 FileOutcome::Skipped { .. } => vec![
                     name,
                     "already archived".into(),

@@ -11,8 +11,9 @@ use thiserror::Error;
 use uuid::Uuid;
 
 use crate::archive::index::{ResultEntry, SessionRow};
-use crate::archive::wal::{Wal, WalSession};
-use crate::archive::writer::{ArchiveJob, ArchiveWriter, WriterReport};
+use crate::archive::session::ArchiveSession;
+use crate::archive::wal::{WalSession, WalSync};
+use crate::archive::writer::{ArchiveWriter, WriterReport};
 use crate::archive::{Date, LapMeta, Source};
 use crate::content::Content;
 
@@ -211,9 +212,7 @@ pub struct Race {
     recorded_rows: usize,
     track_slug: String,
     date: Date,
-    archive: Option<ArchiveWriter>,
-    wal: Option<Wal>,
-    wal_errors: Vec<String>,
+    archive: Option<(ArchiveWriter, ArchiveSession)>,
 }
 
 impl Race {
@@ -311,8 +310,6 @@ impl Race {
             track_slug: track.slug.clone(),
             date: Date::today(),
             archive: None,
-            wal: None,
-            wal_errors: Vec::new(),
         })
     }
 
@@ -335,18 +332,29 @@ impl Race {
     }
 
     /// Sends the race's laps, session and results to an archive writer instead of keeping the
-    /// laps in memory, with a write-ahead file under `data` that every flush appends to.
+    /// laps in memory, through an [`ArchiveSession`]: a locked write-ahead file that every
+    /// flush appends to (fsynced as `sync` says), removed once every lap is durable.
     ///
     /// # Errors
     /// [`crate::archive::ArchiveError`] when the write-ahead file cannot be created.
     pub fn archive_to(
         &mut self,
         mut writer: ArchiveWriter,
-        data: &std::path::Path,
+        sync: WalSync,
     ) -> Result<(), crate::archive::ArchiveError> {
         let started_at = unix_now();
-        self.wal = Some(Wal::create(
-            data,
+        let session = ArchiveSession::begin(
+            &mut writer,
+            SessionRow {
+                id: self.session_id,
+                source: Source::Sim.as_str().into(),
+                track: self.track_slug.clone(),
+                car_model: self.car_name.clone(),
+                lap_limit: Some(self.laps),
+                seed: Some(self.seed),
+                started_at,
+                finished_at: None,
+            },
             &WalSession {
                 session: self.session_id,
                 source: Source::Sim.as_str().into(),
@@ -357,18 +365,9 @@ impl Race {
                 date: self.date.to_string(),
                 started_at,
             },
-        )?);
-        writer.submit(ArchiveJob::Session(SessionRow {
-            id: self.session_id,
-            source: Source::Sim.as_str().into(),
-            track: self.track_slug.clone(),
-            car_model: self.car_name.clone(),
-            lap_limit: Some(self.laps),
-            seed: Some(self.seed),
-            started_at,
-            finished_at: None,
-        }));
-        self.archive = Some(writer);
+            sync,
+        )?;
+        self.archive = Some((writer, session));
         Ok(())
     }
 
@@ -377,45 +376,43 @@ impl Race {
     pub fn step(&mut self) {
         self.sim.step();
         if self.sim.tick().is_multiple_of(FLUSH_TICKS) || self.is_finished() {
-            let chunk = self.sim.world_mut().resource_mut::<RecordChunk>().take();
-            if let Some(wal) = self.wal.as_mut() {
-                let cars = &self.cars;
-                let index = |e| cars.iter().position(|&c| c == e).unwrap_or(0) as u8;
-                match wal.append(&chunk, index) {
-                    Ok(()) => tracing::debug!(tick = self.sim.tick(), "write-ahead flush"),
-                    Err(e) => {
-                        tracing::error!(error = %e, "write-ahead append failed");
-                        self.wal_errors.push(e.to_string());
-                    }
+            self.flush();
+        }
+    }
+
+    /// Takes the recorded rows: into the write-ahead file, then the laps they closed to the
+    /// archive (or to memory without one).
+    fn flush(&mut self) {
+        let chunk = self.sim.world_mut().resource_mut::<RecordChunk>().take();
+        let cars = &self.cars;
+        let car_index = |e| cars.iter().position(|&c| c == e).unwrap_or(0) as u8;
+        if let Some((_, session)) = self.archive.as_mut() {
+            session.record(&chunk, car_index);
+            tracing::debug!(tick = self.sim.tick(), "write-ahead flush");
+        }
+        for lap in self.assembler.ingest(&chunk) {
+            self.recorded_laps += 1;
+            self.recorded_rows += lap.columns.len();
+            match self.archive.as_mut() {
+                Some((writer, session)) => {
+                    let car = usize::from(car_index(lap.car));
+                    let meta = LapMeta {
+                        source: Source::Sim,
+                        session: self.session_id,
+                        car: car as u8,
+                        car_model: self.car_name.clone(),
+                        driver: driver_name(car),
+                        track: self.track_slug.clone(),
+                        track_length_m: self.track_length_m,
+                        lap: lap.lap,
+                        lap_time_s: lap.lap_time_s,
+                        complete: lap.complete,
+                        valid: lap.valid,
+                        date: self.date,
+                    };
+                    session.submit_lap(writer, meta, lap.columns);
                 }
-            }
-            for lap in self.assembler.ingest(&chunk) {
-                self.recorded_laps += 1;
-                self.recorded_rows += lap.columns.len();
-                match self.archive.as_mut() {
-                    Some(writer) => {
-                        let car = self.cars.iter().position(|&c| c == lap.car).unwrap_or(0);
-                        let meta = LapMeta {
-                            source: Source::Sim,
-                            session: self.session_id,
-                            car: car as u8,
-                            car_model: self.car_name.clone(),
-                            driver: driver_name(car),
-                            track: self.track_slug.clone(),
-                            track_length_m: self.track_length_m,
-                            lap: lap.lap,
-                            lap_time_s: lap.lap_time_s,
-                            complete: lap.complete,
-                            valid: lap.valid,
-                            date: self.date,
-                        };
-                        writer.submit(ArchiveJob::Lap {
-                            meta: Box::new(meta),
-                            columns: lap.columns,
-                        });
-                    }
-                    None => self.recorded.push(lap),
-                }
+                None => self.recorded.push(lap),
             }
         }
     }
@@ -438,6 +435,19 @@ impl Race {
         let mut last_log = 0u64;
         while !self.is_finished() {
             if self.sim.tick() - first_tick >= self.tick_cap {
+                // What was recorded is still written; the session stays unfinished and its
+                // write-ahead file is kept, so the laps in progress are recovered as partial.
+                self.flush();
+                if let Some((mut writer, session)) = self.archive.take() {
+                    let mut errors = session.abandon(&mut writer);
+                    let mut written = writer.finish();
+                    errors.append(&mut written.errors);
+                    tracing::warn!(
+                        laps_written = written.laps_written,
+                        ?errors,
+                        "race ended in an error; its laps are archived, the session is unfinished"
+                    );
+                }
                 return Err(RaceError::DidNotFinish(Duration::from_secs_f64(
                     ticks_to_seconds(self.tick_cap as f64),
                 )));
@@ -459,11 +469,12 @@ impl Race {
         }
         let wall = started.elapsed();
         let mut report = self.report(wall);
-        if let Some(mut writer) = self.archive.take() {
-            writer.submit(ArchiveJob::Finished {
-                id: self.session_id,
-                finished_at: unix_now(),
-                results: report
+        if let Some((mut writer, session)) = self.archive.take() {
+            let syncs = session.wal_syncs();
+            let mut wal_errors = session.finish(
+                &mut writer,
+                unix_now(),
+                report
                     .results
                     .iter()
                     .map(|r| ResultEntry {
@@ -475,17 +486,12 @@ impl Race {
                         best_lap_s: r.best_lap_s,
                     })
                     .collect(),
-            });
+            );
+            // The writer removes the write-ahead file once every lap is durable and indexed;
+            // otherwise it stays, and the next start recovers from it.
             let mut written = writer.finish();
-            written.errors.append(&mut self.wal_errors);
-            // Every lap is in Parquet and indexed: the write-ahead file has done its job.
-            // Otherwise it stays, and the next start recovers from it.
-            if let Some(wal) = self.wal.take()
-                && written.errors.is_empty()
-                && let Err(e) = wal.remove()
-            {
-                written.errors.push(e.to_string());
-            }
+            written.errors.append(&mut wal_errors);
+            written.wal_syncs = syncs;
             report.archive = Some(written);
         }
         Ok(report)

@@ -277,6 +277,7 @@ fn a_torn_write_ahead_tail_is_recovered_up_to_its_last_complete_batch() {
             date: "2026-11-23".into(),
             started_at: 0,
         },
+        apexsim::archive::wal::WalSync::Off,
     )
     .expect("wal");
     let car = bevy_ecs::entity::Entity::PLACEHOLDER;

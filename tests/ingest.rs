@@ -274,6 +274,7 @@ fn drivers_are_pseudonymised_unless_names_are_kept() {
         &file,
         &IngestOptions {
             keep_driver_names: true,
+            ..IngestOptions::default()
         },
     )
     .expect("read");

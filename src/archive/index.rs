@@ -1,14 +1,23 @@
 //! The archive's SQLite index (`<data>/apexsim.db`, WAL mode): sessions, results, race
 //! templates, and one row per archived lap file. Migrations are embedded and applied in order
 //! when the database is opened (`PRAGMA user_version` counts them).
+//!
+//! Many processes share the database: every connection waits up to [`BUSY_TIMEOUT`] for
+//! another's write to end (SQLite's busy handler) instead of failing, every write is one short
+//! statement or transaction, and migrations run in an immediate transaction that re-reads the
+//! schema version, so two processes starting at once migrate once.
 
 use std::path::{Path, PathBuf};
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use uuid::Uuid;
 
 use super::{ArchiveError, LapMeta};
 use crate::content::{RaceTemplate, StartMode};
+
+/// How long a connection waits for another process's write before reporting the database
+/// busy.
+pub const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Schema migrations, applied in order; the database's `user_version` is how many ran.
 const MIGRATIONS: &[&str] = &[r#"
@@ -145,15 +154,17 @@ impl Index {
             source,
         };
         let mut conn = Connection::open(&path).map_err(sql)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(sql)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(sql)?;
         conn.pragma_update(None, "foreign_keys", "ON")
             .map_err(sql)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(sql)?;
-        let applied: usize = conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .map_err(sql)?;
+        let version = |c: &Connection| -> Result<usize, rusqlite::Error> {
+            c.pragma_query_value(None, "user_version", |r| r.get(0))
+        };
+        let applied = version(&conn).map_err(sql)?;
         if applied > MIGRATIONS.len() {
             return Err(ArchiveError::BadLapFile {
                 path,
@@ -163,10 +174,16 @@ impl Index {
                 ),
             });
         }
-        for (i, migration) in MIGRATIONS.iter().enumerate().skip(applied) {
-            let tx = conn.transaction().map_err(sql)?;
-            tx.execute_batch(migration).map_err(sql)?;
-            tx.pragma_update(None, "user_version", i + 1).map_err(sql)?;
+        if applied < MIGRATIONS.len() {
+            // One writer at a time; another process may have migrated while we waited.
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sql)?;
+            let applied = version(&tx).map_err(sql)?;
+            for (i, migration) in MIGRATIONS.iter().enumerate().skip(applied) {
+                tx.execute_batch(migration).map_err(sql)?;
+                tx.pragma_update(None, "user_version", i + 1).map_err(sql)?;
+            }
             tx.commit().map_err(sql)?;
         }
         Ok(Self { conn, path })

@@ -23,6 +23,8 @@ use arrow::array::RecordBatch;
 use uuid::Uuid;
 
 use super::index::{Index, ResultEntry, SessionRow};
+use super::lock::Owner;
+use super::wal::Wal;
 use super::{ArchiveError, LapMeta, StagedLap, lap_batch, stage_lap};
 
 /// Jobs the channel holds before submits start queueing locally.
@@ -46,15 +48,23 @@ pub enum ArchiveJob {
         /// Its rows.
         columns: LapColumns,
     },
-    /// A session ended with this classification.
-    Finished {
-        /// Session id.
-        id: Uuid,
-        /// Unix seconds.
-        finished_at: i64,
-        /// Classification.
-        results: Vec<ResultEntry>,
-    },
+    /// A session's end: once every lap submitted for it before is durable and indexed, the
+    /// session is marked finished (when it ended normally) and its write-ahead file removed.
+    /// If a lap of it could not be written, it stays unfinished and its write-ahead file is
+    /// kept for recovery.
+    Close(Box<SessionClose>),
+}
+
+/// The end of a session, for [`ArchiveJob::Close`].
+#[derive(Debug)]
+pub struct SessionClose {
+    /// Session id.
+    pub id: Uuid,
+    /// Unix seconds and classification, when the session ended normally; `None` when it ended
+    /// in an error (its laps are written, it stays unfinished, its write-ahead file is kept).
+    pub finished: Option<(i64, Vec<ResultEntry>)>,
+    /// The session's write-ahead file, held locked until the session is closed.
+    pub wal: Option<Wal>,
 }
 
 /// What the writer did.
@@ -70,12 +80,17 @@ pub struct WriterReport {
     pub max_backlog: usize,
     /// Writes that failed and were kept in memory to be tried again.
     pub retries: u64,
+    /// Times the session's write-ahead file was fsynced (filled in by the session's owner).
+    pub wal_syncs: u64,
+    /// Sessions marked finished (every lap durable), in order.
+    pub sessions_finished: Vec<Uuid>,
     /// Every failure, in order.
     pub errors: Vec<String>,
 }
 
 /// Handle to the writer thread.
 pub struct ArchiveWriter {
+    data: PathBuf,
     tx: Option<SyncSender<ArchiveJob>>,
     thread: Option<JoinHandle<WriterReport>>,
     backlog: VecDeque<ArchiveJob>,
@@ -92,29 +107,34 @@ impl ArchiveWriter {
     /// fails.
     pub fn start(data: &Path) -> Result<Self, ArchiveError> {
         let index = Index::open(data)?;
-        let recovered = super::wal::recover(data, &index)?;
-        if recovered.files > 0 {
-            tracing::warn!(
-                ?recovered,
-                "recovered write-ahead files from an unclean stop"
-            );
+        let owner = Owner::acquire(data)?;
+        let cleaned = super::lock::clean_stray(data);
+        if cleaned != super::lock::Cleaned::default() {
+            tracing::info!(?cleaned, "removed files of writers that are gone");
         }
+        super::wal::recover_logged(data, &index)?;
         let (tx, rx) = sync_channel(CHANNEL_CAPACITY);
-        let data = data.to_owned();
+        let dir = data.to_owned();
         let thread = std::thread::Builder::new()
             .name("apexsim-archive".into())
-            .spawn(move || run(&data, index, rx))
+            .spawn(move || run(&dir, owner, index, rx))
             .map_err(|source| ArchiveError::Io {
                 path: PathBuf::from("<archive thread>"),
                 source,
             })?;
         Ok(Self {
+            data: data.to_owned(),
             tx: Some(tx),
             thread: Some(thread),
             backlog: VecDeque::new(),
             stalls: 0,
             max_backlog: 0,
         })
+    }
+
+    /// The data directory it writes.
+    pub fn data(&self) -> &Path {
+        &self.data
     }
 
     /// Hands a job to the writer without blocking.
@@ -219,6 +239,16 @@ struct Pending {
     error: String,
 }
 
+impl Pending {
+    /// The session of a lap waiting to be written.
+    fn session(&self) -> Option<Uuid> {
+        match &self.work {
+            Retry::Lap(lap) | Retry::IndexLap(lap, _) => Some(lap.meta.session),
+            Retry::Job(_) => None,
+        }
+    }
+}
+
 /// A staged file's sync, done on the commit thread.
 struct Commit {
     lap: LapWork,
@@ -235,6 +265,7 @@ enum Committed {
 /// waits to be retried.
 struct Worker {
     data: PathBuf,
+    owner: Owner,
     index: Index,
     report: WriterReport,
     retry: VecDeque<Pending>,
@@ -243,7 +274,7 @@ struct Worker {
     done_rx: Receiver<Committed>,
 }
 
-fn run(data: &Path, index: Index, rx: Receiver<ArchiveJob>) -> WriterReport {
+fn run(data: &Path, owner: Owner, index: Index, rx: Receiver<ArchiveJob>) -> WriterReport {
     let (commit_tx, commit_rx) = sync_channel::<Commit>(COMMIT_QUEUE);
     let (done_tx, done_rx) = channel();
     let committer = std::thread::Builder::new()
@@ -281,6 +312,7 @@ fn run(data: &Path, index: Index, rx: Receiver<ArchiveJob>) -> WriterReport {
         });
     let mut worker = Worker {
         data: data.to_owned(),
+        owner,
         index,
         report: WriterReport::default(),
         retry: VecDeque::new(),
@@ -325,10 +357,16 @@ fn run(data: &Path, index: Index, rx: Receiver<ArchiveJob>) -> WriterReport {
         mut report, retry, ..
     } = worker;
     for p in retry {
-        report.errors.push(format!(
-            "{} (not written after {} attempts; the write-ahead file keeps the data)",
-            p.error, p.attempts
-        ));
+        match p.work {
+            Retry::Job(job) if matches!(*job, ArchiveJob::Close(_)) => {
+                // Dropping the write-ahead file releases its lock and keeps it for recovery.
+                report.errors.push(p.error);
+            }
+            _ => report.errors.push(format!(
+                "{} (not written after {} attempts; the write-ahead file keeps the data)",
+                p.error, p.attempts
+            )),
+        }
     }
     report
 }
@@ -347,32 +385,72 @@ impl Worker {
                     }
                 }
             }
-            job => {
-                // Sessions and results are indexed after the laps submitted before them.
-                self.collect(true);
-                if let Err(e) = self.index_job(&job) {
-                    self.failed(Retry::Job(Box::new(job)), 0, &e);
-                }
-            }
+            job => self.apply(job, 0),
         }
     }
 
-    fn index_job(&mut self, job: &ArchiveJob) -> Result<(), ArchiveError> {
-        match job {
+    /// Applies an index job after the laps submitted before it; a failure is retried.
+    fn apply(&mut self, job: ArchiveJob, attempts: u32) {
+        // Sessions and results are indexed after the laps submitted before them.
+        self.collect(true);
+        let result = match &job {
             ArchiveJob::Templates(t) => self.index.put_templates(t, unix_now()),
             ArchiveJob::Session(s) => self.index.put_session(s),
-            ArchiveJob::Finished {
-                id,
-                finished_at,
-                results,
-            } => self.index.finish_session(*id, *finished_at, results),
+            ArchiveJob::Close(close) => {
+                let waiting = self
+                    .retry
+                    .iter()
+                    .filter(|p| p.session() == Some(close.id))
+                    .count();
+                if waiting > 0 {
+                    // Not durable yet: the session waits behind its laps.
+                    let error = format!(
+                        "session {} not marked finished: {waiting} of its laps could not be \
+                         written; its write-ahead file is kept for recovery",
+                        close.id
+                    );
+                    self.retry.push_back(Pending {
+                        work: Retry::Job(Box::new(job)),
+                        attempts,
+                        due: Instant::now(),
+                        error,
+                    });
+                    return;
+                }
+                match &close.finished {
+                    Some((at, results)) => self.index.finish_session(close.id, *at, results),
+                    None => Ok(()),
+                }
+            }
             ArchiveJob::Lap { .. } => Ok(()),
+        };
+        match result {
+            Ok(()) => {
+                if let ArchiveJob::Close(close) = job {
+                    self.closed(*close);
+                }
+            }
+            Err(e) => self.failed(Retry::Job(Box::new(job)), attempts, &e),
+        }
+    }
+
+    /// A session whose laps are all durable: finished, its write-ahead file removed; ended in
+    /// an error, its write-ahead file kept (the lock goes with the handle).
+    fn closed(&mut self, close: SessionClose) {
+        let SessionClose { id, finished, wal } = close;
+        if finished.is_some() {
+            self.report.sessions_finished.push(id);
+            if let Some(wal) = wal
+                && let Err(e) = wal.remove()
+            {
+                self.report.errors.push(e.to_string());
+            }
         }
     }
 
     /// Encodes and writes the lap's file and hands it to the commit thread.
     fn write(&mut self, lap: LapWork, attempts: u32) {
-        match stage_lap(&self.data, &lap.meta, &lap.batch, lap.rows) {
+        match stage_lap(&self.data, &self.owner, &lap.meta, &lap.batch, lap.rows) {
             Ok(staged) => match &self.commit_tx {
                 Some(tx) => {
                     self.in_flight += 1;
@@ -473,12 +551,7 @@ impl Worker {
             match p.work {
                 Retry::Lap(lap) => self.write(lap, p.attempts),
                 Retry::IndexLap(lap, path) => self.index_lap(lap, path, p.attempts),
-                Retry::Job(job) => {
-                    self.collect(true);
-                    if let Err(e) = self.index_job(&job) {
-                        self.failed(Retry::Job(job), p.attempts, &e);
-                    }
-                }
+                Retry::Job(job) => self.apply(*job, p.attempts),
             }
         }
     }

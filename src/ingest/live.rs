@@ -16,9 +16,9 @@ use thiserror::Error;
 use uuid::Uuid;
 
 use super::frame::IbtFrame;
-use super::{IngestOptions, IngestedLap, LapCollector, RecordingInfo};
+use super::{IngestOptions, IngestedLap, LapCollector, LapNumbers, RecordingInfo};
 use crate::archive::ArchiveError;
-use crate::archive::writer::{ArchiveJob, ArchiveWriter, WriterReport};
+use crate::archive::writer::{ArchiveWriter, WriterReport};
 
 /// Why live telemetry cannot be read.
 #[derive(Debug, Error)]
@@ -106,6 +106,11 @@ pub fn run(data: &Path, opts: &IngestOptions) -> Result<LiveReport, LiveError> {
 /// Plays a stream of frames into the archive under `data`, one tick per frame, archiving each
 /// complete lap as soon as its time is known, until the stream ends or `stop` completes.
 ///
+/// The session has a write-ahead file like a race's: every quarter of a second the frames'
+/// rows are appended to it, and each lap's closure before the lap goes to the writer, so a
+/// process killed mid-session loses at most the last quarter second and its closed laps are
+/// recovered complete.
+///
 /// # Errors
 /// [`LiveError::Archive`] when the archive cannot be opened.
 pub async fn record_stream<S, F>(
@@ -126,7 +131,10 @@ where
         .map_or(0, |d| d.as_secs() as i64);
     let session = Uuid::new_v4();
     let mut writer = ArchiveWriter::start(data)?;
-    super::submit_session(&mut writer, session, &info);
+    let mut archive = super::begin_session(&mut writer, session, &info, opts.wal_sync)?;
+    let mut numbers = LapNumbers::default();
+    // A quarter of a second of frames between two write-ahead flushes.
+    let flush_every = ((hz / 4.0).round() as u64).max(1);
     let mut sim = Simulation::new(SimulationPlugin::default());
     let (_, car) = spawn_fed(
         sim.world_mut(),
@@ -166,9 +174,13 @@ where
             feed.push(sample);
         }
         sim.step();
-        collector.drain(&mut sim);
+        if !records.is_multiple_of(flush_every) {
+            continue;
+        }
+        let chunk = collector.drain(&mut sim);
+        archive.record_rows(&chunk, |_| 0);
         for (t, columns) in collector.take_ready() {
-            let lap = super::submit_lap(&mut writer, session, &info, t, columns);
+            let lap = super::submit_lap(&mut writer, &mut archive, &info, &mut numbers, t, columns);
             tracing::info!(
                 lap = lap.lap,
                 time_s = lap.time_s,
@@ -180,21 +192,33 @@ where
     }
     // The end: a lap still waiting for its official time keeps the samples'.
     end_feed(sim.world_mut(), car);
-    collector.drain(&mut sim);
+    let chunk = collector.drain(&mut sim);
+    archive.record_rows(&chunk, |_| 0);
     for (t, columns) in collector.take_ready() {
-        laps.push(super::submit_lap(&mut writer, session, &info, t, columns));
+        laps.push(super::submit_lap(
+            &mut writer,
+            &mut archive,
+            &info,
+            &mut numbers,
+            t,
+            columns,
+        ));
     }
     let duration = first_time.map_or(0.0, |f| last_time - f);
-    writer.submit(ArchiveJob::Finished {
-        id: session,
-        finished_at: info.started_at + duration.round() as i64,
-        results: Vec::new(),
-    });
+    let syncs = archive.wal_syncs();
+    let wal_errors = archive.finish(
+        &mut writer,
+        info.started_at.saturating_add(duration.round() as i64),
+        Vec::new(),
+    );
+    let mut written = writer.finish();
+    written.errors.extend(wal_errors);
+    written.wal_syncs = syncs;
     Ok(LiveReport {
         session,
         info,
         records,
         laps,
-        archive: writer.finish(),
+        archive: written,
     })
 }

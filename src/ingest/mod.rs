@@ -29,7 +29,9 @@ use thiserror::Error;
 use uuid::Uuid;
 
 use crate::archive::index::{Index, SessionRow};
-use crate::archive::writer::{ArchiveJob, ArchiveWriter, WriterReport};
+use crate::archive::session::ArchiveSession;
+use crate::archive::wal::{LapClosure, WalSession, WalSync};
+use crate::archive::writer::{ArchiveWriter, WriterReport};
 use crate::archive::{ArchiveError, Date, LapMeta, Source};
 use frame::IbtFrame;
 use ibt::{IbtError, IbtHeader};
@@ -73,6 +75,9 @@ pub enum IngestError {
 pub struct IngestOptions {
     /// Store drivers' names instead of pseudonyms.
     pub keep_driver_names: bool,
+    /// When live telemetry's write-ahead file is fsynced (recordings need none: the file
+    /// itself is the copy to redo from).
+    pub wal_sync: WalSync,
 }
 
 /// What a recording says about itself.
@@ -107,6 +112,9 @@ pub struct RecordingInfo {
 pub struct IngestedLap {
     /// The recording's lap counter.
     pub lap: i32,
+    /// The lap number it is archived under: the recording's counter where it goes up, else the
+    /// next free number (a reset can repeat a counter); `None` when no number is left.
+    pub archived_lap: Option<u16>,
     /// First record of the lap.
     pub start_record: u64,
     /// First record after it.
@@ -138,6 +146,11 @@ pub enum FileOutcome {
     },
     /// Already in the archive.
     Skipped {
+        /// Its session.
+        session: Uuid,
+    },
+    /// Another process is ingesting the same recording right now.
+    InProgress {
         /// Its session.
         session: Uuid,
     },
@@ -515,8 +528,9 @@ pub struct LapCollector {
 }
 
 impl LapCollector {
-    /// Takes what the world recorded since the last call.
-    pub fn drain(&mut self, sim: &mut Simulation) {
+    /// Takes what the world recorded since the last call, and returns it (for a write-ahead
+    /// file).
+    pub fn drain(&mut self, sim: &mut Simulation) -> RecordChunk {
         let chunk = sim.world_mut().resource_mut::<RecordChunk>().take();
         for lap in self.assembler.ingest(&chunk) {
             if lap.complete {
@@ -525,6 +539,7 @@ impl LapCollector {
         }
         self.times
             .append(&mut sim.world_mut().resource_mut::<RecordedLapTimes>().0);
+        chunk
     }
 
     /// Complete laps whose rows and time are both known, in the order their times came.
@@ -589,6 +604,10 @@ pub fn play(
 /// Ingests files into the archive under `data`. `progress` is called after each batch of
 /// files with (files done, files total, records so far).
 ///
+/// Each recording is one [`ArchiveSession`]: it is marked finished only once every one of its
+/// laps is durable and indexed, so a recording whose laps could not all be written is ingested
+/// again next time; a recording another process is ingesting at the same time is left to it.
+///
 /// # Errors
 /// [`IngestError::Archive`] when the archive cannot be opened; a bad file is reported in the
 /// result instead.
@@ -608,36 +627,44 @@ pub fn ingest(
         let mut recordings = Vec::new();
         let mut slots = Vec::new();
         for path in batch {
-            report.files.push(FileReport {
-                path: path.clone(),
-                outcome: FileOutcome::Failed {
-                    error: String::new(),
-                },
-            });
-            let slot = report.files.len() - 1;
-            match read_recording(path, opts) {
+            let outcome = match read_recording(path, opts) {
                 Ok(r) if index.has_finished_session(r.session)? => {
-                    report.files[slot].outcome = FileOutcome::Skipped { session: r.session };
+                    FileOutcome::Skipped { session: r.session }
                 }
-                Ok(r) => {
-                    slots.push(slot);
-                    recordings.push(r);
-                }
+                Ok(r) => match begin_recording(&mut writer, &r, WalSync::Off) {
+                    Ok(session) => {
+                        slots.push((report.files.len(), session));
+                        recordings.push(r);
+                        FileOutcome::Failed {
+                            error: String::new(),
+                        }
+                    }
+                    Err(ArchiveError::SessionBusy { session, .. }) => {
+                        FileOutcome::InProgress { session }
+                    }
+                    Err(e) => FileOutcome::Failed {
+                        error: format!("{}: {e}", path.display()),
+                    },
+                },
                 Err(e) => {
                     tracing::error!(error = %e, "recording not ingested");
-                    report.files[slot].outcome = FileOutcome::Failed {
+                    FileOutcome::Failed {
                         error: e.to_string(),
-                    };
+                    }
                 }
-            }
+            };
+            report.files.push(FileReport {
+                path: path.clone(),
+                outcome,
+            });
         }
         let laps = play(&mut sim, &recordings);
-        for ((slot, rec), laps) in slots.into_iter().zip(recordings).zip(laps) {
+        for (((slot, session), rec), laps) in slots.into_iter().zip(recordings).zip(laps) {
             report.records += rec.samples.len() as u64;
             if let (Some(first), Some(last)) = (rec.samples.first(), rec.samples.last()) {
                 report.recorded_s += last.time_s - first.time_s;
             }
-            report.files[slot].outcome = archive_recording(&mut writer, rec, laps);
+            report.files[slot].outcome = archive_recording(&mut writer, session, rec, laps);
         }
         done += batch.len();
         progress(done, files.len(), report.records);
@@ -649,6 +676,7 @@ pub fn ingest(
 
 fn archive_recording(
     writer: &mut ArchiveWriter,
+    mut session: ArchiveSession,
     rec: Recording,
     laps: Vec<(RecordedLapTime, LapColumns)>,
 ) -> FileOutcome {
@@ -658,16 +686,21 @@ fn archive_recording(
         .last()
         .zip(rec.samples.first())
         .map_or(0.0, |(l, f)| l.time_s - f.time_s);
-    submit_session(writer, rec.session, &info);
+    let mut numbers = LapNumbers::default();
     let out = laps
         .into_iter()
-        .map(|(t, columns)| submit_lap(writer, rec.session, &info, t, columns))
+        .map(|(t, columns)| submit_lap(writer, &mut session, &info, &mut numbers, t, columns))
         .collect();
-    writer.submit(ArchiveJob::Finished {
-        id: rec.session,
-        finished_at: info.started_at + duration.round() as i64,
-        results: Vec::new(),
-    });
+    let wal_errors = session.finish(
+        writer,
+        info.started_at.saturating_add(duration.round() as i64),
+        Vec::new(),
+    );
+    if !wal_errors.is_empty() {
+        return FileOutcome::Failed {
+            error: wal_errors.join("; "),
+        };
+    }
     FileOutcome::Ingested {
         session: rec.session,
         info,
@@ -676,31 +709,90 @@ fn archive_recording(
     }
 }
 
-/// Indexes a recorded session, not finished yet: it is finished once its laps are handed over,
-/// so an ingest cut short is redone next time.
-pub(crate) fn submit_session(writer: &mut ArchiveWriter, session: Uuid, info: &RecordingInfo) {
-    writer.submit(ArchiveJob::Session(SessionRow {
-        id: session,
-        source: Source::Iracing.as_str().into(),
-        track: info.track.clone(),
-        car_model: info.car.clone(),
-        lap_limit: None,
-        seed: None,
-        started_at: info.started_at,
-        finished_at: None,
-    }));
+/// Opens the archive session of a recording (indexed unfinished: it is finished once its laps
+/// are durable, so an ingest cut short is redone next time).
+///
+/// # Errors
+/// [`ArchiveError::SessionBusy`] when another process is writing the same recording.
+pub(crate) fn begin_recording(
+    writer: &mut ArchiveWriter,
+    rec: &Recording,
+    sync: WalSync,
+) -> Result<ArchiveSession, ArchiveError> {
+    begin_session(writer, rec.session, &rec.info, sync)
 }
 
-/// Hands a complete recorded lap to the archive writer.
-pub(crate) fn submit_lap(
+/// Opens the archive session of a recorded session (a file or live telemetry).
+///
+/// # Errors
+/// As [`ArchiveSession::begin`].
+pub(crate) fn begin_session(
     writer: &mut ArchiveWriter,
     session: Uuid,
     info: &RecordingInfo,
+    sync: WalSync,
+) -> Result<ArchiveSession, ArchiveError> {
+    ArchiveSession::begin(
+        writer,
+        SessionRow {
+            id: session,
+            source: Source::Iracing.as_str().into(),
+            track: info.track.clone(),
+            car_model: info.car.clone(),
+            lap_limit: None,
+            seed: None,
+            started_at: info.started_at,
+            finished_at: None,
+        },
+        &WalSession {
+            session,
+            source: Source::Iracing.as_str().into(),
+            track: info.track.clone(),
+            track_length_m: info.track_length_m,
+            car_model: info.car.clone(),
+            drivers: vec![info.driver.clone()],
+            date: Date::from_unix(info.started_at).to_string(),
+            started_at: info.started_at,
+        },
+        sync,
+    )
+}
+
+/// Archive lap numbers of one recording: the recording's own counter where it goes up, else the
+/// next free number, so two laps never share a number (and a file) even when a reset repeats
+/// the counter. Checked: a counter at the top of the range gives no number rather than a
+/// repeated one.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LapNumbers {
+    last: Option<u16>,
+}
+
+impl LapNumbers {
+    /// The number of the next lap, whose recorded counter is `recorded`.
+    pub fn assign(&mut self, recorded: i32) -> Option<u16> {
+        let wanted = u16::try_from(recorded.max(0)).unwrap_or(u16::MAX);
+        let n = match self.last {
+            Some(last) => wanted.max(last.checked_add(1)?),
+            None => wanted,
+        };
+        self.last = Some(n);
+        Some(n)
+    }
+}
+
+/// Hands a complete recorded lap to the archive writer under its [`LapNumbers`] number.
+pub(crate) fn submit_lap(
+    writer: &mut ArchiveWriter,
+    session: &mut ArchiveSession,
+    info: &RecordingInfo,
+    numbers: &mut LapNumbers,
     t: RecordedLapTime,
     columns: LapColumns,
 ) -> IngestedLap {
+    let archived_lap = numbers.assign(t.recorded_lap);
     let lap = IngestedLap {
         lap: t.recorded_lap,
+        archived_lap,
         start_record: t.start_record,
         end_record: t.end_record,
         time_s: t.time_s(),
@@ -708,22 +800,41 @@ pub(crate) fn submit_lap(
         valid: t.valid(),
         invalid_because: reason::names(t.reasons),
     };
-    writer.submit(ArchiveJob::Lap {
-        meta: Box::new(LapMeta {
+    let Some(number) = archived_lap else {
+        tracing::error!(
+            recorded_lap = t.recorded_lap,
+            "lap not archived: no lap number is left after {}",
+            u16::MAX
+        );
+        return lap;
+    };
+    // The closure is in the write-ahead file before the lap goes to the writer: a lap that
+    // closed is recovered complete, with its time, whatever happens next.
+    session.close_laps(&[LapClosure {
+        car: 0,
+        row_lap: t.lap,
+        lap: number,
+        complete: true,
+        valid: lap.valid,
+        lap_time_s: Some(lap.time_s),
+    }]);
+    session.submit_lap(
+        writer,
+        LapMeta {
             source: Source::Iracing,
-            session,
+            session: session.id(),
             car: 0,
             car_model: info.car.clone(),
             driver: info.driver.clone(),
             track: info.track.clone(),
             track_length_m: info.track_length_m,
-            lap: u16::try_from(t.recorded_lap.max(0)).unwrap_or(u16::MAX),
+            lap: number,
             lap_time_s: Some(lap.time_s),
             complete: true,
             valid: lap.valid,
             date: Date::from_unix(info.started_at),
-        }),
+        },
         columns,
-    });
+    );
     lap
 }
