@@ -1,4 +1,4 @@
-//! Ingest benchmarks over the real recordings in `../shared/data/ibt/`, in records (frames) per
+//! Ingest benchmarks over the real recordings in `tests/fixtures/ibt/`, in records (frames) per
 //! second (criterion's elements/s):
 //! - end to end: every file read, decoded, played through the ECS world (lap detection and
 //!   record), and its laps written to Parquet and indexed in SQLite in a fresh archive;
@@ -14,8 +14,8 @@ use apexsim::ingest::{IngestOptions, collect_files, ibt, ingest};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 fn corpus() -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/ibt");
-    collect_files(&[dir]).expect("the corpus in ../shared/data/ibt")
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ibt");
+    collect_files(&[dir]).expect("the recordings in tests/fixtures/ibt")
 }
 
 fn ingest_benches(c: &mut Criterion) {
