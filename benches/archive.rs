@@ -25,6 +25,7 @@ fn real_lap() -> LapColumns {
         laps: 1,
         seed: 3,
         fast: true,
+        speed: 1.0,
         time_limit: None,
         session_id: None,
     };

@@ -153,6 +153,10 @@ pub struct RaceArgs {
     /// Run as fast as the CPU allows instead of in real time.
     #[arg(long)]
     pub fast: bool,
+    /// Pace at this many times real time (for example 4 to watch a race in a quarter of its
+    /// time); ignored with --fast.
+    #[arg(long, default_value_t = 1.0, value_name = "FACTOR")]
+    pub speed: f64,
     /// Race time limit in seconds: after it, the leader's next crossing ends the race.
     #[arg(long, value_name = "SECONDS")]
     pub time_limit: Option<f64>,
@@ -179,6 +183,12 @@ impl RaceArgs {
             }
             None => None,
         };
+        if !(self.speed.is_finite() && self.speed > 0.0 && self.speed <= 1000.0) {
+            return Err(format!(
+                "--speed {} is not a factor between 0 and 1000",
+                self.speed
+            ));
+        }
         Ok(RaceOptions {
             track: self.track.clone(),
             car: self.car.clone(),
@@ -186,6 +196,7 @@ impl RaceArgs {
             laps: self.laps,
             seed: self.seed,
             fast: self.fast,
+            speed: self.speed,
             time_limit,
             session_id: Some(uuid::Uuid::new_v4()),
         })

@@ -35,6 +35,8 @@ pub struct RaceOptions {
     pub seed: u64,
     /// Run ticks back to back instead of pacing at 240 Hz.
     pub fast: bool,
+    /// Pace at this many times real time (1.0 = 240 Hz) when not `fast`.
+    pub speed: f64,
     /// Race time after which the leader's next crossing ends the race.
     pub time_limit: Option<Duration>,
     /// Session id; `None` derives one from the seed.
@@ -50,6 +52,7 @@ impl Default for RaceOptions {
             laps: 3,
             seed: 1,
             fast: false,
+            speed: 1.0,
             time_limit: None,
             session_id: None,
         }
@@ -206,6 +209,7 @@ pub struct Race {
     laps: u16,
     seed: u64,
     tick_cap: u64,
+    speed: f64,
     assembler: LapAssembler,
     recorded: Vec<RecordedLap>,
     recorded_laps: usize,
@@ -303,6 +307,11 @@ impl Race {
             laps: opts.laps,
             seed: opts.seed,
             tick_cap,
+            speed: if opts.speed.is_finite() && opts.speed > 0.0 {
+                opts.speed
+            } else {
+                1.0
+            },
             assembler: LapAssembler::default(),
             recorded: Vec::new(),
             recorded_laps: 0,
@@ -393,6 +402,12 @@ impl Race {
         for lap in self.assembler.ingest(&chunk) {
             self.recorded_laps += 1;
             self.recorded_rows += lap.columns.len();
+            tracing::debug!(
+                car = car_index(lap.car),
+                lap = lap.lap,
+                complete = lap.complete,
+                "lap closed"
+            );
             match self.archive.as_mut() {
                 Some((writer, session)) => {
                     let car = usize::from(car_index(lap.car));
@@ -423,15 +438,13 @@ impl Race {
         &self.recorded
     }
 
-    /// Runs to the end: paced at 240 Hz unless `fast`.
+    /// Runs to the end: paced at 240 Hz (times the race's speed) unless `fast`.
     ///
     /// # Errors
     /// [`RaceError::DidNotFinish`] if the race is still running at its safety cap.
     pub fn run(mut self, fast: bool) -> Result<RaceReport, RaceError> {
         let started = Instant::now();
         let first_tick = self.sim.tick();
-        let tick_ns = 1_000_000_000u64 / u64::from(TICK_HZ);
-        let tick_rem = 1_000_000_000u64 % u64::from(TICK_HZ);
         let mut last_log = 0u64;
         while !self.is_finished() {
             if self.sim.tick() - first_tick >= self.tick_cap {
@@ -455,9 +468,9 @@ impl Race {
             self.step();
             let n = self.sim.tick() - first_tick;
             if !fast {
-                // The deadline of tick n, exactly n/240 s after the start (integer nanoseconds).
+                // The deadline of tick n: n/240 s after the start, divided by the speed.
                 let due =
-                    started + Duration::from_nanos(n * tick_ns + n * tick_rem / u64::from(TICK_HZ));
+                    started + Duration::from_secs_f64(n as f64 / (f64::from(TICK_HZ) * self.speed));
                 if let Some(wait) = due.checked_duration_since(Instant::now()) {
                     std::thread::sleep(wait);
                 }

@@ -19,6 +19,7 @@ fn race_laps() -> Vec<RecordedLap> {
         laps: 2,
         seed: 4,
         fast: true,
+        speed: 1.0,
         time_limit: None,
         session_id: None,
     };

@@ -1,120 +1,66 @@
-//! Crash safety: `apexsim race` runs in real time as a child process and is killed with SIGKILL
-//! mid-race; the next start recovers its write-ahead file. Every Parquet file must be readable,
+//! Crash safety: `apexsim race` runs (at four times real time) as a child process and is killed
+//! with SIGKILL two flushes after its log shows every car's first lap closed; the next start
+//! recovers its write-ahead file. Every Parquet file must be readable,
 //! every lap finalised before the kill must still be there, and each car's rows must run without
 //! a gap up to at least the last flush the child reported (so fewer than 60 ticks are lost).
 
 use std::fs;
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 mod common;
 
 use apexsim::archive::index::Index;
 use apexsim::archive::read_lap;
 
-/// Copies the bundled content and adds a 316 m stadium oval (60 m straights, 30 m turns), so a
-/// lap takes about 15 s.
-fn content_with_mini_oval(dir: &Path) {
-    common::copy_dir(&common::bundled_content(), dir);
-    let track = dir.join("tracks/mini_oval");
-    fs::create_dir_all(&track).expect("mkdir");
-    fs::write(
-        track.join("track.toml"),
-        "id = \"660e8400-e29b-41d4-a716-4466554400aa\"\nname = \"Mini Oval\"\nversion = \"1\"\n\
-         width_m = 14.0\ngrid_slots = 4\ncenterline_file = \"centerline.csv\"\n",
-    )
-    .expect("write");
-    let (r, half) = (30.0f64, 30.0f64);
-    let mut pts = Vec::new();
-    let mut d = 0.0;
-    let total = 4.0 * half + 2.0 * std::f64::consts::PI * r;
-    while d < total - 0.5 {
-        let p = if d < half {
-            (d, 0.0)
-        } else if d < half + std::f64::consts::PI * r {
-            let a = (d - half) / r - std::f64::consts::FRAC_PI_2;
-            (half + r * a.cos(), r + r * a.sin())
-        } else if d < 3.0 * half + std::f64::consts::PI * r {
-            (half - (d - half - std::f64::consts::PI * r), 2.0 * r)
-        } else if d < 3.0 * half + 2.0 * std::f64::consts::PI * r {
-            let a = (d - 3.0 * half - std::f64::consts::PI * r) / r + std::f64::consts::FRAC_PI_2;
-            (-half + r * a.cos(), r + r * a.sin())
-        } else {
-            (d - total, 0.0)
-        };
-        pts.push(p);
-        d += 1.0;
-    }
-    let mut csv = String::from("x,y,distance_from_start\n");
-    let mut run = 0.0;
-    for (i, p) in pts.iter().enumerate() {
-        if i > 0 {
-            run += ((p.0 - pts[i - 1].0).powi(2) + (p.1 - pts[i - 1].1).powi(2)).sqrt();
-        }
-        csv += &format!("{:.4},{:.4},{:.4}\n", p.0, p.1, run);
-    }
-    fs::write(track.join("centerline.csv"), csv).expect("write");
-}
-
 #[test]
 fn sigkill_mid_race_loses_less_than_one_flush() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let content = tmp.path().join("content");
     let data = tmp.path().join("data");
-    content_with_mini_oval(&content);
+    common::content_with_mini_oval(&content);
     let exe = env!("CARGO_BIN_EXE_apexsim");
-    let mut child = Command::new(exe)
-        .args(["--content", content.to_str().expect("utf-8")])
-        .args(["--data", data.to_str().expect("utf-8")])
-        .args([
-            "race",
-            "--track",
-            "mini_oval",
-            "--cars",
-            "3",
-            "--laps",
-            "20",
-        ])
-        .env("RUST_LOG", "apexsim=debug")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let stderr = child.stderr.take().expect("stderr");
-    // Read the child's log on a thread, remembering the last flushed tick.
-    let reader = std::thread::spawn(move || {
-        let mut last = 0u64;
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("write-ahead flush")
-                && let Some(t) = line.split("tick=").nth(1)
-            {
-                last = t
-                    .split_whitespace()
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(last);
+    // Four times real time: a lap of about 15 s takes about 4 s.
+    let mut child = common::Child::spawn(&[
+        "--content",
+        content.to_str().expect("utf-8"),
+        "--data",
+        data.to_str().expect("utf-8"),
+        "race",
+        "--track",
+        "mini_oval",
+        "--cars",
+        "3",
+        "--laps",
+        "20",
+        "--speed",
+        "4",
+    ]);
+    // Kill the child two flushes after every car's lap 1 closed, as its log shows them.
+    let mut closed = [false; 3];
+    let mut flushes_after = 0;
+    let mut last_flush = 0u64;
+    let killed_at = child.wait_for(Duration::from_secs(120), |line| {
+        if line.contains("lap closed")
+            && line.contains("lap=1 complete=true")
+            && let Some(car) = common::log_field::<usize>(line, "car")
+        {
+            closed[car] = true;
+        }
+        if line.contains("write-ahead flush") {
+            last_flush = common::log_field(line, "tick").unwrap_or(last_flush);
+            if closed.iter().all(|&c| c) {
+                flushes_after += 1;
             }
         }
-        last
+        flushes_after == 2
     });
-    // Countdown (5 s), the run to the line, one ~15 s lap and part of the next.
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(30) {
-        std::thread::sleep(Duration::from_millis(100));
-        assert!(
-            child.try_wait().expect("wait").is_none(),
-            "the race ended early"
-        );
-    }
-    child.kill().expect("SIGKILL");
-    child.wait().expect("reap");
-    let last_flush = reader.join().expect("log reader");
     assert!(
-        last_flush > 240 * 20,
-        "the child flushed up to tick {last_flush}"
+        killed_at.is_some(),
+        "no such flush logged:\n{}",
+        child.log.join("\n")
     );
+    child.kill();
     let wal_files: Vec<_> = fs::read_dir(data.join("wal")).expect("wal dir").collect();
     assert_eq!(
         wal_files.len(),

@@ -361,6 +361,7 @@ fn a_track_built_from_a_recorded_lap_loads_and_the_ai_races_on_it() {
         laps: 3,
         seed: 1,
         fast: true,
+        speed: 1.0,
         time_limit: None,
         session_id: None,
     };

@@ -23,6 +23,7 @@ fn opts(track: &str, car: &str, cars: usize, laps: u16, seed: u64) -> RaceOption
         laps,
         seed,
         fast: true,
+        speed: 1.0,
         time_limit: None,
         session_id: None,
     }

@@ -70,6 +70,40 @@ CREATE TABLE laps (
 );
 "#];
 
+/// Whether SQLite reported the database busy or locked by another connection.
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
+/// WAL mode, pragmas and migrations; `Ok(Err(version))` when the database is newer than this
+/// build.
+fn setup(conn: &mut Connection) -> Result<Result<(), usize>, rusqlite::Error> {
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    let version = |c: &Connection| -> Result<usize, rusqlite::Error> {
+        c.pragma_query_value(None, "user_version", |r| r.get(0))
+    };
+    let applied = version(conn)?;
+    if applied > MIGRATIONS.len() {
+        return Ok(Err(applied));
+    }
+    if applied < MIGRATIONS.len() {
+        // One writer at a time; another process may have migrated while we waited.
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let applied = version(&tx)?;
+        for (i, migration) in MIGRATIONS.iter().enumerate().skip(applied) {
+            tx.execute_batch(migration)?;
+            tx.pragma_update(None, "user_version", i + 1)?;
+        }
+        tx.commit()?;
+    }
+    Ok(Ok(()))
+}
+
 /// A session as the index knows it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct SessionRow {
@@ -155,36 +189,28 @@ impl Index {
         };
         let mut conn = Connection::open(&path).map_err(sql)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(sql)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(sql)?;
-        conn.pragma_update(None, "foreign_keys", "ON")
-            .map_err(sql)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(sql)?;
-        let version = |c: &Connection| -> Result<usize, rusqlite::Error> {
-            c.pragma_query_value(None, "user_version", |r| r.get(0))
-        };
-        let applied = version(&conn).map_err(sql)?;
-        if applied > MIGRATIONS.len() {
-            return Err(ArchiveError::BadLapFile {
-                path,
-                problem: format!(
-                    "database schema version {applied} is newer than this build ({})",
-                    MIGRATIONS.len()
-                ),
-            });
-        }
-        if applied < MIGRATIONS.len() {
-            // One writer at a time; another process may have migrated while we waited.
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(sql)?;
-            let applied = version(&tx).map_err(sql)?;
-            for (i, migration) in MIGRATIONS.iter().enumerate().skip(applied) {
-                tx.execute_batch(migration).map_err(sql)?;
-                tx.pragma_update(None, "user_version", i + 1).map_err(sql)?;
+        // Switching a new database to WAL mode takes a lock that SQLite's busy handler does
+        // not wait for: two processes opening a fresh archive at once retry the setup.
+        let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+        let mut wait = std::time::Duration::from_millis(5);
+        loop {
+            match setup(&mut conn) {
+                Ok(Ok(())) => break,
+                Ok(Err(applied)) => {
+                    return Err(ArchiveError::BadLapFile {
+                        path,
+                        problem: format!(
+                            "database schema version {applied} is newer than this build ({})",
+                            MIGRATIONS.len()
+                        ),
+                    });
+                }
+                Err(e) if is_busy(&e) && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(wait);
+                    wait = (wait * 2).min(std::time::Duration::from_millis(250));
+                }
+                Err(e) => return Err(sql(e)),
             }
-            tx.commit().map_err(sql)?;
         }
         Ok(Self { conn, path })
     }

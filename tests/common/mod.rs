@@ -38,3 +38,144 @@ pub fn apexsim(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Copies the bundled content and adds a 316 m stadium oval (60 m straights, 30 m turns), so a
+/// lap takes about 15 s.
+pub fn content_with_mini_oval(dir: &Path) {
+    copy_dir(&bundled_content(), dir);
+    let track = dir.join("tracks/mini_oval");
+    fs::create_dir_all(&track).expect("mkdir");
+    fs::write(
+        track.join("track.toml"),
+        "id = \"660e8400-e29b-41d4-a716-4466554400aa\"\nname = \"Mini Oval\"\nversion = \"1\"\n\
+         width_m = 14.0\ngrid_slots = 4\ncenterline_file = \"centerline.csv\"\n",
+    )
+    .expect("write");
+    let (r, half) = (30.0f64, 30.0f64);
+    let mut pts = Vec::new();
+    let mut d = 0.0;
+    let total = 4.0 * half + 2.0 * std::f64::consts::PI * r;
+    while d < total - 0.5 {
+        let p = if d < half {
+            (d, 0.0)
+        } else if d < half + std::f64::consts::PI * r {
+            let a = (d - half) / r - std::f64::consts::FRAC_PI_2;
+            (half + r * a.cos(), r + r * a.sin())
+        } else if d < 3.0 * half + std::f64::consts::PI * r {
+            (half - (d - half - std::f64::consts::PI * r), 2.0 * r)
+        } else if d < 3.0 * half + 2.0 * std::f64::consts::PI * r {
+            let a = (d - 3.0 * half - std::f64::consts::PI * r) / r + std::f64::consts::FRAC_PI_2;
+            (-half + r * a.cos(), r + r * a.sin())
+        } else {
+            (d - total, 0.0)
+        };
+        pts.push(p);
+        d += 1.0;
+    }
+    let mut csv = String::from("x,y,distance_from_start\n");
+    let mut run = 0.0;
+    for (i, p) in pts.iter().enumerate() {
+        if i > 0 {
+            run += ((p.0 - pts[i - 1].0).powi(2) + (p.1 - pts[i - 1].1).powi(2)).sqrt();
+        }
+        csv += &format!("{:.4},{:.4},{:.4}\n", p.0, p.1, run);
+    }
+    fs::write(track.join("centerline.csv"), csv).expect("write");
+}
+
+/// A running `apexsim` child process whose log (stderr, debug level) is read line by line.
+pub struct Child {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    stdout: Option<std::thread::JoinHandle<String>>,
+    /// Every log line read so far.
+    pub log: Vec<String>,
+}
+
+impl Child {
+    /// Starts `apexsim <args>` from the repository root with `RUST_LOG=apexsim=debug`.
+    pub fn spawn(args: &[&str]) -> Self {
+        use std::io::{BufRead, BufReader, Read};
+        let mut child = Command::new(env!("CARGO_BIN_EXE_apexsim"))
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("RUST_LOG", "apexsim=debug")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn apexsim");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut out = child.stdout.take().expect("stdout");
+        let stdout = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = out.read_to_string(&mut s);
+            s
+        });
+        Self {
+            child,
+            lines,
+            stdout: Some(stdout),
+            log: Vec::new(),
+        }
+    }
+
+    /// Reads the log until a line satisfies `pred` (returning it) or `timeout` passes.
+    pub fn wait_for(
+        &mut self,
+        timeout: std::time::Duration,
+        mut pred: impl FnMut(&str) -> bool,
+    ) -> Option<String> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.checked_duration_since(std::time::Instant::now())?;
+            let line = self.lines.recv_timeout(left).ok()?;
+            self.log.push(line.clone());
+            if pred(&line) {
+                return Some(line);
+            }
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+
+    /// Kills the process (SIGKILL on Unix) and reaps it.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("kill");
+        self.child.wait().expect("reap");
+    }
+
+    /// Waits for the process to exit: exit code, stdout, and the whole log.
+    pub fn finish(mut self) -> (i32, String, String) {
+        let status = self.child.wait().expect("wait");
+        while let Ok(line) = self.lines.recv() {
+            self.log.push(line);
+        }
+        let out = self
+            .stdout
+            .take()
+            .map(|t| t.join().expect("stdout"))
+            .unwrap_or_default();
+        (status.code().unwrap_or(-1), out, self.log.join("\n"))
+    }
+}
+
+/// The value of `key=` in a log line.
+pub fn log_field<T: std::str::FromStr>(line: &str, key: &str) -> Option<T> {
+    line.split(&format!("{key}="))
+        .nth(1)?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
