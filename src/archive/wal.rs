@@ -632,12 +632,38 @@ fn scan_framing(r: &mut impl Read, len: u64) -> Result<(u64, bool), String> {
                 ));
             }
             // Every row holds at least the 8-byte tick: more rows than that is a lie.
-            if u64::try_from(batch.length()).map_or(true, |rows| rows > body / 8 + 1) {
+            let rows = u64::try_from(batch.length()).unwrap_or(u64::MAX);
+            if rows > body / 8 + 1 {
                 return Err(format!(
                     "message at byte {at}: {} rows in a body of {body} bytes",
                     batch.length()
                 ));
             }
+            // Columns no longer than the batch, buffers inside the body: Arrow then neither
+            // allocates for nor slices past what the file holds.
+            let nodes_ok = batch.nodes().is_none_or(|nodes| {
+                nodes.iter().all(|n| {
+                    u64::try_from(n.length()).is_ok_and(|l| l <= rows)
+                        && u64::try_from(n.null_count()).is_ok_and(|c| c <= rows)
+                })
+            });
+            let buffers_ok = batch.buffers().is_none_or(|buffers| {
+                buffers.iter().all(|b| {
+                    let (o, l) = (u64::try_from(b.offset()), u64::try_from(b.length()));
+                    matches!((o, l), (Ok(o), Ok(l)) if o.checked_add(l).is_some_and(|e| e <= body))
+                })
+            });
+            if !nodes_ok || !buffers_ok {
+                return Err(format!(
+                    "message at byte {at}: a column or buffer lies outside its batch"
+                ));
+            }
+        } else if message.header_as_dictionary_batch().is_some() {
+            return Err(format!(
+                "message at byte {at}: dictionaries are not written by ApexSim"
+            ));
+        } else if at > 0 {
+            return Err(format!("message at byte {at}: a second schema"));
         }
         let end = at + header + meta_len as u64 + body;
         if end > len {

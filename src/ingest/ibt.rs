@@ -227,12 +227,16 @@ impl IbtHeader {
                 _ => continue,
             };
             let (offset, count) = (offset as usize, count as usize);
-            let size = match data_type {
+            let size: usize = match data_type {
                 VariableType::Float64 => 8,
                 VariableType::Int8 | VariableType::Bool => 1,
                 _ => 4,
             };
-            if offset + size * count > self.record_len {
+            if size
+                .checked_mul(count)
+                .and_then(|n| n.checked_add(offset))
+                .is_none_or(|end| end > self.record_len)
+            {
                 return Err(IbtError::BadHeader(format!(
                     "variable {name} at byte {offset} lies outside the {}-byte record",
                     self.record_len

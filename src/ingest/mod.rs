@@ -838,3 +838,23 @@ pub(crate) fn submit_lap(
     );
     lap
 }
+
+#[cfg(test)]
+mod tests {
+    use super::LapNumbers;
+
+    #[test]
+    fn lap_numbers_never_repeat_and_never_overflow() {
+        let mut n = LapNumbers::default();
+        assert_eq!(n.assign(184), Some(184));
+        // A reset sends the counter back to 0, then to 186 again: each lap keeps a number of
+        // its own.
+        assert_eq!(n.assign(0), Some(185));
+        assert_eq!(n.assign(186), Some(186));
+        assert_eq!(n.assign(186), Some(187));
+        assert_eq!(n.assign(-1), Some(188));
+        let mut top = LapNumbers::default();
+        assert_eq!(top.assign(i32::MAX), Some(u16::MAX));
+        assert_eq!(top.assign(1), None, "no number is left");
+    }
+}

@@ -81,6 +81,13 @@ pub enum TrackBuildError {
     },
 }
 
+/// How much longer than the recorded lap distance a lap's GPS path may be.
+pub const MAX_PATH_FACTOR: f64 = 2.0;
+
+/// The longest track anyone races (the Nürburgring's combined layout is about 25 km), with
+/// room to spare.
+pub const MAX_TRACK_M: f64 = 100_000.0;
+
 /// Builds the centerline (`[x, y]` every [`STEP_M`] metres, from the start line) from a lap's
 /// recorded rows.
 ///
@@ -91,6 +98,7 @@ pub fn centerline(
     lap: i32,
     rows: &LapColumns,
     width_m: f32,
+    recorded_length_m: f32,
 ) -> Result<Vec<[f32; 2]>, TrackBuildError> {
     let raw: Vec<[f64; 2]> = rows
         .x_m
@@ -117,6 +125,18 @@ pub fn centerline(
         return Err(TrackBuildError::NoPositions {
             lap,
             why: format!("the lap is only {length:.0} m long"),
+        });
+    }
+    // Checked before anything is allocated per metre: a corrupt position (or a jump of the
+    // GPS) makes the path far longer than the lap the car drove.
+    let limit = (f64::from(recorded_length_m) * MAX_PATH_FACTOR).min(MAX_TRACK_M);
+    if !length.is_finite() || length > limit {
+        return Err(TrackBuildError::NoPositions {
+            lap,
+            why: format!(
+                "the GPS path is {length:.0} m long, more than {MAX_PATH_FACTOR} times the \
+                 recorded lap distance of {recorded_length_m:.0} m (or than {MAX_TRACK_M} m)"
+            ),
         });
     }
     // Every metre along the loop.
@@ -328,7 +348,7 @@ pub fn from_ibt(
             why: apexsim_systems::telemetry::reason::names(t.reasons).join(", "),
         });
     }
-    let points = centerline(lap, rows, width_m)?;
+    let points = centerline(lap, rows, width_m, rec.info.track_length_m)?;
     let length_m = check_geometry(&points, width_m)
         .map_err(|why| TrackBuildError::NoPositions { lap, why })?;
     let display = format!("{} (recorded)", rec.info.track_name);
@@ -342,4 +362,35 @@ pub fn from_ibt(
         lap,
         lap_time_s: t.time_s(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn circle(radius: f32, points: usize) -> LapColumns {
+        let mut rows = LapColumns::default();
+        for i in 0..points {
+            let a = i as f32 / points as f32 * std::f32::consts::TAU;
+            rows.x_m.push(radius * a.cos());
+            rows.y_m.push(radius * a.sin());
+            rows.tick.push(i as u64);
+        }
+        rows
+    }
+
+    #[test]
+    fn a_gps_path_far_longer_than_the_recorded_lap_is_refused_before_allocating() {
+        let rows = circle(100.0, 400);
+        assert!(centerline(1, &rows, 12.0, 628.0).is_ok());
+        // One corrupt position a thousand kilometres away.
+        let mut bad = rows.clone();
+        bad.x_m[200] = 1.0e9;
+        let err = centerline(1, &bad, 12.0, 628.0).expect_err("refused");
+        assert!(err.to_string().contains("the GPS path is"), "{err}");
+        // Positions at the edge of f32: an infinite path.
+        bad.x_m[100] = f32::MAX;
+        bad.x_m[101] = -f32::MAX;
+        assert!(centerline(1, &bad, 12.0, f32::MAX).is_err());
+    }
 }

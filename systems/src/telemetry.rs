@@ -325,7 +325,9 @@ pub fn advance_recorded(
                 reasons: state.reasons,
             });
         }
-        timing.lap += 1;
+        // A hostile recording can wrap its lap distance on every other sample: the counter
+        // stops at its top instead of overflowing.
+        timing.lap = timing.lap.saturating_add(1);
         timing.lap_start_tick = crossing;
         timing.off_track_ticks = 0;
         state.recorded_lap = s.lap;
