@@ -80,7 +80,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     format!("creating the write-ahead file in {}", cli.data.display())
                 })?;
             }
-            let result = race.run(opts.fast).context("race failed")?;
+            let mut watcher = output::RaceWatcher::new(args.format);
+            let result = race.run_watched(opts.fast, |e| watcher.event(e));
+            watcher.finish();
+            let result = result.context("race failed")?;
             output::print_race(&result, args.format).context("writing the results")?;
             if let Some(archive) = &result.archive
                 && !archive.errors.is_empty()

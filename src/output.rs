@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::archive::index::{LapRow, SessionRow};
 use crate::cli::Format;
 use crate::content::Content;
-use crate::race::{Gap, RaceReport};
+use crate::race::{Board, Gap, Phase, RaceEvent, RaceReport};
 
 /// Formats seconds as `m:ss.mmm` (or `s.mmm` under a minute).
 pub fn lap_time(s: f64) -> String {
@@ -94,13 +94,7 @@ pub fn print_race(report: &RaceReport, format: Format) -> io::Result<()> {
                 r.laps.to_string(),
                 r.total_time_s.map_or("-".into(), lap_time),
                 r.best_lap_s.map_or("-".into(), lap_time),
-                match r.gap {
-                    Gap::Leader => "leader".into(),
-                    Gap::Seconds(s) => format!("+{s:.3}"),
-                    Gap::Laps(1) => "+1 lap".into(),
-                    Gap::Laps(n) => format!("+{n} laps"),
-                    Gap::Dnf => "DNF".into(),
-                },
+                gap_text(r.gap),
             ]
         })
         .collect();
@@ -134,6 +128,105 @@ pub fn print_race(report: &RaceReport, format: Format) -> io::Result<()> {
         );
     }
     emit(&text)
+}
+
+fn gap_text(gap: Gap) -> String {
+    match gap {
+        Gap::Leader => "leader".into(),
+        Gap::Seconds(s) => format!("+{s:.3}"),
+        Gap::Laps(1) => "+1 lap".into(),
+        Gap::Laps(n) => format!("+{n} laps"),
+        Gap::Dnf => "DNF".into(),
+    }
+}
+
+/// The live timing board as text.
+pub fn board_text(board: &Board) -> String {
+    let phase = match board.phase {
+        Phase::Lobby => "waiting for the start".to_owned(),
+        Phase::Countdown { seconds } => format!("start in {seconds} s"),
+        Phase::Racing { race_s } => format!("racing {}", lap_time(race_s)),
+        Phase::Finished => "finished".to_owned(),
+    };
+    let rows: Vec<Vec<String>> = board
+        .rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.position.to_string(),
+                r.driver.clone(),
+                format!("{}/{}", r.lap, board.laps),
+                r.last_lap_s.map_or("-".into(), lap_time),
+                r.best_lap_s.map_or("-".into(), lap_time),
+                gap_text(r.gap),
+            ]
+        })
+        .collect();
+    format!("{} | {phase}\n\n", board.track)
+        + &table(&["Pos", "Driver", "Lap", "Last", "Best", "Gap"], &rows)
+}
+
+/// Shows a running race: on a terminal a live timing board redrawn in place (and erased at
+/// the end, before the results); otherwise one line per completed lap; nothing for JSON.
+#[derive(Debug)]
+pub struct RaceWatcher {
+    mode: WatchMode,
+    drawn: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WatchMode {
+    Board,
+    Lines,
+    Quiet,
+}
+
+impl RaceWatcher {
+    /// A watcher for results printed in `format`.
+    pub fn new(format: Format) -> Self {
+        let mode = match format {
+            Format::Json => WatchMode::Quiet,
+            Format::Table if io::IsTerminal::is_terminal(&io::stdout()) => WatchMode::Board,
+            Format::Table => WatchMode::Lines,
+        };
+        Self { mode, drawn: 0 }
+    }
+
+    /// Shows an event. Output errors (a closed pipe) are ignored: the race goes on.
+    pub fn event(&mut self, event: RaceEvent<'_>) {
+        let text = match (self.mode, event) {
+            (WatchMode::Board, RaceEvent::Board(board)) => {
+                let text = board_text(board);
+                let erase = self.erase();
+                self.drawn = text.lines().count();
+                erase + &text
+            }
+            (WatchMode::Lines, RaceEvent::Lap(lap)) => format!(
+                "lap {:>3}  {}  {}{}\n",
+                lap.lap,
+                lap.driver,
+                lap_time(lap.time_s),
+                if lap.valid { "" } else { "  (invalid)" }
+            ),
+            _ => return,
+        };
+        let _ = emit(&text);
+    }
+
+    /// Erases the board, if one is drawn.
+    pub fn finish(&mut self) {
+        let erase = self.erase();
+        if !erase.is_empty() {
+            let _ = emit(&erase);
+        }
+    }
+
+    fn erase(&mut self) -> String {
+        match std::mem::take(&mut self.drawn) {
+            0 => String::new(),
+            n => format!("\x1b[{n}A\x1b[J"),
+        }
+    }
 }
 
 /// Prints what a prune removed.

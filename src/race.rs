@@ -180,6 +180,81 @@ pub struct RaceReport {
     pub archive: Option<WriterReport>,
 }
 
+/// The state of a race as a watcher sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Phase {
+    /// Waiting for the start.
+    Lobby,
+    /// Counting down to the green light.
+    Countdown {
+        /// Seconds left, rounded up.
+        seconds: u32,
+    },
+    /// Racing.
+    Racing {
+        /// Race time in seconds.
+        race_s: f64,
+    },
+    /// Over.
+    Finished,
+}
+
+/// One line of the live timing board.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BoardRow {
+    /// Position now.
+    pub position: usize,
+    /// Driver.
+    pub driver: String,
+    /// The lap the car is on (laps completed once it finished).
+    pub lap: u16,
+    /// Its last lap, in seconds.
+    pub last_lap_s: Option<f64>,
+    /// Its best valid lap, in seconds.
+    pub best_lap_s: Option<f64>,
+    /// Behind the leader: seconds (estimated from the distance and the car's speed), or laps.
+    pub gap: Gap,
+}
+
+/// The live timing board.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Board {
+    /// Track name.
+    pub track: String,
+    /// Lap limit.
+    pub laps: u16,
+    /// Where the race is.
+    pub phase: Phase,
+    /// The cars, leader first.
+    pub rows: Vec<BoardRow>,
+}
+
+/// A lap a car completed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LapLine {
+    /// Driver.
+    pub driver: String,
+    /// Lap number.
+    pub lap: u16,
+    /// Lap time in seconds.
+    pub time_s: f64,
+    /// Whether it was valid.
+    pub valid: bool,
+}
+
+/// What a watcher of a running race is told.
+#[derive(Debug, Clone, Copy)]
+pub enum RaceEvent<'a> {
+    /// The board, a few times a second of wall time.
+    Board(&'a Board),
+    /// A car completed a lap.
+    Lap(&'a LapLine),
+}
+
+/// Wall time between two boards.
+pub const BOARD_EVERY: Duration = Duration::from_millis(250);
+
 /// Name of the AI driver of grid slot `i` (0-based).
 fn driver_name(i: usize) -> String {
     format!("AI {:02}", i + 1)
@@ -210,6 +285,7 @@ pub struct Race {
     seed: u64,
     tick_cap: u64,
     speed: f64,
+    lap_lines: Vec<LapLine>,
     assembler: LapAssembler,
     recorded: Vec<RecordedLap>,
     recorded_laps: usize,
@@ -312,6 +388,7 @@ impl Race {
             } else {
                 1.0
             },
+            lap_lines: Vec::new(),
             assembler: LapAssembler::default(),
             recorded: Vec::new(),
             recorded_laps: 0,
@@ -408,6 +485,14 @@ impl Race {
                 complete = lap.complete,
                 "lap closed"
             );
+            if let (true, Some(time_s)) = (lap.complete, lap.lap_time_s) {
+                self.lap_lines.push(LapLine {
+                    driver: driver_name(usize::from(car_index(lap.car))),
+                    lap: lap.lap,
+                    time_s,
+                    valid: lap.valid,
+                });
+            }
             match self.archive.as_mut() {
                 Some((writer, session)) => {
                     let car = usize::from(car_index(lap.car));
@@ -442,7 +527,21 @@ impl Race {
     ///
     /// # Errors
     /// [`RaceError::DidNotFinish`] if the race is still running at its safety cap.
-    pub fn run(mut self, fast: bool) -> Result<RaceReport, RaceError> {
+    pub fn run(self, fast: bool) -> Result<RaceReport, RaceError> {
+        self.run_watched(fast, |_| {})
+    }
+
+    /// [`run`](Self::run), telling `watch` the live timing board every [`BOARD_EVERY`] of
+    /// wall time and every lap as it completes.
+    ///
+    /// # Errors
+    /// As [`run`](Self::run).
+    pub fn run_watched(
+        mut self,
+        fast: bool,
+        mut watch: impl FnMut(RaceEvent<'_>),
+    ) -> Result<RaceReport, RaceError> {
+        let mut next_board = Instant::now();
         let started = Instant::now();
         let first_tick = self.sim.tick();
         let mut last_log = 0u64;
@@ -479,7 +578,15 @@ impl Race {
                 last_log = n;
                 self.log_progress();
             }
+            for line in std::mem::take(&mut self.lap_lines) {
+                watch(RaceEvent::Lap(&line));
+            }
+            if Instant::now() >= next_board {
+                next_board += BOARD_EVERY;
+                watch(RaceEvent::Board(&self.board()));
+            }
         }
+        watch(RaceEvent::Board(&self.board()));
         let wall = started.elapsed();
         let mut report = self.report(wall);
         if let Some((mut writer, session)) = self.archive.take() {
@@ -508,6 +615,62 @@ impl Race {
             report.archive = Some(written);
         }
         Ok(report)
+    }
+
+    /// The live timing board now.
+    pub fn board(&self) -> Board {
+        let world = self.sim.world();
+        let tick = self.sim.tick();
+        let phase = match world.get::<RaceState>(self.session) {
+            Some(RaceState::Countdown { remaining_ticks }) => Phase::Countdown {
+                seconds: remaining_ticks.div_ceil(TICK_HZ),
+            },
+            Some(RaceState::Racing { start_tick }) => Phase::Racing {
+                race_s: ticks_to_seconds(tick.saturating_sub(*start_tick) as f64),
+            },
+            Some(RaceState::Finished { .. }) => Phase::Finished,
+            Some(RaceState::Lobby) | None => Phase::Lobby,
+        };
+        let standing = self.report(Duration::ZERO);
+        let distance = |grid: u8| {
+            let car = self.cars[usize::from(grid - 1)];
+            let d = world
+                .get::<TrackProgress>(car)
+                .map_or(0.0, |p| p.race_distance_m);
+            let v = world.get::<Motion>(car).map_or(0.0, |m| m.speed_mps);
+            (d, f64::from(v))
+        };
+        let lead = standing.results.first().map_or(0.0, |r| distance(r.grid).0);
+        let length = f64::from(self.track_length_m.max(1.0));
+        let rows = standing
+            .results
+            .iter()
+            .map(|r| {
+                let car = self.cars[usize::from(r.grid - 1)];
+                let timing = world.get::<LapTiming>(car).copied().unwrap_or_default();
+                let (d, v) = distance(r.grid);
+                let gap = match r.gap {
+                    Gap::Dnf if r.position == 1 => Gap::Leader,
+                    Gap::Dnf if lead - d >= length => Gap::Laps(((lead - d) / length) as u16),
+                    Gap::Dnf => Gap::Seconds((lead - d).max(0.0) / v.max(1.0)),
+                    g => g,
+                };
+                BoardRow {
+                    position: r.position,
+                    driver: r.driver.clone(),
+                    lap: timing.lap.min(self.laps).max(r.laps),
+                    last_lap_s: timing.last_lap_ticks.map(ticks_to_seconds),
+                    best_lap_s: r.best_lap_s,
+                    gap,
+                }
+            })
+            .collect();
+        Board {
+            track: self.track_name.clone(),
+            laps: self.laps,
+            phase,
+            rows,
+        }
     }
 
     fn log_progress(&self) {

@@ -165,6 +165,10 @@ fn cli_prints_results_as_table_and_json() {
         out.contains("Pos") && out.contains("Best lap") && out.contains("leader"),
         "{out}"
     );
+    // Not a terminal: a line per completed lap comes before the results.
+    let lap_lines: Vec<&str> = out.lines().filter(|l| l.starts_with("lap ")).collect();
+    assert_eq!(lap_lines.len(), 3, "{out}");
+    assert!(out.find("lap ").expect("a lap line") < out.find("Pos").expect("the table"));
     assert!(out.contains("ticks/s"), "{out}");
     let (code, out, err) = apexsim(&[
         "race",
@@ -217,4 +221,35 @@ fn cli_rejects_bad_arguments_with_exit_code_2() {
             "{bad}: {err}"
         );
     }
+}
+
+#[test]
+fn on_a_terminal_the_race_shows_a_live_timing_board() {
+    // `script` runs the race on a pseudo-terminal, as a person would see it.
+    let exe = env!("CARGO_BIN_EXE_apexsim");
+    let data = tempfile::tempdir().expect("tempdir");
+    let cmd = format!(
+        "{exe} --data {} race --track oval_simple --cars 3 --laps 1 --speed 20",
+        data.path().display()
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("script (util-linux) runs the race on a pseudo-terminal");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let boards = text.matches("Pos  Driver  Lap").count();
+    // About 2.5 s of wall time at four boards a second.
+    assert!(boards >= 5, "{boards} boards:\n{text}");
+    assert!(text.contains("start in 5 s"), "the countdown is shown");
+    assert!(text.contains("racing "), "the race time is shown");
+    assert!(text.contains("Simple Oval | finished"));
+    // Each board is drawn over the previous one, and the last is erased before the results.
+    assert!(text.matches("\u{1b}[7A\u{1b}[J").count() >= boards - 1);
+    assert!(text.contains("Best lap") && text.contains("ticks/s"));
+    assert!(
+        !text.contains("\nlap   1  AI"),
+        "no lap lines on a terminal"
+    );
 }
