@@ -143,36 +143,39 @@ pub struct Date {
 }
 
 impl Date {
-    /// The UTC date of a Unix time in seconds.
+    /// The UTC date of a Unix time in seconds (clamped to the calendar jiff supports, years
+    /// -9999 to 9999, for times beyond it).
     pub fn from_unix(secs: i64) -> Self {
-        // Howard Hinnant's civil_from_days.
-        let z = secs.div_euclid(86_400) + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z.rem_euclid(146_097);
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-        let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-        let year = (yoe + era * 400 + i64::from(month <= 2)) as i32;
-        Self { year, month, day }
+        let ts = jiff::Timestamp::from_second(secs).unwrap_or(if secs < 0 {
+            jiff::Timestamp::MIN
+        } else {
+            jiff::Timestamp::MAX
+        });
+        Self::from(jiff::tz::Offset::UTC.to_datetime(ts).date())
     }
 
     /// Today, in UTC.
     pub fn today() -> Self {
-        let secs = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
-        Self::from_unix(secs)
+        Self::from(
+            jiff::tz::Offset::UTC
+                .to_datetime(jiff::Timestamp::now())
+                .date(),
+        )
     }
 
-    /// Parses `YYYY-MM-DD`.
+    /// Parses `YYYY-MM-DD` (a real calendar date).
     pub fn parse(s: &str) -> Option<Self> {
-        let mut it = s.splitn(3, '-');
-        let year = it.next()?.parse().ok()?;
-        let month = it.next()?.parse().ok()?;
-        let day = it.next()?.parse().ok()?;
-        ((1..=12).contains(&month) && (1..=31).contains(&day)).then_some(Self { year, month, day })
+        s.trim().parse::<jiff::civil::Date>().ok().map(Self::from)
+    }
+}
+
+impl From<jiff::civil::Date> for Date {
+    fn from(d: jiff::civil::Date) -> Self {
+        Self {
+            year: i32::from(d.year()),
+            month: u32::from(d.month().unsigned_abs()),
+            day: u32::from(d.day().unsigned_abs()),
+        }
     }
 }
 
@@ -804,5 +807,7 @@ mod tests {
             Some(Date::from_unix(1_795_392_000))
         );
         assert_eq!(Date::parse("2026-13-01"), None);
+        assert_eq!(Date::parse("2026-02-30"), None, "a real calendar date");
+        assert_eq!(Date::from_unix(i64::MAX).year, 9999);
     }
 }

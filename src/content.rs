@@ -587,21 +587,27 @@ fn read_centerline(path: &Path) -> Result<(Vec<[f32; 2]>, Vec<usize>), ContentEr
     let mut points = Vec::new();
     let mut lines = Vec::new();
     let mut measured = 0.0f64;
-    for (i, raw) in text.lines().enumerate() {
-        let line = i + 1;
-        let row = raw.trim();
-        if row.is_empty() || row.starts_with('#') {
-            continue;
-        }
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .comment(Some(b'#'))
+        .trim(csv::Trim::All)
+        .flexible(true)
+        .from_reader(text.as_bytes());
+    for record in reader.records() {
+        let record = record.map_err(|e| {
+            let line = e.position().map_or(0, |p| p.line() as usize);
+            err(line, format!("not CSV: {e}"))
+        })?;
+        let line = record.position().map_or(0, |p| p.line() as usize);
         if points.is_empty()
-            && row
-                .chars()
-                .next()
+            && record
+                .get(0)
+                .and_then(|f| f.chars().next())
                 .is_some_and(|ch| ch.is_ascii_alphabetic())
         {
             continue; // header
         }
-        let fields: Vec<&str> = row.split(',').map(str::trim).collect();
+        let fields: Vec<&str> = record.iter().collect();
         if fields.len() != 3 {
             return Err(err(
                 line,

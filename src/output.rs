@@ -21,44 +21,33 @@ pub fn lap_time(s: f64) -> String {
     }
 }
 
-/// A table with a header row, columns padded to their widest cell; numeric-looking columns
-/// are right-aligned.
+/// A table with a header row underlined, columns padded to their widest cell and two spaces
+/// apart (comfy-table, without borders); numeric-looking columns are right-aligned.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    use comfy_table::{CellAlignment, Table, TableComponent, presets};
+    let mut t = Table::new();
+    t.load_preset(presets::NOTHING)
+        .set_style(TableComponent::HeaderLines, '-')
+        .set_style(TableComponent::VerticalLines, ' ')
+        .set_header(header.to_vec());
     for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
+        t.add_row(row.clone());
+    }
+    for (c, column) in t.column_iter_mut().enumerate() {
+        column.set_padding((u16::from(c > 0), 0));
+        let numeric = rows.iter().all(|r| {
+            r.get(c).is_none_or(|v| {
+                v.starts_with(|ch: char| ch.is_ascii_digit() || ch == '+' || ch == '-')
+            })
+        });
+        if numeric {
+            column.set_cell_alignment(CellAlignment::Right);
         }
     }
-    let right: Vec<bool> = (0..header.len())
-        .map(|c| {
-            rows.iter().all(|r| {
-                r.get(c).is_none_or(|v| {
-                    v.starts_with(|ch: char| ch.is_ascii_digit() || ch == '+' || ch == '-')
-                })
-            })
-        })
-        .collect();
     let mut out = String::new();
-    let mut line = |cells: Vec<String>| {
-        let parts: Vec<String> = cells
-            .iter()
-            .enumerate()
-            .map(|(c, v)| {
-                if right[c] {
-                    format!("{v:>w$}", w = widths[c])
-                } else {
-                    format!("{v:<w$}", w = widths[c])
-                }
-            })
-            .collect();
-        out.push_str(parts.join("  ").trim_end());
+    for line in t.lines() {
+        out.push_str(line.trim_end());
         out.push('\n');
-    };
-    line(header.iter().map(|h| (*h).to_owned()).collect());
-    line(widths.iter().map(|w| "-".repeat(*w)).collect());
-    for row in rows {
-        line(row.clone());
     }
     out
 }
@@ -329,11 +318,11 @@ pub fn print_archive(
     emit(&text)
 }
 
-/// A progress bar on standard error for long jobs, drawn only when standard error is a
-/// terminal (logs and pipes stay clean).
+/// A progress bar on standard error for long jobs (indicatif), drawn only when standard error
+/// is a terminal (logs and pipes stay clean).
 pub struct Progress {
     label: &'static str,
-    enabled: bool,
+    bar: Option<indicatif::ProgressBar>,
     started: std::time::Instant,
 }
 
@@ -342,34 +331,37 @@ impl Progress {
     pub fn new(label: &'static str) -> Self {
         Self {
             label,
-            enabled: io::IsTerminal::is_terminal(&io::stderr()),
+            bar: None,
             started: std::time::Instant::now(),
         }
     }
 
     /// Redraws the bar: `done` of `total` files, `records` records read so far.
     pub fn update(&mut self, done: usize, total: usize, records: u64) {
-        if !self.enabled || total == 0 {
-            return;
-        }
-        const WIDTH: usize = 30;
-        let filled = done * WIDTH / total;
+        let bar = self.bar.get_or_insert_with(|| {
+            let bar = if io::IsTerminal::is_terminal(&io::stderr()) {
+                indicatif::ProgressBar::new(total as u64)
+            } else {
+                indicatif::ProgressBar::hidden()
+            };
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "{prefix} [{bar:30}] {pos}/{len} files, {msg} ({elapsed})",
+            ) {
+                bar.set_style(style.progress_chars("#> "));
+            }
+            bar.set_prefix(self.label);
+            bar
+        });
         let rate = records as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
-        let mut err = io::stderr().lock();
-        let _ = write!(
-            err,
-            "\r{} [{}{}] {done}/{total} files, {records} records ({rate:.0}/s)",
-            self.label,
-            "#".repeat(filled),
-            " ".repeat(WIDTH - filled),
-        );
-        let _ = err.flush();
+        bar.set_length(total as u64);
+        bar.set_message(format!("{records} records ({rate:.0}/s)"));
+        bar.set_position(done as u64);
     }
 
-    /// Ends the bar's line.
+    /// Removes the bar: the summary that follows says the same.
     pub fn finish(self) {
-        if self.enabled {
-            let _ = writeln!(io::stderr());
+        if let Some(bar) = self.bar {
+            bar.finish_and_clear();
         }
     }
 }
@@ -617,6 +609,6 @@ mod tests {
                 vec!["10".into(), "Bo".into()],
             ],
         );
-        assert_eq!(t, "Pos  Name\n---  ----\n  1  Ann\n 10  Bo\n");
+        assert_eq!(t, "Pos  Name\n--- -----\n  1  Ann\n 10  Bo\n");
     }
 }

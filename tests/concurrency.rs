@@ -125,19 +125,27 @@ fn a_race_beside_archive_ls_ingest_and_prune_ends_as_it_does_alone() {
             let (code, _, err) = apexsim(&["--data", d, "ingest", "--format", "json", RECORDING]);
             assert_eq!(code, 0, "ingest: {err}");
         }
-        let (code, out, err) = apexsim(&[
-            "--data",
-            d,
-            "archive",
-            "prune",
-            "--older-than",
-            "0s",
-            "--format",
-            "json",
-        ]);
-        assert_eq!(code, 0, "prune: {err}");
-        let pruned: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
-        kept_live += pruned["live_sessions"].as_u64().expect("live_sessions");
+        // Prune everything older than now, but only while the race is surely live (before its
+        // first lap closes, a lap before its end): a finished race is fair game for prune.
+        let first_lap_done = race
+            .poll_log()
+            .iter()
+            .any(|l| l.contains("lap=1 complete=true"));
+        if !first_lap_done {
+            let (code, out, err) = apexsim(&[
+                "--data",
+                d,
+                "archive",
+                "prune",
+                "--older-than",
+                "0s",
+                "--format",
+                "json",
+            ]);
+            assert_eq!(code, 0, "prune: {err}");
+            let pruned: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+            kept_live += pruned["live_sessions"].as_u64().expect("live_sessions");
+        }
         rounds += 1;
         std::thread::sleep(Duration::from_millis(200));
     }

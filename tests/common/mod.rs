@@ -144,6 +144,14 @@ impl Child {
         }
     }
 
+    /// Takes the log lines written so far, without waiting.
+    pub fn poll_log(&mut self) -> &[String] {
+        while let Ok(line) = self.lines.try_recv() {
+            self.log.push(line);
+        }
+        &self.log
+    }
+
     /// Whether the process is still running.
     pub fn running(&mut self) -> bool {
         self.child.try_wait().expect("try_wait").is_none()
