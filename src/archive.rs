@@ -220,88 +220,44 @@ pub struct LapMeta {
     pub date: Date,
 }
 
-/// The Arrow schema of a lap file. Units are in each field's `unit` metadata.
+/// Column derived at write time: the distance as a fraction of the lap, after `distance_m`.
+const DISTANCE_FRAC: &str = "distance_frac";
+
+/// Column stored as nullable Int32 (null when not modelled) rather than Float32.
+const GEAR: &str = "gear";
+
+/// The Arrow schema of a lap file, derived from the lap row ([`LapColumns::FIELDS`]): `tick`,
+/// then every `f32` column in order (gear as nullable Int32), with `distance_frac` derived
+/// after `distance_m`. Units and descriptions are in each field's `unit` and `doc` metadata.
 pub fn lap_schema() -> SchemaRef {
     let f = |name: &str, ty: DataType, unit: &str, doc: &str| {
         Field::new(name, ty, false).with_metadata(HashMap::from([
             ("unit".to_owned(), unit.to_owned()),
-            ("doc".to_owned(), doc.to_owned()),
+            ("doc".to_owned(), doc.trim().to_owned()),
         ]))
     };
-    Arc::new(Schema::new(vec![
-        f(
-            "tick",
-            DataType::UInt64,
-            "tick",
-            "simulation tick (1/240 s) or recording sample",
-        ),
-        f(
-            "lap_time_s",
-            DataType::Float32,
-            "s",
-            "time since the lap started",
-        ),
-        f(
-            "distance_m",
-            DataType::Float32,
-            "m",
-            "distance along the centerline",
-        ),
-        f(
-            "distance_frac",
-            DataType::Float32,
-            "1",
-            "distance as a fraction of the lap, 0..1",
-        ),
-        f(
-            "lateral_m",
-            DataType::Float32,
-            "m",
-            "offset from the centerline, positive left",
-        ),
-        f("speed_mps", DataType::Float32, "m/s", "speed"),
-        f("throttle", DataType::Float32, "1", "throttle 0..1"),
-        f("brake", DataType::Float32, "1", "brake 0..1"),
-        f(
-            "steering",
-            DataType::Float32,
-            "1",
-            "steering -1 (left) ..1 (right)",
-        ),
-        f(
-            "gear",
-            DataType::Int32,
-            "1",
-            "gear: -1 reverse, 0 neutral, 1...; null when the car has no gearbox model",
-        )
-        .with_nullable(true),
-        f(
-            "rpm",
-            DataType::Float32,
-            "1/min",
-            "engine speed; NaN when the car has no engine model",
-        ),
-        f("x_m", DataType::Float32, "m", "world X"),
-        f("y_m", DataType::Float32, "m", "world Y"),
-        f(
-            "yaw_rad",
-            DataType::Float32,
-            "rad",
-            "heading, counter-clockwise from +X",
-        ),
-        f(
-            "long_accel_mps2",
-            DataType::Float32,
-            "m/s^2",
-            "longitudinal acceleration",
-        ),
-        f(
-            "lat_accel_mps2",
-            DataType::Float32,
-            "m/s^2",
-            "lateral acceleration, positive left",
-        ),
-    ]))
+    let mut fields = vec![f(
+        "tick",
+        DataType::UInt64,
+        "tick",
+        "simulation tick (1/240 s) or recording sample",
+    )];
+    for field in LapColumns::FIELDS {
+        if field.name == GEAR {
+            fields.push(f(field.name, DataType::Int32, field.unit, field.doc).with_nullable(true));
+            continue;
+        }
+        fields.push(f(field.name, DataType::Float32, field.unit, field.doc));
+        if field.name == "distance_m" {
+            fields.push(f(
+                DISTANCE_FRAC,
+                DataType::Float32,
+                "1",
+                "distance as a fraction of the lap, 0..1",
+            ));
+        }
+    }
+    Arc::new(Schema::new(fields))
 }
 
 /// The lap's file, relative to the data directory.
@@ -325,35 +281,32 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ArchiveError + '_ {
     }
 }
 
-/// Turns a lap's columns into one Arrow batch, moving the buffers (no copy).
+/// Turns a lap's columns into one Arrow batch in the order of [`lap_schema`], moving the
+/// buffers (no copy).
 pub fn lap_batch(meta: &LapMeta, columns: LapColumns) -> Result<RecordBatch, ArchiveError> {
     let length = meta.track_length_m.max(f32::MIN_POSITIVE);
     let frac: Vec<f32> = columns.distance_m.iter().map(|d| d / length).collect();
-    let f = |v: Vec<f32>| Arc::new(Float32Array::from(v)) as ArrayRef;
-    let arrays: Vec<ArrayRef> = vec![
-        Arc::new(UInt64Array::from(columns.tick)),
-        f(columns.lap_time_s),
-        f(columns.distance_m),
-        f(frac),
-        f(columns.lateral_m),
-        f(columns.speed_mps),
-        f(columns.throttle),
-        f(columns.brake),
-        f(columns.steering),
-        Arc::new(
-            columns
-                .gear
-                .iter()
-                .map(|g| g.is_finite().then_some(*g as i32))
-                .collect::<Int32Array>(),
-        ),
-        f(columns.rpm),
-        f(columns.x_m),
-        f(columns.y_m),
-        f(columns.yaw_rad),
-        f(columns.long_accel_mps2),
-        f(columns.lat_accel_mps2),
-    ];
+    let (tick, owned) = columns.into_columns();
+    let mut arrays: Vec<ArrayRef> = Vec::with_capacity(owned.len() + 2);
+    arrays.push(Arc::new(UInt64Array::from(tick)));
+    let mut frac = Some(frac);
+    for (field, values) in LapColumns::FIELDS.iter().zip(owned) {
+        if field.name == GEAR {
+            arrays.push(Arc::new(
+                values
+                    .iter()
+                    .map(|g| g.is_finite().then_some(*g as i32))
+                    .collect::<Int32Array>(),
+            ));
+            continue;
+        }
+        arrays.push(Arc::new(Float32Array::from(values)));
+        if field.name == "distance_m"
+            && let Some(frac) = frac.take()
+        {
+            arrays.push(Arc::new(Float32Array::from(frac)));
+        }
+    }
     Ok(RecordBatch::try_new(lap_schema(), arrays)?)
 }
 
@@ -608,7 +561,7 @@ pub fn read_lap(path: &Path) -> Result<(LapMeta, LapColumns), ArchiveError> {
         let rows = batch.num_rows();
         for (name, col) in LapColumns::F32_NAMES.iter().zip(columns.f32_columns_mut()) {
             let column = batch.column_by_name(name);
-            if *name == "gear" {
+            if *name == GEAR {
                 match column {
                     Some(c) => {
                         let gears = c

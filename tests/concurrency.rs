@@ -483,3 +483,34 @@ fn many_connections_opening_a_fresh_index_at_once_all_succeed() {
     assert_eq!(index.sessions().expect("sessions").len(), 8);
     assert_eq!(index.journal_mode().expect("mode"), "wal");
 }
+
+#[test]
+fn stray_temporary_files_of_writers_that_are_gone_are_removed_and_live_ones_kept() {
+    use apexsim::archive::lock::{Owner, clean_stray};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path();
+    let part = data.join("laps/source=sim/track=oval_simple/date=2026-11-25");
+    std::fs::create_dir_all(&part).expect("mkdir");
+    let live = Owner::acquire(data).expect("owner");
+    let gone = Owner::acquire(data).expect("owner");
+    let lap = part.join("x_00_lap001.parquet");
+    let mine = live.tmp_path(&lap);
+    let theirs = gone.tmp_path(&part.join("y_00_lap001.parquet"));
+    let old_format = part.join("z_00_lap001.parquet.tmp");
+    for f in [&mine, &theirs, &old_format] {
+        std::fs::write(f, b"half a lap").expect("write");
+    }
+    drop(gone); // its process is gone: lock released, lock file removed
+    // A lock file left by a killed process (never unlocked by a drop).
+    let killed = data.join("run/0123456789abcdef0123456789abcdef.lock");
+    std::fs::write(&killed, b"").expect("write");
+
+    let cleaned = clean_stray(data);
+    assert_eq!(
+        (cleaned.tmp_files, cleaned.lock_files),
+        (2, 1),
+        "{cleaned:?}"
+    );
+    assert!(mine.exists(), "a live writer's file is kept");
+    assert!(!theirs.exists() && !old_format.exists() && !killed.exists());
+}

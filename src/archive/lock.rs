@@ -154,11 +154,31 @@ pub struct Cleaned {
     pub lock_files: usize,
 }
 
+/// How old an unlocked temporary write-ahead file must be to be taken for a leftover.
+const STALE_WAL_TMP: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Removes the temporary files (`*.tmp`) under `laps/` and `wal/` whose writer is gone, and the
 /// lock files under `run/` of processes that are gone. Files of live writers are left alone.
 pub fn clean_stray(data: &Path) -> Cleaned {
     let mut cleaned = Cleaned::default();
-    let mut stack = vec![data.join("laps"), data.join("wal")];
+    // A write-ahead file is created under a temporary name, locked at once and linked under
+    // its final name once its header is written: one that is unlocked and a minute old
+    // belongs to a process that is gone.
+    if let Ok(entries) = fs::read_dir(data.join("wal")) {
+        for p in entries.flatten().map(|e| e.path()) {
+            let stale = p.extension().is_some_and(|x| x == "tmp")
+                && fs::metadata(&p)
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > STALE_WAL_TMP));
+            if stale
+                && File::open(&p).is_ok_and(|f| matches!(try_lock(&f), Ok(Lock::Taken)))
+                && fs::remove_file(&p).is_ok()
+            {
+                cleaned.tmp_files += 1;
+            }
+        }
+    }
+    let mut stack = vec![data.join("laps")];
     while let Some(dir) = stack.pop() {
         let Ok(entries) = fs::read_dir(&dir) else {
             continue;

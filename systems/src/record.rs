@@ -22,75 +22,145 @@ use crate::telemetry::RecordedClock;
 use crate::timing::{LapTiming, TrackProgress, ticks_to_seconds};
 use crate::{SimSystems, SimTick};
 
-/// One lap of one car, column by column (all columns have the same length). Equality is bit
-/// for bit, so columns holding NaN ("not measured") compare equal to their copies.
-#[derive(Debug, Clone, Default)]
-pub struct LapColumns {
-    /// Simulation tick of the row, or for a recorded car the recording's record number.
-    pub tick: Vec<u64>,
-    /// Time since the lap started in seconds.
-    pub lap_time_s: Vec<f32>,
-    /// Distance along the centerline in metres.
-    pub distance_m: Vec<f32>,
-    /// Signed distance from the centerline in metres (positive left).
-    pub lateral_m: Vec<f32>,
-    /// Speed in m/s.
-    pub speed_mps: Vec<f32>,
-    /// Throttle 0..=1.
-    pub throttle: Vec<f32>,
-    /// Brake 0..=1.
-    pub brake: Vec<f32>,
-    /// Steering -1 (left) ..= 1 (right).
-    pub steering: Vec<f32>,
-    /// Gear (-1 reverse, 0 neutral, 1...); NaN when the car has no gearbox model.
-    pub gear: Vec<f32>,
-    /// Engine speed in rev/min; NaN when the car has no engine model.
-    pub rpm: Vec<f32>,
-    /// World X in metres.
-    pub x_m: Vec<f32>,
-    /// World Y in metres.
-    pub y_m: Vec<f32>,
-    /// Heading in radians.
-    pub yaw_rad: Vec<f32>,
-    /// Longitudinal acceleration in m/s².
-    pub long_accel_mps2: Vec<f32>,
-    /// Lateral acceleration in m/s².
-    pub lat_accel_mps2: Vec<f32>,
+/// Declares the lap row once: [`LapColumns`] (one `Vec` per field), [`LapSample`] (one row),
+/// and [`LapColumns::FIELDS`] (name, unit and description of every `f32` column, in order),
+/// from which the archive derives its Arrow schema, its write-ahead schema and its readers.
+macro_rules! lap_row {
+    (
+        $(#[doc = $tick_doc:literal])*
+        tick: u64,
+        $(
+            $(#[doc = $doc:literal])*
+            $name:ident: f32 [$unit:literal],
+        )*
+    ) => {
+        /// One lap of one car, column by column (all columns have the same length). Equality
+        /// is bit for bit, so columns holding NaN ("not measured") compare equal to their
+        /// copies.
+        #[derive(Debug, Clone, Default)]
+        pub struct LapColumns {
+            $(#[doc = $tick_doc])*
+            pub tick: Vec<u64>,
+            $(
+                $(#[doc = $doc])*
+                pub $name: Vec<f32>,
+            )*
+        }
+
+        /// One row of [`LapColumns`].
+        #[derive(Debug, Clone, Copy, PartialEq, Default)]
+        pub struct LapSample {
+            $(#[doc = $tick_doc])*
+            pub tick: u64,
+            $(
+                $(#[doc = $doc])*
+                pub $name: f32,
+            )*
+        }
+
+        impl LapColumns {
+            /// The `f32` columns: name, unit and description, in the order of
+            /// [`LapColumns::f32_columns`].
+            pub const FIELDS: [LapField; lap_row!(@count $($name)*)] = [
+                $(LapField {
+                    name: stringify!($name),
+                    unit: $unit,
+                    doc: concat!($($doc),*),
+                },)*
+            ];
+
+            /// Names of the `f32` columns, in the order of [`LapColumns::f32_columns`].
+            pub const F32_NAMES: [&'static str; lap_row!(@count $($name)*)] =
+                [$(stringify!($name)),*];
+
+            /// The `f32` columns, in the order of [`LapColumns::F32_NAMES`].
+            pub fn f32_columns(&self) -> [&Vec<f32>; lap_row!(@count $($name)*)] {
+                [$(&self.$name),*]
+            }
+
+            /// The `f32` columns, mutably, in the order of [`LapColumns::F32_NAMES`].
+            pub fn f32_columns_mut(&mut self) -> [&mut Vec<f32>; lap_row!(@count $($name)*)] {
+                [$(&mut self.$name),*]
+            }
+
+            /// The columns, moved: the ticks and the `f32` columns in the order of
+            /// [`LapColumns::F32_NAMES`].
+            pub fn into_columns(self) -> (Vec<u64>, [Vec<f32>; lap_row!(@count $($name)*)]) {
+                (self.tick, [$(self.$name),*])
+            }
+
+            /// Empty columns with the same capacity as these.
+            pub fn empty_like(&self) -> Self {
+                let cap = self.tick.capacity();
+                Self {
+                    tick: Vec::with_capacity(cap),
+                    $($name: Vec::with_capacity(cap),)*
+                }
+            }
+
+            /// Appends one row.
+            #[inline]
+            pub fn push(&mut self, s: &LapSample) {
+                self.tick.push(s.tick);
+                $(self.$name.push(s.$name);)*
+            }
+
+            /// The row at `i`, if any.
+            pub fn row(&self, i: usize) -> Option<LapSample> {
+                Some(LapSample {
+                    tick: *self.tick.get(i)?,
+                    $($name: *self.$name.get(i)?,)*
+                })
+            }
+        }
+    };
+    (@count) => { 0 };
+    (@count $head:ident $($tail:ident)*) => { 1 + lap_row!(@count $($tail)*) };
 }
 
-/// One row of [`LapColumns`].
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub struct LapSample {
-    /// Simulation tick.
-    pub tick: u64,
-    /// Seconds since the lap started.
-    pub lap_time_s: f32,
+/// Name, unit and description of one `f32` column of the lap row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LapField {
+    /// Column name.
+    pub name: &'static str,
+    /// Unit (`1` for a ratio or a count).
+    pub unit: &'static str,
+    /// What it is.
+    pub doc: &'static str,
+}
+
+lap_row! {
+    /// Simulation tick of the row (1/240 s), or for a recorded car the recording's record
+    /// number.
+    tick: u64,
+    /// Time since the lap started in seconds.
+    lap_time_s: f32 ["s"],
     /// Distance along the centerline in metres.
-    pub distance_m: f32,
-    /// Signed lateral offset in metres.
-    pub lateral_m: f32,
+    distance_m: f32 ["m"],
+    /// Signed distance from the centerline in metres (positive left).
+    lateral_m: f32 ["m"],
     /// Speed in m/s.
-    pub speed_mps: f32,
+    speed_mps: f32 ["m/s"],
     /// Throttle 0..=1.
-    pub throttle: f32,
+    throttle: f32 ["1"],
     /// Brake 0..=1.
-    pub brake: f32,
-    /// Steering -1..=1.
-    pub steering: f32,
-    /// Gear; NaN when not modelled.
-    pub gear: f32,
-    /// Engine speed in rev/min; NaN when not modelled.
-    pub rpm: f32,
+    brake: f32 ["1"],
+    /// Steering -1 (left) ..= 1 (right).
+    steering: f32 ["1"],
+    /// Gear (-1 reverse, 0 neutral, 1...); NaN when the car has no gearbox model.
+    gear: f32 ["1"],
+    /// Engine speed in rev/min; NaN when the car has no engine model.
+    rpm: f32 ["1/min"],
     /// World X in metres.
-    pub x_m: f32,
+    x_m: f32 ["m"],
     /// World Y in metres.
-    pub y_m: f32,
-    /// Heading in radians.
-    pub yaw_rad: f32,
+    y_m: f32 ["m"],
+    /// Heading in radians, counter-clockwise from +X.
+    yaw_rad: f32 ["rad"],
     /// Longitudinal acceleration in m/s².
-    pub long_accel_mps2: f32,
-    /// Lateral acceleration in m/s².
-    pub lat_accel_mps2: f32,
+    long_accel_mps2: f32 ["m/s^2"],
+    /// Lateral acceleration in m/s² (positive left).
+    lat_accel_mps2: f32 ["m/s^2"],
 }
 
 impl PartialEq for LapColumns {
@@ -117,133 +187,12 @@ impl LapColumns {
         self.tick.is_empty()
     }
 
-    /// Names of the `f32` columns, in the order of [`LapColumns::f32_columns`].
-    pub const F32_NAMES: [&'static str; 14] = [
-        "lap_time_s",
-        "distance_m",
-        "lateral_m",
-        "speed_mps",
-        "throttle",
-        "brake",
-        "steering",
-        "gear",
-        "rpm",
-        "x_m",
-        "y_m",
-        "yaw_rad",
-        "long_accel_mps2",
-        "lat_accel_mps2",
-    ];
-
-    /// The `f32` columns, in the order of [`LapColumns::F32_NAMES`].
-    pub fn f32_columns(&self) -> [&Vec<f32>; 14] {
-        [
-            &self.lap_time_s,
-            &self.distance_m,
-            &self.lateral_m,
-            &self.speed_mps,
-            &self.throttle,
-            &self.brake,
-            &self.steering,
-            &self.gear,
-            &self.rpm,
-            &self.x_m,
-            &self.y_m,
-            &self.yaw_rad,
-            &self.long_accel_mps2,
-            &self.lat_accel_mps2,
-        ]
-    }
-
-    /// The `f32` columns, mutably, in the order of [`LapColumns::F32_NAMES`].
-    pub fn f32_columns_mut(&mut self) -> [&mut Vec<f32>; 14] {
-        [
-            &mut self.lap_time_s,
-            &mut self.distance_m,
-            &mut self.lateral_m,
-            &mut self.speed_mps,
-            &mut self.throttle,
-            &mut self.brake,
-            &mut self.steering,
-            &mut self.gear,
-            &mut self.rpm,
-            &mut self.x_m,
-            &mut self.y_m,
-            &mut self.yaw_rad,
-            &mut self.long_accel_mps2,
-            &mut self.lat_accel_mps2,
-        ]
-    }
-
-    /// Empty columns with the same capacity as these.
-    pub fn empty_like(&self) -> Self {
-        let cap = self.tick.capacity();
-        Self {
-            tick: Vec::with_capacity(cap),
-            lap_time_s: Vec::with_capacity(cap),
-            distance_m: Vec::with_capacity(cap),
-            lateral_m: Vec::with_capacity(cap),
-            speed_mps: Vec::with_capacity(cap),
-            throttle: Vec::with_capacity(cap),
-            brake: Vec::with_capacity(cap),
-            steering: Vec::with_capacity(cap),
-            gear: Vec::with_capacity(cap),
-            rpm: Vec::with_capacity(cap),
-            x_m: Vec::with_capacity(cap),
-            y_m: Vec::with_capacity(cap),
-            yaw_rad: Vec::with_capacity(cap),
-            long_accel_mps2: Vec::with_capacity(cap),
-            lat_accel_mps2: Vec::with_capacity(cap),
-        }
-    }
-
     /// Removes every row, keeping the capacity.
     pub fn clear(&mut self) {
         self.tick.clear();
         for col in self.f32_columns_mut() {
             col.clear();
         }
-    }
-
-    /// Appends one row.
-    #[inline]
-    pub fn push(&mut self, s: &LapSample) {
-        self.tick.push(s.tick);
-        self.lap_time_s.push(s.lap_time_s);
-        self.distance_m.push(s.distance_m);
-        self.lateral_m.push(s.lateral_m);
-        self.speed_mps.push(s.speed_mps);
-        self.throttle.push(s.throttle);
-        self.brake.push(s.brake);
-        self.steering.push(s.steering);
-        self.gear.push(s.gear);
-        self.rpm.push(s.rpm);
-        self.x_m.push(s.x_m);
-        self.y_m.push(s.y_m);
-        self.yaw_rad.push(s.yaw_rad);
-        self.long_accel_mps2.push(s.long_accel_mps2);
-        self.lat_accel_mps2.push(s.lat_accel_mps2);
-    }
-
-    /// The row at `i`, if any.
-    pub fn row(&self, i: usize) -> Option<LapSample> {
-        Some(LapSample {
-            tick: *self.tick.get(i)?,
-            lap_time_s: self.lap_time_s[i],
-            distance_m: self.distance_m[i],
-            lateral_m: self.lateral_m[i],
-            speed_mps: self.speed_mps[i],
-            throttle: self.throttle[i],
-            brake: self.brake[i],
-            steering: self.steering[i],
-            gear: self.gear[i],
-            rpm: self.rpm[i],
-            x_m: self.x_m[i],
-            y_m: self.y_m[i],
-            yaw_rad: self.yaw_rad[i],
-            long_accel_mps2: self.long_accel_mps2[i],
-            lat_accel_mps2: self.lat_accel_mps2[i],
-        })
     }
 }
 
