@@ -399,6 +399,13 @@ impl Race {
         })
     }
 
+    /// Sets the safety cap: the race ends in [`RaceError::DidNotFinish`] after this many
+    /// ticks (by default five times the ideal race, plus the countdown and two minutes).
+    pub fn with_tick_cap(mut self, ticks: u64) -> Self {
+        self.tick_cap = ticks;
+        self
+    }
+
     /// The simulation, for inspection.
     pub fn sim(&self) -> &Simulation {
         &self.sim

@@ -466,3 +466,54 @@ fn session_of_meta_of() -> apexsim::archive::writer::ArchiveJob {
         finished_at: None,
     })
 }
+
+#[test]
+fn a_race_that_ends_in_an_error_still_writes_its_laps_and_keeps_its_write_ahead_file() {
+    use apexsim::archive::wal::{WalSync, recover, wal_path};
+    use apexsim::archive::writer::ArchiveWriter;
+    use apexsim::race::RaceError;
+    let content = Content::load(&bundled_content()).content;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = RaceOptions {
+        track: "oval_simple".into(),
+        cars: 2,
+        laps: 3,
+        fast: true,
+        session_id: Some(uuid::Uuid::from_u64_pair(6, 6)),
+        ..RaceOptions::default()
+    };
+    // Stopped by its safety cap 100 s in: lap 1 is done, lap 2 is under way.
+    let mut race = Race::new(&content, &opts)
+        .expect("race")
+        .with_tick_cap(1200 + 240 * 100);
+    race.archive_to(
+        ArchiveWriter::start(dir.path()).expect("writer"),
+        WalSync::Off,
+    )
+    .expect("archive");
+    let err = race.run(true).expect_err("the cap stops it");
+    assert!(matches!(err, RaceError::DidNotFinish(_)), "{err}");
+    let session = opts.session_id.expect("id");
+    let index = Index::open(dir.path()).expect("index");
+    let laps = index.laps(Some(session)).expect("laps");
+    // Every lap that closed before the error is written and indexed.
+    for car in 0..2u8 {
+        assert!(
+            laps.iter()
+                .any(|l| l.car == car && l.lap == 1 && l.complete),
+            "{laps:?}"
+        );
+    }
+    let row = index.sessions().expect("sessions");
+    assert_eq!(row[0].finished_at, None, "the session is not finished");
+    assert!(
+        wal_path(dir.path(), session).exists(),
+        "its write-ahead file is kept"
+    );
+    // The next process recovers the laps in progress as partial laps.
+    let report = recover(dir.path(), &index).expect("recover");
+    assert_eq!(report.files, 1);
+    assert!(report.laps >= 2, "{report:?}");
+    let laps = index.laps(Some(session)).expect("laps");
+    assert!(laps.iter().any(|l| l.lap >= 2 && !l.complete), "{laps:?}");
+}
