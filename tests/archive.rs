@@ -517,3 +517,46 @@ fn a_race_that_ends_in_an_error_still_writes_its_laps_and_keeps_its_write_ahead_
     let laps = index.laps(Some(session)).expect("laps");
     assert!(laps.iter().any(|l| l.lap >= 2 && !l.complete), "{laps:?}");
 }
+
+#[test]
+fn the_write_ahead_file_is_fsynced_on_its_schedule() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().to_str().expect("utf-8");
+    // About 2.5 s of wall time at twenty times real time.
+    let race = |sync: &str| {
+        let (code, out, err) = apexsim(&[
+            "--data",
+            data,
+            "--wal-sync",
+            sync,
+            "race",
+            "--speed",
+            "20",
+            "--track",
+            "oval_simple",
+            "--cars",
+            "2",
+            "--laps",
+            "1",
+            "--format",
+            "json",
+        ]);
+        assert_eq!(code, 0, "{err}");
+        let report: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+        let wall = report["wall_seconds"].as_f64().expect("wall");
+        let syncs = report["archive"]["wal_syncs"].as_u64().expect("wal_syncs");
+        (wall, syncs)
+    };
+    let (wall, syncs) = race("250ms");
+    assert!(
+        syncs as f64 >= (wall / 0.25).floor() - 1.0 && syncs > 4,
+        "{syncs} syncs in {wall:.2} s"
+    );
+    let (_, none) = race("off");
+    assert_eq!(none, 0);
+    let (_, every) = race("0");
+    assert!(every > syncs, "every flush: {every}");
+    let (code, _, err) = apexsim(&["--wal-sync", "often", "race", "--fast"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("is not a duration"), "{err}");
+}

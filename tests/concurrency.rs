@@ -198,18 +198,7 @@ fn a_killed_race_is_recovered_by_another_process_while_a_third_races() {
     let (c, d) = (s(&content), s(&data));
     let third = Child::spawn(&race_args(c, d, "3", "3", false));
     let mut victim = Child::spawn(&race_args(c, d, "4", "20", false));
-    let mut closed = [false; 3];
-    let seen = victim.wait_for(Duration::from_secs(120), |line| {
-        if line.contains("lap closed")
-            && line.contains("lap=1 complete=true")
-            && let Some(car) = common::log_field::<usize>(line, "car")
-        {
-            closed[car] = true;
-        }
-        closed.iter().all(|&c| c) && line.contains("write-ahead flush")
-    });
-    assert!(seen.is_some(), "{}", victim.log.join("\n"));
-    victim.kill();
+    victim.kill_after_first_laps(3, 1);
     let wal_count = || {
         std::fs::read_dir(data.join("wal"))
             .expect("wal")

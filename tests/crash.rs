@@ -6,7 +6,6 @@
 
 use std::fs;
 use std::process::Command;
-use std::time::Duration;
 
 mod common;
 
@@ -37,30 +36,7 @@ fn sigkill_mid_race_loses_less_than_one_flush() {
         "4",
     ]);
     // Kill the child two flushes after every car's lap 1 closed, as its log shows them.
-    let mut closed = [false; 3];
-    let mut flushes_after = 0;
-    let mut last_flush = 0u64;
-    let killed_at = child.wait_for(Duration::from_secs(120), |line| {
-        if line.contains("lap closed")
-            && line.contains("lap=1 complete=true")
-            && let Some(car) = common::log_field::<usize>(line, "car")
-        {
-            closed[car] = true;
-        }
-        if line.contains("write-ahead flush") {
-            last_flush = common::log_field(line, "tick").unwrap_or(last_flush);
-            if closed.iter().all(|&c| c) {
-                flushes_after += 1;
-            }
-        }
-        flushes_after == 2
-    });
-    assert!(
-        killed_at.is_some(),
-        "no such flush logged:\n{}",
-        child.log.join("\n")
-    );
-    child.kill();
+    let last_flush = child.kill_after_first_laps(3, 2);
     let wal_files: Vec<_> = fs::read_dir(data.join("wal")).expect("wal dir").collect();
     assert_eq!(
         wal_files.len(),

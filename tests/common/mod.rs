@@ -157,6 +157,38 @@ impl Child {
         self.child.try_wait().expect("try_wait").is_none()
     }
 
+    /// Kills a race (SIGKILL on Unix) when its log shows `flushes` write-ahead flushes after
+    /// every one of its `cars` closed lap 1; returns the tick of the last flush logged. Panics
+    /// with the log if that never comes.
+    pub fn kill_after_first_laps(&mut self, cars: usize, flushes: usize) -> u64 {
+        let mut closed = vec![false; cars];
+        let mut flushes_after = 0;
+        let mut last_flush = 0u64;
+        let seen = self.wait_for(std::time::Duration::from_secs(120), |line| {
+            if line.contains("lap closed")
+                && line.contains("lap=1 complete=true")
+                && let Some(car) = log_field::<usize>(line, "car")
+                && car < cars
+            {
+                closed[car] = true;
+            }
+            if line.contains("write-ahead flush") {
+                last_flush = log_field(line, "tick").unwrap_or(last_flush);
+                if closed.iter().all(|&c| c) {
+                    flushes_after += 1;
+                }
+            }
+            flushes_after == flushes
+        });
+        assert!(
+            seen.is_some(),
+            "no such flush logged:\n{}",
+            self.log.join("\n")
+        );
+        self.kill();
+        last_flush
+    }
+
     /// Kills the process (SIGKILL on Unix) and reaps it.
     pub fn kill(&mut self) {
         self.child.kill().expect("kill");
