@@ -270,7 +270,16 @@ impl Wal {
                         path: path.clone(),
                     })
                 }
-                Err(e) => Err(io_at(&path)(e)),
+                // A file system without hard links: rename, after a check (not atomic, but the
+                // session ids of races and live sessions are random).
+                Err(_) if !path.exists() => match fs::rename(&tmp, &path) {
+                    Ok(()) => Ok((writer, schema)),
+                    Err(e) => Err(io_at(&path)(e)),
+                },
+                Err(_) => Err(ArchiveError::SessionBusy {
+                    session: session.session,
+                    path: path.clone(),
+                }),
             }
         })();
         let _ = fs::remove_file(&tmp);
