@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use apexsim::archive::writer::{ArchiveJob, ArchiveWriter};
-use apexsim::archive::{Date, LapMeta, Source, encode_lap, write_lap};
+use apexsim::archive::{Date, LapMeta, Source, encode_lap, write_lap_as};
 use apexsim::content::Content;
 use apexsim::race::{Race, RaceOptions};
 use apexsim_systems::record::LapColumns;
@@ -98,10 +98,12 @@ fn parquet_write(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(5));
     group.sample_size(30);
     group.throughput(Throughput::Bytes(raw.len() as u64));
+    // A writer holds its owner lock for its life (recovery and the archive writer do).
+    let owner = apexsim::archive::lock::Owner::acquire(dir.path()).expect("owner");
     group.bench_function(format!("parquet_zstd/{}_rows", lap.len()), |b| {
         b.iter_batched(
             || lap.clone(),
-            |cols| write_lap(dir.path(), &meta, cols).expect("write"),
+            |cols| write_lap_as(dir.path(), &owner, &meta, cols).expect("write"),
             criterion::BatchSize::LargeInput,
         )
     });

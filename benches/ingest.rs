@@ -51,7 +51,7 @@ fn ingest_benches(c: &mut Criterion) {
                 let report = ingest(&files, dir.path(), &IngestOptions::default(), |_, _, _| {})
                     .expect("ingest");
                 assert_eq!(report.failed(), 0);
-                assert_eq!(report.archive.as_ref().map(|a| a.laps_written), Some(12));
+                assert_eq!(report.archive.as_ref().map(|a| a.laps_written), Some(6));
                 dir
             },
             criterion::BatchSize::PerIteration,
