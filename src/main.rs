@@ -115,7 +115,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .context("recovering write-ahead files")?;
             let sessions = index.sessions().context("listing sessions")?;
             let laps = index.laps(session).context("listing laps")?;
-            output::print_archive(&sessions, &laps, session, format)
+            let live: Vec<uuid::Uuid> = sessions
+                .iter()
+                .filter(|s| {
+                    s.finished_at.is_none() && apexsim::archive::wal::is_live(&cli.data, s.id)
+                })
+                .map(|s| s.id)
+                .collect();
+            output::print_archive(&sessions, &live, &laps, session, format)
                 .context("writing the archive list")?;
         }
         Command::Archive(ArchiveCommand::Prune { older_than, format }) => {

@@ -238,9 +238,18 @@ pub fn print_prune(report: &crate::archive::PruneReport, format: Format) -> io::
     ))
 }
 
+/// A session with its status: `finished`, `live` (a process is writing it) or `unfinished`
+/// (ended in an error or cut short; its laps so far are archived).
+#[derive(Serialize)]
+struct SessionListing<'a> {
+    #[serde(flatten)]
+    session: &'a SessionRow,
+    status: &'static str,
+}
+
 #[derive(Serialize)]
 struct ArchiveListing<'a> {
-    sessions: Vec<&'a SessionRow>,
+    sessions: Vec<SessionListing<'a>>,
     laps: &'a [LapRow],
 }
 
@@ -251,13 +260,22 @@ struct ArchiveListing<'a> {
 /// Writing to standard output failed.
 pub fn print_archive(
     sessions: &[SessionRow],
+    live: &[uuid::Uuid],
     laps: &[LapRow],
     session: Option<uuid::Uuid>,
     format: Format,
 ) -> io::Result<()> {
-    let shown: Vec<&SessionRow> = sessions
+    let shown: Vec<SessionListing<'_>> = sessions
         .iter()
         .filter(|s| session.is_none_or(|id| s.id == id))
+        .map(|s| SessionListing {
+            session: s,
+            status: match (s.finished_at, live.contains(&s.id)) {
+                (Some(_), _) => "finished",
+                (None, true) => "live",
+                (None, false) => "unfinished",
+            },
+        })
         .collect();
     if format == Format::Json {
         return emit_json(&ArchiveListing {
@@ -267,7 +285,8 @@ pub fn print_archive(
     }
     let rows: Vec<Vec<String>> = shown
         .iter()
-        .map(|s| {
+        .map(|listed| {
+            let s = listed.session;
             let mine: Vec<&LapRow> = laps.iter().filter(|l| l.session == s.id).collect();
             let best = mine
                 .iter()
@@ -276,6 +295,7 @@ pub fn print_archive(
                 .fold(None, |b: Option<f64>, t| Some(b.map_or(t, |b| b.min(t))));
             vec![
                 s.id.to_string(),
+                listed.status.to_owned(),
                 s.source.clone(),
                 s.track.clone(),
                 s.car_model.clone(),
@@ -288,7 +308,7 @@ pub fn print_archive(
         .collect();
     let mut text = table(
         &[
-            "Session", "Source", "Track", "Car", "Date", "Laps", "Complete", "Best lap",
+            "Session", "Status", "Source", "Track", "Car", "Date", "Laps", "Complete", "Best lap",
         ],
         &rows,
     );

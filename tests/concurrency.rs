@@ -119,9 +119,17 @@ fn a_race_beside_archive_ls_ingest_and_prune_ends_as_it_does_alone() {
     let mut kept_live = 0;
     let mut rounds = 0;
     while race.running() {
-        let (code, _, err) = apexsim(&["--data", d, "archive", "ls", "--format", "json"]);
+        let (code, out, err) = apexsim(&["--data", d, "archive", "ls", "--format", "json"]);
         assert_eq!(code, 0, "archive ls: {err}");
         if rounds == 0 {
+            let listing: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+            let statuses: Vec<&str> = listing["sessions"]
+                .as_array()
+                .expect("sessions")
+                .iter()
+                .filter_map(|s| s["status"].as_str())
+                .collect();
+            assert_eq!(statuses, vec!["live"], "the running race is listed as live");
             let (code, _, err) = apexsim(&["--data", d, "ingest", "--format", "json", RECORDING]);
             assert_eq!(code, 0, "ingest: {err}");
         }
@@ -220,6 +228,18 @@ fn a_killed_race_is_recovered_by_another_process_while_a_third_races() {
     assert!(err.contains("recovered write-ahead files"), "{err}");
     assert_eq!(wal_count(), 1, "the third race's file is left alone");
     let listing: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+    let mut statuses: Vec<&str> = listing["sessions"]
+        .as_array()
+        .expect("sessions")
+        .iter()
+        .filter_map(|s| s["status"].as_str())
+        .collect();
+    statuses.sort_unstable();
+    assert_eq!(
+        statuses,
+        vec!["live", "unfinished"],
+        "the third race and the victim"
+    );
     let laps = listing["laps"].as_array().expect("laps");
     for car in 0..3 {
         let mine: Vec<_> = laps.iter().filter(|l| l["car"] == car).collect();
