@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::archive::index::{ResultEntry, SessionRow};
 use crate::archive::session::ArchiveSession;
-use crate::archive::wal::{WalSession, WalSync};
+use crate::archive::wal::WalSync;
 use crate::archive::writer::{ArchiveWriter, WriterReport};
 use crate::archive::{Date, LapMeta, Source};
 use crate::content::Content;
@@ -448,16 +448,9 @@ impl Race {
                 started_at,
                 finished_at: None,
             },
-            &WalSession {
-                session: self.session_id,
-                source: Source::Sim.as_str().into(),
-                track: self.track_slug.clone(),
-                track_length_m: self.track_length_m,
-                car_model: self.car_name.clone(),
-                drivers: (0..self.cars.len()).map(driver_name).collect(),
-                date: self.date.to_string(),
-                started_at,
-            },
+            self.track_length_m,
+            (0..self.cars.len()).map(driver_name).collect(),
+            self.date,
             sync,
         )?;
         self.archive = Some((writer, session));

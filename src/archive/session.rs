@@ -9,8 +9,6 @@
 //! session that ends in an error ([`ArchiveSession::abandon`]), or whose laps could not all be
 //! written, stays unfinished and keeps its write-ahead file for recovery by the next process.
 
-use std::path::Path;
-
 use apexsim_systems::record::{LapColumns, RecordChunk};
 use bevy_ecs::entity::Entity;
 use uuid::Uuid;
@@ -18,7 +16,7 @@ use uuid::Uuid;
 use super::index::{ResultEntry, SessionRow};
 use super::wal::{LapClosure, Wal, WalSession, WalSync};
 use super::writer::{ArchiveJob, ArchiveWriter, SessionClose};
-use super::{ArchiveError, LapMeta};
+use super::{ArchiveError, Date, LapMeta};
 
 /// A session being archived. Dropping it without [`finish`](Self::finish) or
 /// [`abandon`](Self::abandon) releases the write-ahead file's lock and leaves the file for
@@ -33,7 +31,9 @@ pub struct ArchiveSession {
 
 impl ArchiveSession {
     /// Creates and locks the session's write-ahead file under the writer's data directory and
-    /// indexes the session, unfinished.
+    /// indexes the session `row`, unfinished. The write-ahead file carries the row's identity
+    /// plus what recovery needs to archive the laps alone: the track length, the driver of each
+    /// car index and the date partition.
     ///
     /// # Errors
     /// [`ArchiveError::SessionBusy`] when another process writes the same session;
@@ -41,10 +41,22 @@ impl ArchiveSession {
     pub fn begin(
         writer: &mut ArchiveWriter,
         row: SessionRow,
-        wal: &WalSession,
+        track_length_m: f32,
+        drivers: Vec<String>,
+        date: Date,
         sync: WalSync,
     ) -> Result<Self, ArchiveError> {
-        let file = Wal::create(writer.data(), wal, sync)?;
+        let wal = WalSession {
+            session: row.id,
+            source: row.source.clone(),
+            track: row.track.clone(),
+            track_length_m,
+            car_model: row.car_model.clone(),
+            drivers,
+            date: date.to_string(),
+            started_at: row.started_at,
+        };
+        let file = Wal::create(writer.data(), &wal, sync)?;
         let id = row.id;
         writer.submit(ArchiveJob::Session(row));
         Ok(Self {
@@ -57,11 +69,6 @@ impl ArchiveSession {
     /// The session id.
     pub fn id(&self) -> Uuid {
         self.id
-    }
-
-    /// The write-ahead file's path.
-    pub fn wal_path(&self, data: &Path) -> std::path::PathBuf {
-        super::wal::wal_path(data, self.id)
     }
 
     /// How many times the write-ahead file was fsynced.

@@ -547,10 +547,10 @@ fn quarantine(path: &Path, problem: &str) -> Result<PathBuf, ArchiveError> {
 }
 
 /// A write-ahead file read into laps.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct WalContents {
     /// The session.
-    pub session: Option<WalSession>,
+    pub session: WalSession,
     /// Rows per (car, row lap).
     pub laps: BTreeMap<(u8, u16), LapColumns>,
     /// Laps that closed, by (car, row lap).
@@ -710,8 +710,10 @@ fn decode(reader: impl Read) -> Result<WalContents, String> {
                 .map_err(|_| "not an ApexSim write-ahead file: bad session metadata")
         })?;
     let mut contents = WalContents {
-        session: Some(session),
-        ..WalContents::default()
+        session,
+        laps: BTreeMap::new(),
+        closed: BTreeMap::new(),
+        torn_tail: false,
     };
     for batch in reader {
         let Ok(batch) = batch else {
@@ -789,9 +791,7 @@ fn archive_wal(
     wal: WalContents,
     report: &mut RecoveryReport,
 ) -> Result<(), ArchiveError> {
-    let Some(session) = wal.session else {
-        return Ok(());
-    };
+    let session = wal.session;
     if wal.torn_tail {
         report.torn_tails += 1;
     }

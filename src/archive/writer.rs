@@ -82,8 +82,6 @@ pub struct WriterReport {
     pub retries: u64,
     /// Times the session's write-ahead file was fsynced (filled in by the session's owner).
     pub wal_syncs: u64,
-    /// Sessions marked finished (every lap durable), in order.
-    pub sessions_finished: Vec<Uuid>,
     /// Every failure, in order.
     pub errors: Vec<String>,
 }
@@ -437,14 +435,11 @@ impl Worker {
     /// A session whose laps are all durable: finished, its write-ahead file removed; ended in
     /// an error, its write-ahead file kept (the lock goes with the handle).
     fn closed(&mut self, close: SessionClose) {
-        let SessionClose { id, finished, wal } = close;
-        if finished.is_some() {
-            self.report.sessions_finished.push(id);
-            if let Some(wal) = wal
-                && let Err(e) = wal.remove()
-            {
-                self.report.errors.push(e.to_string());
-            }
+        if close.finished.is_some()
+            && let Some(wal) = close.wal
+            && let Err(e) = wal.remove()
+        {
+            self.report.errors.push(e.to_string());
         }
     }
 

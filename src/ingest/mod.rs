@@ -30,7 +30,7 @@ use uuid::Uuid;
 
 use crate::archive::index::{Index, SessionRow};
 use crate::archive::session::ArchiveSession;
-use crate::archive::wal::{LapClosure, WalSession, WalSync};
+use crate::archive::wal::{LapClosure, WalSync};
 use crate::archive::writer::{ArchiveWriter, WriterReport};
 use crate::archive::{ArchiveError, Date, LapMeta, Source};
 use frame::IbtFrame;
@@ -631,7 +631,7 @@ pub fn ingest(
                 Ok(r) if index.has_finished_session(r.session)? => {
                     FileOutcome::Skipped { session: r.session }
                 }
-                Ok(r) => match begin_recording(&mut writer, &r, WalSync::Off) {
+                Ok(r) => match begin_session(&mut writer, r.session, &r.info, WalSync::Off) {
                     Ok(session) => {
                         slots.push((report.files.len(), session));
                         recordings.push(r);
@@ -709,20 +709,9 @@ fn archive_recording(
     }
 }
 
-/// Opens the archive session of a recording (indexed unfinished: it is finished once its laps
-/// are durable, so an ingest cut short is redone next time).
-///
-/// # Errors
-/// [`ArchiveError::SessionBusy`] when another process is writing the same recording.
-pub(crate) fn begin_recording(
-    writer: &mut ArchiveWriter,
-    rec: &Recording,
-    sync: WalSync,
-) -> Result<ArchiveSession, ArchiveError> {
-    begin_session(writer, rec.session, &rec.info, sync)
-}
-
-/// Opens the archive session of a recorded session (a file or live telemetry).
+/// Opens the archive session of a recorded session (a file or live telemetry), indexed
+/// unfinished: it is finished once its laps are durable, so an ingest cut short is redone next
+/// time.
 ///
 /// # Errors
 /// As [`ArchiveSession::begin`].
@@ -744,16 +733,9 @@ pub(crate) fn begin_session(
             started_at: info.started_at,
             finished_at: None,
         },
-        &WalSession {
-            session,
-            source: Source::Iracing.as_str().into(),
-            track: info.track.clone(),
-            track_length_m: info.track_length_m,
-            car_model: info.car.clone(),
-            drivers: vec![info.driver.clone()],
-            date: Date::from_unix(info.started_at).to_string(),
-            started_at: info.started_at,
-        },
+        info.track_length_m,
+        vec![info.driver.clone()],
+        Date::from_unix(info.started_at),
         sync,
     )
 }
