@@ -36,6 +36,7 @@ use uuid::Uuid;
 
 pub mod index;
 pub mod lock;
+pub mod recorder;
 pub mod session;
 pub mod wal;
 pub mod writer;

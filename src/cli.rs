@@ -65,6 +65,10 @@ pub enum Command {
     /// Build tracks.
     #[command(subcommand)]
     Track(TrackCommand),
+    /// Run the race server: sessions over QUIC, health and metrics over HTTP.
+    Serve(ServeArgs),
+    /// Client bots that race on a server (and load-test it).
+    Drive(DriveArgs),
     /// Archive laps from live iRacing telemetry (Windows, with iRacing running).
     Live {
         /// Store the driver's name instead of a pseudonym.
@@ -201,4 +205,73 @@ impl RaceArgs {
             session_id: Some(uuid::Uuid::new_v4()),
         })
     }
+}
+
+/// Arguments of `apexsim serve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// The configuration file; without it, `server.toml` in the working directory if present,
+    /// else the defaults.
+    #[arg(short = 'c', long, value_name = "PATH")]
+    pub config: Option<std::path::PathBuf>,
+    /// Log level (trace, debug, info, warn, error), overriding `logging.level`.
+    #[arg(short = 'l', long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+    /// QUIC address to bind, overriding `network.bind` (the seed's TCP and UDP ports are one
+    /// QUIC port).
+    #[arg(long, value_name = "ADDR")]
+    pub bind: Option<std::net::SocketAddr>,
+    /// QUIC port, overriding the port of `network.bind` (0 picks a free one).
+    #[arg(long, value_name = "PORT")]
+    pub port: Option<u16>,
+    /// HTTP port for /health, /ready and /metrics, overriding `network.http_bind`.
+    #[arg(long, value_name = "PORT")]
+    pub http_port: Option<u16>,
+    /// Output format of the start line and the final report.
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
+}
+
+/// Arguments of `apexsim drive`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DriveArgs {
+    /// The server's QUIC address.
+    #[arg(long, value_name = "ADDR")]
+    pub server: std::net::SocketAddr,
+    /// Number of bots, each its own connection.
+    #[arg(long, default_value_t = 1)]
+    pub bots: usize,
+    /// The first bot creates a session (the default).
+    #[arg(long, conflicts_with = "join")]
+    pub create: bool,
+    /// Join this session instead of creating one.
+    #[arg(long, value_name = "SESSION_ID")]
+    pub join: Option<uuid::Uuid>,
+    /// Track of the created session (slug, name or id).
+    #[arg(long, default_value = "oval_simple")]
+    pub track: String,
+    /// Laps of the created session.
+    #[arg(long, default_value_t = 1)]
+    pub laps: u8,
+    /// AI cars filling the created session's grid.
+    #[arg(long, default_value_t = 0)]
+    pub ai: u8,
+    /// Trust the server's certificate from this PEM file.
+    #[arg(long, value_name = "PEM", conflicts_with_all = ["fingerprint", "insecure"])]
+    pub cert: Option<std::path::PathBuf>,
+    /// Trust the server's certificate by its SHA-256 (as `serve` prints it).
+    #[arg(long, value_name = "HEX", conflicts_with = "insecure")]
+    pub fingerprint: Option<String>,
+    /// Trust any certificate (local tests only).
+    #[arg(long)]
+    pub insecure: bool,
+    /// Access token.
+    #[arg(long, default_value = "")]
+    pub token: String,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 600.0)]
+    pub timeout: f64,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
 }

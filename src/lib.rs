@@ -8,6 +8,7 @@ pub mod archive;
 pub mod cli;
 pub mod content;
 pub mod ingest;
+pub mod net;
 pub mod output;
 pub mod race;
 

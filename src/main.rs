@@ -26,13 +26,16 @@ fn main() -> ExitCode {
         2 => "debug",
         _ => "trace",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level)),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    // The server sets up its own logging from its configuration.
+    if !matches!(cli.command, Command::Serve(_)) {
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level)),
+            )
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -216,6 +219,67 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             output::print_track_built(&built, format).context("writing the result")?;
         }
+        Command::Serve(args) => {
+            for e in &report.errors {
+                eprintln!("warning: content: {e}");
+            }
+            serve(args, report.content, &cli.data, cli.wal_sync)?;
+        }
+        Command::Drive(args) => {
+            use apexsim::net::tls::{Trust, parse_fingerprint};
+            let trust = match (&args.cert, &args.fingerprint, args.insecure) {
+                (Some(path), _, _) => Trust::CertFile(path.clone()),
+                (None, Some(hex), _) => Trust::Fingerprint(
+                    parse_fingerprint(hex).map_err(|e| UsageError(e.to_string()))?,
+                ),
+                (None, None, true) => Trust::Insecure,
+                (None, None, false) => {
+                    return Err(UsageError(
+                        "say how to trust the server: --cert FILE, --fingerprint HEX or --insecure"
+                            .into(),
+                    )
+                    .into());
+                }
+            };
+            if args.bots == 0 || args.bots > 16 {
+                return Err(UsageError(format!("--bots {}: use 1 to 16", args.bots)).into());
+            }
+            if !(args.timeout.is_finite() && args.timeout > 0.0) {
+                return Err(UsageError(format!(
+                    "--timeout {}: use a positive number of seconds",
+                    args.timeout
+                ))
+                .into());
+            }
+            let opts = apexsim::net::drive::DriveOptions {
+                server: args.server,
+                trust,
+                token: args.token.clone(),
+                bots: args.bots,
+                mode: match args.join {
+                    Some(id) => apexsim::net::drive::Mode::Join(id),
+                    None => apexsim::net::drive::Mode::Create {
+                        track: args.track.clone(),
+                        laps: args.laps,
+                        ai: args.ai,
+                    },
+                },
+                timeout: std::time::Duration::from_secs_f64(args.timeout),
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            let report = runtime.block_on(apexsim::net::drive::run(opts))?;
+            output::print_drive(&report, args.format).context("writing the report")?;
+            if let Some(fault) = &report.fault {
+                anyhow::bail!("the session ended in a fault: {fault}");
+            }
+            if report.results.is_empty() {
+                anyhow::bail!("the race did not finish");
+            }
+        }
         Command::Live { keep_driver_names } => {
             let opts = apexsim::ingest::IngestOptions {
                 keep_driver_names,
@@ -226,4 +290,100 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `apexsim serve`: configuration (file, environment, flags), logging (console and daily JSON
+/// files), then the server until SIGTERM/SIGINT.
+fn serve(
+    args: apexsim::cli::ServeArgs,
+    content: Content,
+    data: &Path,
+    wal_sync: apexsim::archive::wal::WalSync,
+) -> anyhow::Result<()> {
+    use apexsim::net::config::ServerConfig;
+    let path = args.config.clone().or_else(|| {
+        let default = PathBuf::from("server.toml");
+        default.exists().then_some(default)
+    });
+    let mut config = ServerConfig::load(path.as_deref(), std::env::vars())
+        .map_err(|e| UsageError(e.to_string()))?;
+    if let Some(bind) = args.bind {
+        config.network.bind = bind;
+    }
+    if let Some(port) = args.port {
+        config.network.bind.set_port(port);
+    }
+    if let Some(port) = args.http_port {
+        config.network.http_bind.set_port(port);
+    }
+    if let Some(level) = &args.log_level {
+        config.logging.level = level.clone();
+    }
+    let _guard = init_server_logging(&config.logging, data)?;
+    let format = args.format;
+    let report = apexsim::net::server::serve(config, content, data.to_owned(), wal_sync, |l| {
+        if let Err(e) = output::print_listening(l, format) {
+            tracing::warn!(error = %e, "cannot print the listening line");
+        }
+    })?;
+    output::print_serve(&report, format).context("writing the report")?;
+    if !report.sim.archive.errors.is_empty() {
+        anyhow::bail!(
+            "{} archive write(s) failed; first: {}",
+            report.sim.archive.errors.len(),
+            report.sim.archive.errors[0]
+        );
+    }
+    Ok(())
+}
+
+/// Console logs (human-readable) and daily-rotated JSON-lines files, as configured.
+fn init_server_logging(
+    logging: &apexsim::net::config::LoggingSection,
+    data: &Path,
+) -> anyhow::Result<Option<tracing_appender::non_blocking::WorkerGuard>> {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let filter = || {
+        EnvFilter::try_from_default_env()
+            .or_else(|_| EnvFilter::try_new(&logging.level))
+            .map_err(|e| UsageError(format!("logging.level {:?}: {e}", logging.level)))
+    };
+    let console = logging.console_enabled.then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+    });
+    let (file, guard) = if logging.file_enabled {
+        let dir = if logging.dir.is_absolute() {
+            logging.dir.clone()
+        } else {
+            data.join(&logging.dir)
+        };
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("creating the log directory {}", dir.display()))?;
+        let appender = tracing_appender::rolling::Builder::new()
+            .rotation(tracing_appender::rolling::Rotation::DAILY)
+            .filename_prefix("apexsim")
+            .filename_suffix("jsonl")
+            .max_log_files(logging.file_retention_days.max(1))
+            .build(&dir)
+            .with_context(|| format!("opening the log directory {}", dir.display()))?;
+        let (writer, guard) = tracing_appender::non_blocking(appender);
+        let layer = tracing_subscriber::fmt::layer()
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .with_writer(writer)
+            .with_filter(filter()?);
+        (Some(layer), Some(guard))
+    } else {
+        (None, None)
+    };
+    tracing_subscriber::registry()
+        .with(console.map(|c| c.with_filter(filter().unwrap_or_else(|_| EnvFilter::new("info")))))
+        .with(file)
+        .init();
+    Ok(guard)
 }

@@ -609,6 +609,87 @@ pub fn print_content(content: &Content, errors: &[String], format: Format) -> io
     emit(&text)
 }
 
+/// Prints where the server listens (one line; JSON with `--format json`, for scripts).
+///
+/// # Errors
+/// Writing to standard output failed.
+pub fn print_listening(l: &crate::net::server::Listening, format: Format) -> io::Result<()> {
+    if format == Format::Json {
+        return emit_json(l);
+    }
+    emit(&format!(
+        "serving on {} (QUIC, ALPN apexsim/1), http://{} (health, ready, metrics)\ncertificate {} sha256 {}\n",
+        l.quic,
+        l.http,
+        l.cert.display(),
+        l.fingerprint
+    ))
+}
+
+/// Prints what a server run did.
+///
+/// # Errors
+/// Writing to standard output failed.
+pub fn print_serve(r: &crate::net::server::ServeReport, format: Format) -> io::Result<()> {
+    if format == Format::Json {
+        return emit_json(r);
+    }
+    emit(&format!(
+        "stopped after {:.1} s: {} ticks, {} connections, {} sessions finished, {} laps archived, CPU {:.2} s, archive errors {}\n",
+        r.wall_seconds,
+        r.sim.ticks,
+        r.connections,
+        r.sim.sessions_finished,
+        r.sim.archive.laps_written,
+        r.cpu_seconds.unwrap_or(f64::NAN),
+        r.sim.archive.errors.len()
+    ))
+}
+
+/// Prints what the bots measured.
+///
+/// # Errors
+/// Writing to standard output failed.
+pub fn print_drive(r: &crate::net::drive::DriveReport, format: Format) -> io::Result<()> {
+    if format == Format::Json {
+        return emit_json(r);
+    }
+    let rows: Vec<Vec<String>> = r
+        .results
+        .iter()
+        .map(|s| {
+            vec![
+                s.position.to_string(),
+                s.name.clone(),
+                s.laps.to_string(),
+                s.total_time_s.map_or("-".into(), lap_time),
+                s.best_lap_s.map_or("-".into(), lap_time),
+            ]
+        })
+        .collect();
+    let mut text = String::new();
+    if let Some(id) = r.session {
+        text += &format!("session {id}\n");
+    }
+    if let Some(f) = &r.fault {
+        text += &format!("session ended in a fault: {f}\n");
+    }
+    text += &table(&["Pos", "Driver", "Laps", "Total", "Best lap"], &rows);
+    text += &format!(
+        "\n{} bots in {:.1} s: telemetry for {:.3} % of ticks ({} missed), {:.1} packets/s per bot\ninput-to-telemetry latency p50 {:.2} ticks, p99 {:.2} ticks; heartbeat RTT p50 {:.2} ms, QUIC RTT {:.2} ms\n",
+        r.bots,
+        r.wall_seconds,
+        r.telemetry_coverage_pct,
+        r.ticks_missed,
+        r.telemetry_per_s,
+        r.latency_p50_ticks,
+        r.latency_p99_ticks,
+        r.rtt_p50_ms,
+        r.quic_rtt_ms
+    );
+    emit(&text)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

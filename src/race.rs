@@ -255,12 +255,88 @@ pub enum RaceEvent<'a> {
 /// Wall time between two boards.
 pub const BOARD_EVERY: Duration = Duration::from_millis(250);
 
+/// A car to classify: its entity (grid order gives the grid position), driver and car name.
+#[derive(Debug, Clone)]
+pub struct Entry<'a> {
+    /// The car.
+    pub car: Entity,
+    /// Driver name.
+    pub driver: String,
+    /// Car model name.
+    pub car_name: &'a str,
+}
+
+/// The classification of a session's cars (given in grid order), winner first: finishers by
+/// position, then by laps and distance; gaps to the winner.
+pub fn classify(world: &bevy_ecs::world::World, cars: &[Entry<'_>]) -> Vec<ResultRow> {
+    let mut rows = Vec::new();
+    let mut keys = Vec::new();
+    for (i, entry) in cars.iter().enumerate() {
+        let car = entry.car;
+        let timing = world.get::<LapTiming>(car).copied().unwrap_or_default();
+        let finish = world.get::<Finish>(car).copied().unwrap_or_default();
+        let progress = world.get::<TrackProgress>(car);
+        let collision = world
+            .get::<CollisionState>(car)
+            .copied()
+            .unwrap_or_default();
+        keys.push((
+            finish.position,
+            timing.laps_completed(),
+            progress.map_or(0.0, |p| p.race_distance_m),
+        ));
+        rows.push(ResultRow {
+            position: 0,
+            grid: (i + 1) as u8,
+            driver: entry.driver.clone(),
+            car: entry.car_name.to_owned(),
+            laps: timing.laps_completed(),
+            total_time_s: finish.race_ticks.map(ticks_to_seconds),
+            best_lap_s: timing.best_lap_ticks.map(ticks_to_seconds),
+            gap: Gap::Dnf,
+            off_track_ticks: timing.total_off_track_ticks,
+            contacts: collision.contacts,
+        });
+    }
+    let order = standings(&keys);
+    let mut results: Vec<ResultRow> = order.iter().map(|&i| rows[i].clone()).collect();
+    let (win_laps, win_time) = results
+        .first()
+        .map_or((0, None), |r| (r.laps, r.total_time_s));
+    for (k, row) in results.iter_mut().enumerate() {
+        row.position = k + 1;
+        row.gap = match (k, row.total_time_s, win_time) {
+            (0, Some(_), _) => Gap::Leader,
+            (_, Some(t), Some(w)) if row.laps == win_laps => Gap::Seconds(t - w),
+            (_, Some(_), _) => Gap::Laps(win_laps - row.laps),
+            _ => Gap::Dnf,
+        };
+    }
+    results
+}
+
+/// The index rows of a classification.
+pub fn result_entries(results: &[ResultRow]) -> Vec<ResultEntry> {
+    results
+        .iter()
+        .map(|r| ResultEntry {
+            position: r.position as u32,
+            car: r.grid - 1,
+            driver: r.driver.clone(),
+            laps: r.laps,
+            total_time_s: r.total_time_s,
+            best_lap_s: r.best_lap_s,
+        })
+        .collect()
+}
+
 /// Name of the AI driver of grid slot `i` (0-based).
-fn driver_name(i: usize) -> String {
+pub fn driver_name(i: usize) -> String {
     format!("AI {:02}", i + 1)
 }
 
-fn unix_now() -> i64 {
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
@@ -591,22 +667,8 @@ impl Race {
         let mut report = self.report(wall);
         if let Some((mut writer, session)) = self.archive.take() {
             let syncs = session.wal_syncs();
-            let mut wal_errors = session.finish(
-                &mut writer,
-                unix_now(),
-                report
-                    .results
-                    .iter()
-                    .map(|r| ResultEntry {
-                        position: r.position as u32,
-                        car: r.grid - 1,
-                        driver: r.driver.clone(),
-                        laps: r.laps,
-                        total_time_s: r.total_time_s,
-                        best_lap_s: r.best_lap_s,
-                    })
-                    .collect(),
-            );
+            let mut wal_errors =
+                session.finish(&mut writer, unix_now(), result_entries(&report.results));
             // The writer removes the write-ahead file once every lap is durable and indexed;
             // otherwise it stays, and the next start recovers from it.
             let mut written = writer.finish();
@@ -690,49 +752,17 @@ impl Race {
 
     /// The classification and run statistics.
     pub fn report(&self, wall: Duration) -> RaceReport {
-        let world = self.sim.world();
-        let mut rows = Vec::new();
-        let mut keys = Vec::new();
-        for (i, &car) in self.cars.iter().enumerate() {
-            let timing = world.get::<LapTiming>(car).copied().unwrap_or_default();
-            let finish = world.get::<Finish>(car).copied().unwrap_or_default();
-            let progress = world.get::<TrackProgress>(car);
-            let collision = world
-                .get::<CollisionState>(car)
-                .copied()
-                .unwrap_or_default();
-            keys.push((
-                finish.position,
-                timing.laps_completed(),
-                progress.map_or(0.0, |p| p.race_distance_m),
-            ));
-            rows.push(ResultRow {
-                position: 0,
-                grid: (i + 1) as u8,
+        let entries: Vec<Entry<'_>> = self
+            .cars
+            .iter()
+            .enumerate()
+            .map(|(i, &car)| Entry {
+                car,
                 driver: driver_name(i),
-                car: self.car_name.clone(),
-                laps: timing.laps_completed(),
-                total_time_s: finish.race_ticks.map(ticks_to_seconds),
-                best_lap_s: timing.best_lap_ticks.map(ticks_to_seconds),
-                gap: Gap::Dnf,
-                off_track_ticks: timing.total_off_track_ticks,
-                contacts: collision.contacts,
-            });
-        }
-        let order = standings(&keys);
-        let mut results: Vec<ResultRow> = order.iter().map(|&i| rows[i].clone()).collect();
-        let (win_laps, win_time) = results
-            .first()
-            .map_or((0, None), |r| (r.laps, r.total_time_s));
-        for (k, row) in results.iter_mut().enumerate() {
-            row.position = k + 1;
-            row.gap = match (k, row.total_time_s, win_time) {
-                (0, Some(_), _) => Gap::Leader,
-                (_, Some(t), Some(w)) if row.laps == win_laps => Gap::Seconds(t - w),
-                (_, Some(_), _) => Gap::Laps(win_laps - row.laps),
-                _ => Gap::Dnf,
-            };
-        }
+                car_name: &self.car_name,
+            })
+            .collect();
+        let results = classify(self.sim.world(), &entries);
         let ticks = self.sim.tick();
         RaceReport {
             session: self.session_id,

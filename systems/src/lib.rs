@@ -283,7 +283,7 @@ pub mod prelude {
     pub use crate::race::{
         COUNTDOWN_TICKS, CarFinished, Classification, DriverKind, Finish, FinishReason,
         RaceFinished, RaceRules, RaceStarted, RaceState, SessionConfig, SessionId, StartRace,
-        spawn_car, spawn_session, standings,
+        end_race, hand_to_ai, spawn_car, spawn_session, standings,
     };
     pub use crate::record::{
         LapAssembler, LapClosed, LapColumns, LapRecorder, RecordChunk, RecordedLap,

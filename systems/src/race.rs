@@ -504,6 +504,65 @@ pub fn spawn_car(
     Ok(car)
 }
 
+/// Ends a session's race from outside the rules (a fault, a server shutting down): the
+/// session is finished with `reason` at the current tick, its cars stop being active, and
+/// [`RaceFinished`] is written so the record systems close the open laps (as partial) on the
+/// next tick. Returns `false`, doing nothing, when the session does not exist or is already
+/// finished.
+pub fn end_race(world: &mut World, session: Entity, reason: FinishReason) -> bool {
+    let tick = world.get_resource::<SimTick>().map_or(0, |t| t.0);
+    let Some(state) = world.get::<RaceState>(session).cloned() else {
+        return false;
+    };
+    let start_tick = match state {
+        RaceState::Finished { .. } => return false,
+        RaceState::Racing { start_tick } => Some(start_tick),
+        RaceState::Lobby | RaceState::Countdown { .. } => None,
+    };
+    let cars: Vec<Entity> = world
+        .get::<SessionCars>(session)
+        .map(|c| c.cars().to_vec())
+        .unwrap_or_default();
+    for car in cars {
+        world.entity_mut(car).remove::<Active>();
+    }
+    if let Some(mut state) = world.get_mut::<RaceState>(session) {
+        *state = RaceState::Finished {
+            start_tick,
+            end_tick: tick,
+            reason: reason.clone(),
+        };
+    }
+    world.write_message(RaceFinished {
+        session,
+        reason,
+        tick,
+    });
+    true
+}
+
+/// Hands a car to the built-in AI at `pace` (a human who left or lost the connection: the car
+/// races on instead of standing on the track).
+///
+/// # Errors
+/// [`SpawnError::NoSession`] when the entity is not a car; [`SpawnError::NoTrack`] when its
+/// track is not loaded.
+pub fn hand_to_ai(world: &mut World, car: Entity, pace: f32) -> Result<(), SpawnError> {
+    let entity = world
+        .get_entity(car)
+        .map_err(|_| SpawnError::NoSession(car))?;
+    let (Some(&track_id), Some(&spec)) = (entity.get::<TrackId>(), entity.get::<CarSpec>()) else {
+        return Err(SpawnError::NoSession(car));
+    };
+    world.init_resource::<SpeedProfiles>();
+    let profile = world.resource_scope(|world, mut profiles: Mut<SpeedProfiles>| {
+        profiles.get_or_build(world.resource::<Tracks>(), track_id, &spec)
+    });
+    let profile = profile.ok_or(SpawnError::NoTrack(track_id))?;
+    world.entity_mut(car).insert(AiDriver::new(profile, pace));
+    Ok(())
+}
+
 /// Order of the final classification: finishers by position, then the others by laps
 /// completed and race distance (both descending). Input: `(finish position, laps completed,
 /// race distance)` per car; output: indices into the input, winner first.

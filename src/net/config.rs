@@ -1,0 +1,325 @@
+//! `server.toml` (seed 003 section 5, adapted to one QUIC port): every key has a default, so
+//! the server runs with no file at all. `APEXSIM_<SECTION>_<KEY>` environment variables
+//! override the file (`APEXSIM_SERVER_MAX_SESSIONS=16`, `APEXSIM_NETWORK_BIND=0.0.0.0:9100`,
+//! `APEXSIM_AUTH_TOKENS='["a", "b"]'`); the command line overrides both.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use thiserror::Error;
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// `[server]`
+    pub server: ServerSection,
+    /// `[network]`
+    pub network: NetworkSection,
+    /// `[logging]`
+    pub logging: LoggingSection,
+    /// `[auth]`
+    pub auth: AuthSection,
+}
+
+/// `[server]`: sessions and limits.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSection {
+    /// Simulation rate; only 240 is supported (the physics is tuned for it).
+    pub tick_rate_hz: u32,
+    /// Sessions that may exist at once (lobby, racing or finished but not yet cleaned up).
+    pub max_sessions: usize,
+    /// Connections that may be open at once.
+    pub max_connections: usize,
+    /// Seconds a finished session stays listed before it is removed.
+    pub session_timeout_seconds: u64,
+    /// Accept [`crate::net::protocol::ClientMessage::InjectFault`] (chaos drills and tests).
+    pub fault_injection: bool,
+    /// How long a shutdown waits for racing sessions to finish their current lap, in seconds.
+    pub drain_seconds: f64,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        Self {
+            tick_rate_hz: 240,
+            max_sessions: 8,
+            max_connections: 128,
+            session_timeout_seconds: 300,
+            fault_injection: false,
+            drain_seconds: 8.0,
+        }
+    }
+}
+
+/// `[network]`: the QUIC port, the HTTP port and the certificate.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetworkSection {
+    /// QUIC (UDP) address.
+    pub bind: SocketAddr,
+    /// HTTP address for `/health`, `/ready` and `/metrics`.
+    pub http_bind: SocketAddr,
+    /// PEM certificate; with `tls_key_path`, replaces the self-signed one in `<data>/certs/`.
+    pub tls_cert_path: Option<PathBuf>,
+    /// PEM private key.
+    pub tls_key_path: Option<PathBuf>,
+    /// How often clients should send a heartbeat, in ms (told to operators; clients send 1 s).
+    pub heartbeat_interval_ms: u64,
+    /// Silence after which a connection is closed, in ms.
+    pub heartbeat_timeout_ms: u64,
+    /// Control messages accepted per second per connection.
+    pub control_rate_per_s: u32,
+    /// Datagrams accepted per second per connection.
+    pub datagram_rate_per_s: u32,
+    /// Malformed, oversized or rate-limited packets within 60 s that close a connection.
+    pub violations_per_minute: u32,
+}
+
+impl Default for NetworkSection {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([0, 0, 0, 0], 9000)),
+            http_bind: SocketAddr::from(([0, 0, 0, 0], 9002)),
+            tls_cert_path: None,
+            tls_key_path: None,
+            heartbeat_interval_ms: 1000,
+            heartbeat_timeout_ms: 5000,
+            control_rate_per_s: 10,
+            datagram_rate_per_s: 300,
+            violations_per_minute: 10,
+        }
+    }
+}
+
+/// `[logging]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoggingSection {
+    /// `trace`, `debug`, `info`, `warn` or `error` (or a full `RUST_LOG` filter).
+    pub level: String,
+    /// Human-readable logs on standard error.
+    pub console_enabled: bool,
+    /// JSON-lines files, rotated daily.
+    pub file_enabled: bool,
+    /// Directory of the log files; relative to the data directory unless absolute.
+    pub dir: PathBuf,
+    /// Daily files kept.
+    pub file_retention_days: usize,
+}
+
+impl Default for LoggingSection {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            console_enabled: true,
+            file_enabled: true,
+            dir: PathBuf::from("logs"),
+            file_retention_days: 7,
+        }
+    }
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSection {
+    /// Refuse clients whose token is not in `tokens`.
+    pub require_token: bool,
+    /// Accepted tokens.
+    pub tokens: Vec<String>,
+}
+
+/// Why the configuration is not usable.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// The file or an override is not valid.
+    #[error("{origin}: {message}")]
+    Invalid {
+        /// The file, or `environment`.
+        origin: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+const SECTIONS: [&str; 4] = ["server", "network", "logging", "auth"];
+
+impl ServerConfig {
+    /// Loads `path` (defaults when `None`, or when `path` is `server.toml` and does not exist)
+    /// and applies the `APEXSIM_` variables of `env`.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file or variable and the key that is wrong.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let (mut table, origin) = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_owned(),
+                    source,
+                })?;
+                let table: toml::Table =
+                    toml::from_str(&text).map_err(|e| ConfigError::Invalid {
+                        origin: p.display().to_string(),
+                        message: e.to_string(),
+                    })?;
+                (table, p.display().to_string())
+            }
+            None => (toml::Table::new(), "defaults".to_owned()),
+        };
+        let mut overridden = Vec::new();
+        for (name, raw) in env {
+            let Some(rest) = name.strip_prefix("APEXSIM_") else {
+                continue;
+            };
+            let rest = rest.to_ascii_lowercase();
+            let Some((section, key)) = SECTIONS.iter().find_map(|s| {
+                rest.strip_prefix(s)
+                    .and_then(|k| k.strip_prefix('_'))
+                    .map(|k| (*s, k.to_owned()))
+            }) else {
+                continue;
+            };
+            // A TOML value when it parses as one (numbers, booleans, arrays), else a string.
+            let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or_else(|| toml::Value::String(raw.clone()));
+            let entry = table
+                .entry(section)
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if let toml::Value::Table(t) = entry {
+                t.insert(key, value);
+            }
+            overridden.push(name);
+        }
+        let origin = if overridden.is_empty() {
+            origin
+        } else {
+            format!("{origin} with {}", overridden.join(", "))
+        };
+        let config: Self = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid {
+                origin: origin.clone(),
+                message: e.to_string(),
+            })?;
+        config
+            .validate()
+            .map_err(|message| ConfigError::Invalid { origin, message })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.server.tick_rate_hz != apexsim_systems::TICK_HZ {
+            return Err(format!(
+                "server.tick_rate_hz = {}: only {} is supported",
+                self.server.tick_rate_hz,
+                apexsim_systems::TICK_HZ
+            ));
+        }
+        if self.server.max_sessions == 0 || self.server.max_connections == 0 {
+            return Err("server.max_sessions and server.max_connections must be at least 1".into());
+        }
+        if self.network.heartbeat_timeout_ms < self.network.heartbeat_interval_ms {
+            return Err("network.heartbeat_timeout_ms is shorter than the interval".into());
+        }
+        if !(self.server.drain_seconds.is_finite()
+            && (0.0..=60.0).contains(&self.server.drain_seconds))
+        {
+            return Err("server.drain_seconds must be within 0..=60".into());
+        }
+        if self.auth.require_token && self.auth.tokens.iter().all(String::is_empty) {
+            return Err("auth.require_token is set but auth.tokens is empty".into());
+        }
+        Ok(())
+    }
+
+    /// Whether `token` is accepted: always when tokens are not required; otherwise it must
+    /// equal a configured token, compared in constant time.
+    pub fn token_accepted(&self, token: &str) -> bool {
+        if !self.auth.require_token {
+            return true;
+        }
+        use subtle::ConstantTimeEq as _;
+        // Every configured token is compared, so the time does not say which one matched.
+        self.auth
+            .tokens
+            .iter()
+            .filter(|t| !t.is_empty())
+            .fold(0u8, |acc, t| {
+                acc | t.as_bytes().ct_eq(token.as_bytes()).unwrap_u8()
+            })
+            == 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn no_file_gives_the_seed_defaults() {
+        let c = ServerConfig::load(None, env(&[])).expect("defaults");
+        assert_eq!(c.server.max_sessions, 8);
+        assert_eq!(c.network.bind.port(), 9000);
+        assert_eq!(c.network.http_bind.port(), 9002);
+        assert_eq!(c.network.heartbeat_timeout_ms, 5000);
+        assert!(!c.auth.require_token);
+    }
+
+    #[test]
+    fn the_environment_overrides_the_file_and_bad_keys_are_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("server.toml");
+        std::fs::write(
+            &path,
+            "[server]\nmax_sessions = 4\n[auth]\nrequire_token = true\ntokens = [\"x\"]\n",
+        )
+        .expect("write");
+        let c = ServerConfig::load(
+            Some(&path),
+            env(&[
+                ("APEXSIM_SERVER_MAX_SESSIONS", "16"),
+                ("APEXSIM_NETWORK_BIND", "127.0.0.1:9100"),
+                ("APEXSIM_AUTH_TOKENS", "[\"a\", \"b\"]"),
+                ("HOME", "/root"),
+            ]),
+        )
+        .expect("loads");
+        assert_eq!(c.server.max_sessions, 16);
+        assert_eq!(c.network.bind, "127.0.0.1:9100".parse().expect("addr"));
+        assert!(c.token_accepted("b") && !c.token_accepted("x") && !c.token_accepted(""));
+
+        std::fs::write(&path, "[server]\nmax_sesions = 4\n").expect("write");
+        let err = ServerConfig::load(Some(&path), env(&[])).expect_err("typo");
+        assert!(err.to_string().contains("max_sesions"), "{err}");
+        let err = ServerConfig::load(None, env(&[("APEXSIM_SERVER_TICK_RATE_HZ", "60")]))
+            .expect_err("60 Hz");
+        assert!(
+            err.to_string().contains("APEXSIM_SERVER_TICK_RATE_HZ"),
+            "{err}"
+        );
+    }
+}

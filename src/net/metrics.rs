@@ -1,0 +1,250 @@
+//! The server's Prometheus metrics (seed 003 section 12, plus dropped and malformed packets),
+//! rendered in the text format on `/metrics`.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+/// Every metric the server exports.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Authenticated connections.
+    pub connected_players: IntGauge,
+    /// Sessions counting down or racing.
+    pub active_sessions: IntGauge,
+    /// Sessions that exist (any state).
+    pub sessions: IntGauge,
+    /// Cars in the world.
+    pub cars: IntGauge,
+    /// Time of one simulation tick (the world's update, lobby work and snapshots), in µs.
+    pub tick_duration_us: Histogram,
+    /// Ticks that started later than one tick period after their deadline.
+    pub ticks_late: IntCounter,
+    /// Telemetry datagrams sent.
+    pub telemetry_packets_sent: IntCounter,
+    /// Input datagrams accepted.
+    pub input_packets_received: IntCounter,
+    /// Packets dropped, by reason.
+    pub packets_dropped: IntCounterVec,
+    /// Malformed or oversized frames and datagrams.
+    pub malformed_packets: IntCounter,
+    /// Connections closed for protocol violations.
+    pub violation_disconnects: IntCounter,
+    /// Connections refused (limit, shutdown) or failed authentication.
+    pub refused_connections: IntCounterVec,
+    /// Archive work per flush (write-ahead append, lap assembly, hand-off to the writer), ms.
+    pub archive_write_duration_ms: Histogram,
+    /// Sessions ended by a fault.
+    pub session_faults: IntCounter,
+    /// Process CPU time (user + system) in seconds, read from `/proc/self/stat`.
+    pub process_cpu_seconds: prometheus::Gauge,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).unwrap_or_else(|_| unreachable_metric(name));
+    let _ = registry.register(Box::new(c.clone()));
+    c
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).unwrap_or_else(|_| unreachable_metric(name));
+    let _ = registry.register(Box::new(g.clone()));
+    g
+}
+
+fn histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+        .unwrap_or_else(|_| unreachable_metric(name));
+    let _ = registry.register(Box::new(h.clone()));
+    h
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, label: &str) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), &[label])
+        .unwrap_or_else(|_| unreachable_metric(name));
+    let _ = registry.register(Box::new(c.clone()));
+    c
+}
+
+// Metric names and help texts are constants checked by the tests; a bad one is a bug.
+#[allow(clippy::panic)]
+fn unreachable_metric(name: &str) -> ! {
+    panic!("invalid metric definition {name}")
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric in a fresh registry.
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let us = vec![
+            25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0, 4167.0, 8333.0, 16667.0,
+        ];
+        let ms = vec![
+            0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0,
+        ];
+        Self {
+            connected_players: gauge(&r, "apexsim_connected_players", "Authenticated connections"),
+            active_sessions: gauge(
+                &r,
+                "apexsim_active_sessions",
+                "Sessions counting down or racing",
+            ),
+            sessions: gauge(&r, "apexsim_sessions", "Sessions in any state"),
+            cars: gauge(&r, "apexsim_cars", "Cars in the world"),
+            tick_duration_us: histogram(
+                &r,
+                "apexsim_tick_duration_us",
+                "Time of one simulation tick in microseconds",
+                us,
+            ),
+            ticks_late: counter(
+                &r,
+                "apexsim_ticks_late_total",
+                "Ticks that started more than one period after their deadline",
+            ),
+            telemetry_packets_sent: counter(
+                &r,
+                "apexsim_telemetry_packets_sent",
+                "Telemetry datagrams sent",
+            ),
+            input_packets_received: counter(
+                &r,
+                "apexsim_input_packets_received",
+                "Input datagrams accepted",
+            ),
+            packets_dropped: counter_vec(
+                &r,
+                "apexsim_packets_dropped_total",
+                "Packets dropped, by reason",
+                "reason",
+            ),
+            malformed_packets: counter(
+                &r,
+                "apexsim_malformed_packets_total",
+                "Malformed or oversized frames and datagrams",
+            ),
+            violation_disconnects: counter(
+                &r,
+                "apexsim_violation_disconnects_total",
+                "Connections closed for protocol violations",
+            ),
+            refused_connections: counter_vec(
+                &r,
+                "apexsim_refused_connections_total",
+                "Connections refused or failing authentication, by reason",
+                "reason",
+            ),
+            archive_write_duration_ms: histogram(
+                &r,
+                "apexsim_archive_write_duration_ms",
+                "Archive work per 250 ms flush in milliseconds",
+                ms,
+            ),
+            session_faults: counter(
+                &r,
+                "apexsim_session_faults_total",
+                "Sessions ended by a fault",
+            ),
+            process_cpu_seconds: {
+                let g = prometheus::Gauge::new(
+                    "apexsim_process_cpu_seconds_total",
+                    "Process CPU time (user + system) in seconds",
+                )
+                .unwrap_or_else(|_| unreachable_metric("apexsim_process_cpu_seconds_total"));
+                let _ = r.register(Box::new(g.clone()));
+                g
+            },
+            registry: r,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        if let Some(cpu) = process_cpu_seconds() {
+            self.process_cpu_seconds.set(cpu);
+        }
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// Counts a dropped packet.
+    pub fn dropped(&self, reason: &str) {
+        self.packets_dropped.with_label_values(&[reason]).inc();
+    }
+}
+
+/// CPU time of this process (user + system) in seconds, from `/proc/self/stat` (Linux; the
+/// kernel reports it in USER_HZ = 100 ticks per second). `None` elsewhere.
+pub fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name may hold spaces; fields are counted after its closing parenthesis.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name.
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+/// Reads one metric's value from a Prometheus text exposition (first sample whose name and
+/// labels start with `series`).
+pub fn scrape_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| {
+            l.strip_prefix(series)
+                .is_some_and(|r| r.starts_with(' ') || r.starts_with('{'))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_seed_metric_is_exported_and_moves() {
+        let m = Metrics::new();
+        m.telemetry_packets_sent.inc_by(3);
+        m.dropped("rate_limit");
+        m.tick_duration_us.observe(12.0);
+        let text = m.render();
+        for name in [
+            "apexsim_connected_players",
+            "apexsim_active_sessions",
+            "apexsim_tick_duration_us_bucket",
+            "apexsim_telemetry_packets_sent",
+            "apexsim_input_packets_received",
+            "apexsim_archive_write_duration_ms_bucket",
+            "apexsim_malformed_packets_total",
+        ] {
+            assert!(text.contains(name), "{name} missing from\n{text}");
+        }
+        assert_eq!(
+            scrape_value(&text, "apexsim_telemetry_packets_sent"),
+            Some(3.0)
+        );
+        assert_eq!(
+            scrape_value(
+                &text,
+                "apexsim_packets_dropped_total{reason=\"rate_limit\"}"
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            scrape_value(&text, "apexsim_tick_duration_us_count"),
+            Some(1.0)
+        );
+        assert!(process_cpu_seconds().is_some_and(|s| s >= 0.0), "Linux reports CPU time");
+    }
+}

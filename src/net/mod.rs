@@ -1,0 +1,12 @@
+//! The race server and its clients over QUIC: the wire protocol, TLS, configuration, the
+//! simulation thread that runs every session in one world, the connection tasks, health and
+//! metrics over HTTP, and the client bots of `apexsim drive`.
+
+pub mod client;
+pub mod config;
+pub mod drive;
+pub mod metrics;
+pub mod protocol;
+pub mod server;
+pub mod sim;
+pub mod tls;
