@@ -1,6 +1,7 @@
-//! Decoders of outside bytes never panic and never allocate without bound: the IBT reader and
-//! the write-ahead file reader, on arbitrary bytes and on mutated real files (bytes flipped,
-//! words overwritten with extreme values, files cut short). Every allocation of each decode is
+//! Decoders of outside bytes never panic and never allocate without bound: the IBT reader, the
+//! write-ahead file reader and the network protocol's frame and datagram decoders, on arbitrary
+//! bytes and on mutated real input (bytes flipped, words overwritten with extreme values,
+//! input cut short). Every protocol message round-trips through its encoding. Every allocation of each decode is
 //! counted by an instrumented global allocator and held to a bound proportional to the input.
 
 use std::alloc::System;
@@ -8,9 +9,14 @@ use std::sync::Mutex;
 
 use apexsim::archive::wal::{Wal, WalSession, WalSync, read_wal};
 use apexsim::ingest::{ibt, read_frames};
+use apexsim::net::protocol::{
+    self, CarTelemetry, ClientMessage, FaultKind, GridEntry, PlayerInput, ServerMessage,
+    SessionState, Standing, Telemetry,
+};
 use apexsim::systems::record::{LapClosed, LapSample, RecordChunk};
 use proptest::prelude::*;
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
+use uuid::Uuid;
 
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
@@ -218,5 +224,202 @@ proptest! {
         let bytes = apply(real_wal(), &mutations);
         let (_, used) = decode_wal(&bytes);
         prop_assert!(used <= wal_bound(bytes.len()), "{used} bytes for {}", bytes.len());
+    }
+}
+
+fn uuid() -> impl Strategy<Value = Uuid> {
+    any::<u128>().prop_map(Uuid::from_u128)
+}
+
+fn client_message() -> impl Strategy<Value = ClientMessage> {
+    prop_oneof![
+        (any::<u32>(), ".{0,40}", ".{0,40}").prop_map(|(protocol_version, token, player_name)| {
+            ClientMessage::Authenticate {
+                protocol_version,
+                token,
+                player_name,
+            }
+        }),
+        any::<u32>().prop_map(|client_tick| ClientMessage::Heartbeat { client_tick }),
+        uuid().prop_map(|car_config_id| ClientMessage::SelectCar { car_config_id }),
+        (uuid(), any::<u8>(), any::<u8>(), any::<u8>()).prop_map(|(t, m, a, l)| {
+            ClientMessage::CreateSession {
+                track_config_id: t,
+                max_players: m,
+                ai_count: a,
+                lap_limit: l,
+            }
+        }),
+        uuid().prop_map(|session_id| ClientMessage::JoinSession { session_id }),
+        Just(ClientMessage::LeaveSession),
+        Just(ClientMessage::StartSession),
+        Just(ClientMessage::Disconnect),
+        prop_oneof![Just(FaultKind::Panic), Just(FaultKind::NonFinite)]
+            .prop_map(|kind| ClientMessage::InjectFault { kind }),
+    ]
+}
+
+fn server_message() -> impl Strategy<Value = ServerMessage> {
+    let standing = (
+        any::<u8>(),
+        any::<u8>(),
+        ".{0,20}",
+        any::<u16>(),
+        any::<Option<u32>>(),
+    )
+        .prop_map(|(position, car_index, name, laps, t)| Standing {
+            position,
+            car_index,
+            name,
+            laps,
+            total_time_s: t.map(|t| f64::from(t) / 1000.0),
+            best_lap_s: None,
+        });
+    prop_oneof![
+        (uuid(), any::<u32>()).prop_map(|(player_id, v)| ServerMessage::AuthSuccess {
+            player_id,
+            server_version: v,
+            protocol_version: protocol::PROTOCOL_VERSION,
+        }),
+        ".{0,60}".prop_map(|reason| ServerMessage::AuthFailure { reason }),
+        any::<u32>().prop_map(|server_tick| ServerMessage::HeartbeatAck { server_tick }),
+        (any::<u16>(), ".{0,60}")
+            .prop_map(|(code, message)| ServerMessage::Error { code, message }),
+        (
+            uuid(),
+            proptest::option::of(".{0,30}"),
+            proptest::collection::vec(standing, 0..16)
+        )
+            .prop_map(
+                |(session_id, fault, standings)| ServerMessage::SessionResults {
+                    session_id,
+                    fault,
+                    standings,
+                }
+            ),
+        proptest::collection::vec(
+            (any::<u8>(), ".{0,20}", proptest::option::of(uuid())),
+            0..16
+        )
+        .prop_map(|g| ServerMessage::SessionStarting {
+            countdown_seconds: 5,
+            grid: g
+                .into_iter()
+                .map(|(car_index, name, player_id)| GridEntry {
+                    car_index,
+                    name,
+                    player_id
+                })
+                .collect(),
+        }),
+        Just(ServerMessage::SessionLeft),
+        uuid().prop_map(|player_id| ServerMessage::PlayerDisconnected { player_id }),
+    ]
+}
+
+fn car_telemetry() -> impl Strategy<Value = CarTelemetry> {
+    (
+        any::<u8>(),
+        any::<(i32, i32, u16, u16)>(),
+        any::<(u8, u8, i8, u16)>(),
+        any::<(u32, u8, u8)>(),
+    )
+        .prop_map(
+            |(
+                index,
+                (x_cm, y_cm, yaw, speed_cmps),
+                (throttle, brake, steering, lap),
+                (progress_cm, finish_position, flags),
+            )| {
+                CarTelemetry {
+                    index,
+                    x_cm,
+                    y_cm,
+                    yaw,
+                    speed_cmps,
+                    throttle,
+                    brake,
+                    steering,
+                    lap,
+                    progress_cm,
+                    finish_position,
+                    flags,
+                }
+            },
+        )
+}
+
+/// Bound on what the protocol decoders may allocate for `len` bytes, whatever lengths the bytes
+/// claim: bincode refuses strings past its limit (`MAX_FRAME_BYTES`) and serde preallocates at
+/// most 1 MiB for a sequence, so a few MiB at worst; never gigabytes.
+fn frame_bound(len: usize) -> usize {
+    4 * len + (4 << 20)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn every_control_message_round_trips(c in client_message(), s in server_message()) {
+        let frame = protocol::encode_frame(&c).expect("encodes");
+        prop_assert_eq!(protocol::decode_payload::<ClientMessage>(&frame[4..]).expect("decodes"), c);
+        let frame = protocol::encode_frame(&s).expect("encodes");
+        prop_assert_eq!(protocol::decode_payload::<ServerMessage>(&frame[4..]).expect("decodes"), s);
+    }
+
+    #[test]
+    fn every_datagram_round_trips(
+        cars in proptest::collection::vec(car_telemetry(), 0..16),
+        tick in any::<u32>(),
+        ack in any::<u32>(),
+        countdown in any::<Option<u16>>(),
+        input in any::<(u32, u32, f32, f32, f32)>(),
+    ) {
+        let t = Telemetry {
+            server_tick: tick,
+            input_ack: ack,
+            session_state: SessionState::Racing,
+            countdown_ms: countdown,
+            cars,
+        };
+        let bytes = protocol::encode_telemetry(&t).expect("16 cars fit");
+        prop_assert!(bytes.len() <= protocol::telemetry_datagram_len(16));
+        prop_assert_eq!(protocol::decode_telemetry(&bytes).expect("decodes"), t);
+        let i = PlayerInput { seq: input.0, server_tick_ack: input.1, throttle: input.2, brake: input.3, steering: input.4 };
+        let back = protocol::decode_input(&protocol::encode_input(&i).expect("encodes")).expect("decodes");
+        // Bit-exact, NaN included.
+        prop_assert_eq!(
+            (back.seq, back.server_tick_ack, back.throttle.to_bits(), back.brake.to_bits(), back.steering.to_bits()),
+            (i.seq, i.server_tick_ack, i.throttle.to_bits(), i.brake.to_bits(), i.steering.to_bits())
+        );
+    }
+
+    #[test]
+    fn the_protocol_decoders_survive_arbitrary_bytes(
+        bytes in proptest::collection::vec(any::<u8>(), 0..2048),
+    ) {
+        let (_, used) = allocated(|| {
+            let _ = protocol::decode_payload::<ClientMessage>(&bytes);
+            let _ = protocol::decode_payload::<ServerMessage>(&bytes);
+            let _ = protocol::decode_input(&bytes);
+            let _ = protocol::decode_telemetry(&bytes);
+        });
+        prop_assert!(used <= frame_bound(bytes.len()), "{used} bytes for {}", bytes.len());
+    }
+
+    #[test]
+    fn the_protocol_decoders_survive_mutated_real_messages(
+        c in client_message(),
+        s in server_message(),
+        mutations in proptest::collection::vec(mutation(64), 1..6),
+    ) {
+        for frame in [protocol::encode_frame(&c).expect("encodes"), protocol::encode_frame(&s).expect("encodes")] {
+            let bytes = apply(frame[4..].to_vec(), &mutations);
+            let (_, used) = allocated(|| {
+                let _ = protocol::decode_payload::<ClientMessage>(&bytes);
+                let _ = protocol::decode_payload::<ServerMessage>(&bytes);
+            });
+            prop_assert!(used <= frame_bound(bytes.len()), "{used} bytes for {}", bytes.len());
+        }
     }
 }

@@ -245,6 +245,9 @@ mod tests {
             scrape_value(&text, "apexsim_tick_duration_us_count"),
             Some(1.0)
         );
-        assert!(process_cpu_seconds().is_some_and(|s| s >= 0.0), "Linux reports CPU time");
+        assert!(
+            process_cpu_seconds().is_some_and(|s| s >= 0.0),
+            "Linux reports CPU time"
+        );
     }
 }

@@ -155,6 +155,7 @@ pub fn send_telemetry(
     links: Res<NetLinks>,
     metrics: Res<NetMetrics>,
     mut faults: ResMut<SessionFaults>,
+    mut corrupt: bevy_ecs::message::MessageReader<apexsim_systems::physics::NonFiniteState>,
     states: Query<&RaceState>,
     drivers: Query<(&InSession, &NetDriver)>,
     cars: Query<(
@@ -179,7 +180,7 @@ pub fn send_telemetry(
             .1
             .push((driver.conn, driver.input_seq));
     }
-    let mut bad: Vec<Entity> = Vec::new();
+    let mut bad: Vec<Entity> = corrupt.read().map(|c| c.session).collect();
     for (session, index, track, pose, motion, controls, timing, progress, finish, collision) in
         &cars
     {

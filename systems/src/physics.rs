@@ -10,7 +10,7 @@
 use bevy_app::prelude::*;
 use bevy_ecs::prelude::*;
 
-use crate::car::{Active, CarSpec, Controls, GRAVITY_MPS2, Motion, Pose, Simulated};
+use crate::car::{Active, CarSpec, Controls, GRAVITY_MPS2, InSession, Motion, Pose, Simulated};
 use crate::{SimSystems, TICK_DT_S};
 
 /// Rolling resistance in newtons (seed 003), opposing motion.
@@ -109,13 +109,39 @@ pub fn wrap_angle(a: f32) -> f32 {
     }
 }
 
+/// A car's state was not finite when physics came to it (a fault: the car was stopped where
+/// its pose was still a number, so nothing else sees the bad values). Whoever runs the session
+/// decides what a fault means; the server ends the session.
+#[derive(Message, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NonFiniteState {
+    /// The car's session.
+    pub session: Entity,
+    /// The car.
+    pub car: Entity,
+}
+
 /// Integrates every active simulated car by one tick.
 pub fn integrate_cars(
-    mut cars: Query<(&CarSpec, &mut Pose, &mut Motion, &Controls), (With<Simulated>, With<Active>)>,
+    mut cars: Query<
+        (
+            Entity,
+            &InSession,
+            &CarSpec,
+            &mut Pose,
+            &mut Motion,
+            &Controls,
+        ),
+        (With<Simulated>, With<Active>),
+    >,
+    mut faults: MessageWriter<NonFiniteState>,
 ) {
-    for (spec, mut pose, mut motion, controls) in &mut cars {
+    for (car, session, spec, mut pose, mut motion, controls) in &mut cars {
         if step_car(spec, &mut pose, &mut motion, controls, TICK_DT_S) == StepOutcome::Recovered {
-            tracing::debug!("physics recovered a car from a non-finite state");
+            tracing::warn!(?car, "physics stopped a car whose state was not finite");
+            faults.write(NonFiniteState {
+                session: session.0,
+                car,
+            });
         }
     }
 }
@@ -132,14 +158,15 @@ pub struct PhysicsPlugin;
 
 impl Plugin for PhysicsPlugin {
     fn build(&self, app: &mut App) {
-        app.configure_sets(
-            FixedUpdate,
-            PhysicsSystems::Integrate.in_set(SimSystems::Physics),
-        )
-        .add_systems(
-            FixedUpdate,
-            integrate_cars.in_set(PhysicsSystems::Integrate),
-        );
+        app.add_message::<NonFiniteState>()
+            .configure_sets(
+                FixedUpdate,
+                PhysicsSystems::Integrate.in_set(SimSystems::Physics),
+            )
+            .add_systems(
+                FixedUpdate,
+                integrate_cars.in_set(PhysicsSystems::Integrate),
+            );
     }
 }
 

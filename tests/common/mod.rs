@@ -95,11 +95,17 @@ pub struct Child {
 impl Child {
     /// Starts `apexsim <args>` from the repository root with `RUST_LOG=apexsim=debug`.
     pub fn spawn(args: &[&str]) -> Self {
+        Self::spawn_env(args, &[])
+    }
+
+    /// [`spawn`](Self::spawn) with environment variables.
+    pub fn spawn_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         use std::io::{BufRead, BufReader, Read};
         let mut child = Command::new(env!("CARGO_BIN_EXE_apexsim"))
             .args(args)
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .env("RUST_LOG", "apexsim=debug")
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -187,6 +193,15 @@ impl Child {
         );
         self.kill();
         last_flush
+    }
+
+    /// Sends SIGTERM (a graceful stop).
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(status.success(), "kill -TERM failed");
     }
 
     /// Kills the process (SIGKILL on Unix) and reaps it.

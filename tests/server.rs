@@ -1,0 +1,696 @@
+//! `apexsim serve` over real QUIC on loopback, each test with its own server process, data
+//! directory and content: bots race and finish with correct results, archived and indexed; a
+//! wrong token is refused; a silent client times out; garbage disconnects its sender while the
+//! others race on; a faulted session ends alone; SIGTERM delivers the 503, archives and exits
+//! 0 within 10 s; the metrics move.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use apexsim::net::client::{self, Client, ClientError};
+use apexsim::net::protocol::{
+    self, ClientMessage, FaultKind, PlayerInput, ServerMessage, SessionState, code,
+};
+use apexsim::net::tls::{Trust, parse_fingerprint};
+use common::{Child, content_with_mini_oval, log_field};
+
+struct Server {
+    child: Child,
+    quic: SocketAddr,
+    http: SocketAddr,
+    cert: PathBuf,
+    fingerprint: String,
+    content: PathBuf,
+    data: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    fn start(env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let content = dir.path().join("content");
+        let data = dir.path().join("data");
+        content_with_mini_oval(&content);
+        let mut child = Child::spawn_env(
+            &[
+                "--content",
+                content.to_str().expect("utf-8"),
+                "--data",
+                data.to_str().expect("utf-8"),
+                "serve",
+                "--bind",
+                "127.0.0.1:0",
+                "--http-port",
+                "0",
+            ],
+            env,
+        );
+        let line = child
+            .wait_for(Duration::from_secs(30), |l| l.contains(" serving "))
+            .unwrap_or_else(|| panic!("the server did not start:\n{}", child.log.join("\n")));
+        let port = |key: &str| {
+            let addr: SocketAddr = log_field(&line, key).expect("address in the log");
+            SocketAddr::from(([127, 0, 0, 1], addr.port()))
+        };
+        Self {
+            quic: port("quic"),
+            http: port("http"),
+            fingerprint: log_field(&line, "fingerprint").expect("fingerprint"),
+            cert: data.join("certs/server.crt"),
+            content,
+            data,
+            child,
+            _dir: dir,
+        }
+    }
+
+    fn pinned(&self) -> quinn::Endpoint {
+        let fp = parse_fingerprint(&self.fingerprint).expect("fingerprint");
+        client::endpoint(&Trust::Fingerprint(fp)).expect("endpoint")
+    }
+
+    /// `apexsim drive` against this server, trusting the certificate file.
+    fn drive(&self, args: &[&str]) -> Child {
+        let server = self.quic.to_string();
+        let cert = self.cert.to_str().expect("utf-8").to_owned();
+        let mut all = vec![
+            "--content",
+            self.content.to_str().expect("utf-8"),
+            "drive",
+            "--server",
+            &server,
+            "--cert",
+            &cert,
+            "--format",
+            "json",
+        ];
+        all.extend_from_slice(args);
+        Child::spawn(&all)
+    }
+
+    fn metrics(&self) -> String {
+        http_get(self.http, "/metrics").1
+    }
+
+    fn stop(self) -> (i32, String, String, PathBuf, tempfile::TempDir) {
+        self.child.terminate();
+        let (code, out, log) = self.child.finish();
+        (code, out, log, self.data, self._dir)
+    }
+}
+
+fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect http");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read");
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+    (status, body)
+}
+
+fn metric(text: &str, series: &str) -> f64 {
+    apexsim::net::metrics::scrape_value(text, series).unwrap_or(0.0)
+}
+
+fn json(out: &str) -> serde_json::Value {
+    let line = out.lines().last().unwrap_or_else(|| panic!("no output"));
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+fn archive_ls(data: &Path, session: &str) -> serde_json::Value {
+    let (code, out, err) = common::apexsim(&[
+        "--data",
+        data.to_str().expect("utf-8"),
+        "archive",
+        "ls",
+        "--session",
+        session,
+        "--format",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    json(&out)
+}
+
+/// Next control message that is not a lobby update.
+async fn next(client: &mut Client) -> ServerMessage {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(20), client.recv())
+            .await
+            .expect("a message in time")
+            .expect("stream open")
+            .expect("well formed");
+        if !matches!(msg, ServerMessage::LobbyState { .. }) {
+            return msg;
+        }
+    }
+}
+
+/// Keeps a client's connection talking (inputs at 20 Hz) while a test waits.
+fn keep_alive(conn: quinn::Connection) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        for seq in 1.. {
+            let input = PlayerInput {
+                seq,
+                server_tick_ack: 0,
+                throttle: 0.5,
+                brake: 0.0,
+                steering: 0.0,
+            };
+            let bytes = protocol::encode_input(&input).expect("encodes");
+            if conn.send_datagram(bytes.into()).is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+}
+
+/// Creates a session on the mini oval with AI cars and starts it; returns its id.
+async fn create_and_start(client: &mut Client, ai: u8, laps: u8) -> uuid::Uuid {
+    let track = loop {
+        if let Some(Ok(ServerMessage::LobbyState { track_configs, .. })) = client.recv().await {
+            break track_configs
+                .into_iter()
+                .find(|t| t.slug == "mini_oval")
+                .expect("mini oval listed");
+        }
+    };
+    client
+        .send(&ClientMessage::CreateSession {
+            track_config_id: track.id,
+            max_players: 1 + ai,
+            ai_count: ai,
+            lap_limit: laps,
+        })
+        .await
+        .expect("send");
+    let ServerMessage::SessionJoined {
+        session_id, track, ..
+    } = next(client).await
+    else {
+        panic!("not joined");
+    };
+    assert!(
+        track.centerline.len() > 100,
+        "the track's geometry comes with the join"
+    );
+    client
+        .send(&ClientMessage::StartSession)
+        .await
+        .expect("send");
+    match next(client).await {
+        ServerMessage::SessionStarting {
+            countdown_seconds,
+            grid,
+        } => {
+            assert_eq!(countdown_seconds, 5);
+            assert_eq!(grid.len(), usize::from(1 + ai));
+            assert_eq!(
+                grid[0].player_id,
+                Some(client.player_id),
+                "the human is on pole"
+            );
+        }
+        other => panic!("expected the start, got {other:?}"),
+    }
+    session_id
+}
+
+#[test]
+fn bots_race_to_the_finish_and_the_session_is_archived() {
+    let server = Server::start(&[]);
+    assert_eq!(http_get(server.http, "/health").0, 200);
+    assert_eq!(http_get(server.http, "/ready").0, 200);
+    let before = server.metrics();
+    let (code, out, log) = server
+        .drive(&[
+            "--bots",
+            "2",
+            "--ai",
+            "2",
+            "--laps",
+            "1",
+            "--track",
+            "mini_oval",
+        ])
+        .finish();
+    assert_eq!(code, 0, "drive failed:\n{log}\n{out}");
+    let report = json(&out);
+    let results = report["results"].as_array().expect("results");
+    assert_eq!(
+        results.len(),
+        4,
+        "2 bots and 2 AI cars classified: {report}"
+    );
+    for r in results {
+        assert_eq!(r["laps"], 1, "{r}");
+        assert!(
+            r["total_time_s"]
+                .as_f64()
+                .is_some_and(|t| t > 10.0 && t < 60.0),
+            "{r}"
+        );
+    }
+    let positions: Vec<u64> = results
+        .iter()
+        .map(|r| r["position"].as_u64().expect("pos"))
+        .collect();
+    assert_eq!(positions, vec![1, 2, 3, 4]);
+    let times: Vec<f64> = results
+        .iter()
+        .map(|r| r["total_time_s"].as_f64().expect("t"))
+        .collect();
+    assert!(
+        times.windows(2).all(|w| w[0] <= w[1]),
+        "classified in finishing order: {times:?}"
+    );
+    let names: Vec<&str> = results
+        .iter()
+        .map(|r| r["name"].as_str().expect("name"))
+        .collect();
+    assert!(
+        names.contains(&"bot-01") && names.contains(&"bot-02"),
+        "{names:?}"
+    );
+    assert!(
+        report["telemetry_coverage_pct"].as_f64().expect("coverage") >= 98.0,
+        "{report}"
+    );
+    assert!(
+        report["latency_p50_ticks"].as_f64().expect("p50") <= 3.0,
+        "{report}"
+    );
+
+    let after = server.metrics();
+    // A race of about 25 s: 2 bots x 240 packets/s each way, 240 ticks/s, 4 flushes/s.
+    for (series, at_least) in [
+        ("apexsim_telemetry_packets_sent", 5000.0),
+        ("apexsim_input_packets_received", 5000.0),
+        ("apexsim_tick_duration_us_count", 3000.0),
+        ("apexsim_archive_write_duration_ms_count", 40.0),
+    ] {
+        let moved = metric(&after, series) - metric(&before, series);
+        assert!(moved >= at_least, "{series} moved by {moved}");
+    }
+    let session = report["session"].as_str().expect("session").to_owned();
+    let (code, out, log, data, _dir) = server.stop();
+    assert_eq!(code, 0, "{log}");
+    assert!(out.contains("sessions finished"), "{out}");
+    let listed = archive_ls(&data, &session);
+    let laps = listed["laps"].as_array().expect("laps");
+    let complete: Vec<_> = laps
+        .iter()
+        .filter(|l| l["lap"] == 1 && l["complete"] == true)
+        .collect();
+    assert_eq!(
+        complete.len(),
+        4,
+        "every car's lap 1 is archived complete: {listed}"
+    );
+    let s = &listed["sessions"][0];
+    assert_eq!(s["status"], "finished", "{listed}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_token_or_version_is_refused_and_a_right_token_accepted() {
+    let server = Server::start(&[
+        ("APEXSIM_AUTH_REQUIRE_TOKEN", "true"),
+        ("APEXSIM_AUTH_TOKENS", "[\"s3cret\"]"),
+    ]);
+    let endpoint = server.pinned();
+    match Client::connect(&endpoint, server.quic, "wrong", "eve").await {
+        Err(ClientError::Refused(reason)) => assert_eq!(reason, "invalid token"),
+        other => panic!("expected a refusal, got {:?}", other.map(|c| c.player_id)),
+    }
+    match Client::connect_as(&endpoint, server.quic, "s3cret", "old", 99).await {
+        Err(ClientError::Refused(reason)) => {
+            assert!(reason.contains("protocol version 99"), "{reason}")
+        }
+        other => panic!("expected a refusal, got {:?}", other.map(|c| c.player_id)),
+    }
+    let ok = Client::connect(&endpoint, server.quic, "s3cret", "alice")
+        .await
+        .expect("accepted");
+    assert!(!ok.player_id.is_nil());
+    // A client pinning another fingerprint does not connect at all.
+    let wrong = client::endpoint(&Trust::Fingerprint([7; 32])).expect("endpoint");
+    assert!(
+        Client::connect(&wrong, server.quic, "s3cret", "mallory")
+            .await
+            .is_err()
+    );
+    let text = server.metrics();
+    assert_eq!(
+        metric(&text, "apexsim_refused_connections_total{reason=\"token\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "apexsim_refused_connections_total{reason=\"version\"}"
+        ),
+        1.0
+    );
+    drop(ok);
+    let (code, _, log, _, _dir) = server.stop();
+    assert_eq!(code, 0, "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_client_times_out() {
+    let server = Server::start(&[
+        ("APEXSIM_NETWORK_HEARTBEAT_INTERVAL_MS", "500"),
+        ("APEXSIM_NETWORK_HEARTBEAT_TIMEOUT_MS", "1500"),
+    ]);
+    let endpoint = server.pinned();
+    let mut chatty = Client::connect(&endpoint, server.quic, "", "chatty")
+        .await
+        .expect("auth");
+    let mut silent = Client::connect(&endpoint, server.quic, "", "silent")
+        .await
+        .expect("auth");
+    let started = Instant::now();
+    let chat = async {
+        for _ in 0..8 {
+            chatty
+                .send(&ClientMessage::Heartbeat { client_tick: 0 })
+                .await
+                .expect("heartbeat");
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
+    };
+    let wait_silent = async {
+        while let Some(Ok(_)) = silent.recv().await {}
+        started.elapsed()
+    };
+    let ((), gone_after) = tokio::join!(chat, wait_silent);
+    assert!(
+        gone_after >= Duration::from_millis(1400) && gone_after < Duration::from_secs(3),
+        "{gone_after:?}"
+    );
+    let reason = silent.conn.closed().await.to_string();
+    assert!(reason.contains("heartbeat timeout"), "{reason}");
+    assert!(
+        chatty.conn.close_reason().is_none(),
+        "the talking client stays connected"
+    );
+    let (code, _, log, _, _dir) = server.stop();
+    assert_eq!(code, 0, "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_disconnects_its_sender_while_the_others_race_on() {
+    let server = Server::start(&[]);
+    let race = server.drive(&[
+        "--bots",
+        "2",
+        "--ai",
+        "1",
+        "--laps",
+        "1",
+        "--track",
+        "mini_oval",
+    ]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let endpoint = server.pinned();
+    let before = server.metrics();
+
+    // Malformed datagrams: dropped and counted, the 10th in a minute disconnects.
+    let flood = Client::connect(&endpoint, server.quic, "", "flood")
+        .await
+        .expect("auth");
+    for i in 0..40u8 {
+        let _ = flood.send_datagram(vec![1, i, 2, 3]);
+        let _ = flood.send_datagram(vec![9; 1100]);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let reason = tokio::time::timeout(Duration::from_secs(5), flood.conn.closed())
+        .await
+        .expect("closed")
+        .to_string();
+    assert!(reason.contains("protocol violation"), "{reason}");
+
+    // Non-finite inputs are rejected the same way.
+    let nan = Client::connect(&endpoint, server.quic, "", "nan")
+        .await
+        .expect("auth");
+    for seq in 0..20 {
+        let _ = nan.send_input(&PlayerInput {
+            seq,
+            server_tick_ack: 0,
+            throttle: f32::NAN,
+            brake: 0.0,
+            steering: f32::INFINITY,
+        });
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let reason = tokio::time::timeout(Duration::from_secs(5), nan.conn.closed())
+        .await
+        .expect("closed")
+        .to_string();
+    assert!(reason.contains("protocol violation"), "{reason}");
+
+    // Garbage frames on the control stream.
+    let mut garbage = Client::connect(&endpoint, server.quic, "", "garbage")
+        .await
+        .expect("auth");
+    for _ in 0..12 {
+        let _ = garbage.send_raw(&[3, 0, 0, 0, 0xFF, 0xFE, 0xFD]).await;
+    }
+    let reason = tokio::time::timeout(Duration::from_secs(5), garbage.conn.closed())
+        .await
+        .expect("closed")
+        .to_string();
+    assert!(reason.contains("protocol violation"), "{reason}");
+
+    // A frame claiming 4 GB: disconnected at once, nothing allocated.
+    let mut huge = Client::connect(&endpoint, server.quic, "", "huge")
+        .await
+        .expect("auth");
+    let _ = huge.send_raw(&[0xFF, 0xFF, 0xFF, 0xFF]).await;
+    let reason = tokio::time::timeout(Duration::from_secs(5), huge.conn.closed())
+        .await
+        .expect("closed")
+        .to_string();
+    assert!(reason.contains("protocol violation"), "{reason}");
+
+    // Control messages over 10/s are dropped and count as violations.
+    let mut spam = Client::connect(&endpoint, server.quic, "", "spam")
+        .await
+        .expect("auth");
+    for _ in 0..40 {
+        if spam
+            .send(&ClientMessage::Heartbeat { client_tick: 0 })
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let reason = tokio::time::timeout(Duration::from_secs(5), spam.conn.closed())
+        .await
+        .expect("closed")
+        .to_string();
+    assert!(reason.contains("protocol violation"), "{reason}");
+
+    let after = server.metrics();
+    assert!(
+        metric(&after, "apexsim_malformed_packets_total")
+            >= metric(&before, "apexsim_malformed_packets_total") + 30.0
+    );
+    assert_eq!(
+        metric(&after, "apexsim_violation_disconnects_total"),
+        5.0,
+        "{after}"
+    );
+    assert!(
+        metric(
+            &after,
+            "apexsim_packets_dropped_total{reason=\"control_rate_limit\"}"
+        ) >= 10.0
+    );
+
+    let (code, out, log) = tokio::task::spawn_blocking(move || race.finish())
+        .await
+        .expect("join");
+    assert_eq!(code, 0, "the bots' race went on:\n{log}\n{out}");
+    let report = json(&out);
+    assert_eq!(
+        report["results"].as_array().map(Vec::len),
+        Some(3),
+        "{report}"
+    );
+    assert!(
+        report["telemetry_coverage_pct"].as_f64().expect("coverage") >= 98.0,
+        "{report}"
+    );
+    let (code, _, log, _, _dir) = server.stop();
+    assert_eq!(code, 0, "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_faulted_session_ends_alone() {
+    let mut server = Server::start(&[("APEXSIM_SERVER_FAULT_INJECTION", "true")]);
+    let race = server.drive(&[
+        "--bots",
+        "2",
+        "--ai",
+        "1",
+        "--laps",
+        "1",
+        "--track",
+        "mini_oval",
+    ]);
+    let endpoint = server.pinned();
+    for kind in [FaultKind::Panic, FaultKind::NonFinite] {
+        let mut victim = Client::connect(&endpoint, server.quic, "", "victim")
+            .await
+            .expect("auth");
+        let _talk = keep_alive(victim.conn.clone());
+        let Ok(session) =
+            tokio::time::timeout(Duration::from_secs(15), create_and_start(&mut victim, 1, 3))
+                .await
+        else {
+            panic!(
+                "no answer in time; server log:\n{}",
+                server.child.poll_log().join("\n")
+            );
+        };
+        // Racing telemetry first, then the fault.
+        loop {
+            let t = victim.telemetry().await.expect("telemetry");
+            assert_eq!(t.cars.len(), 2);
+            if t.session_state == SessionState::Racing {
+                break;
+            }
+        }
+        victim
+            .send(&ClientMessage::InjectFault { kind })
+            .await
+            .expect("send");
+        let Ok(first) = tokio::time::timeout(Duration::from_secs(10), next(&mut victim)).await
+        else {
+            panic!(
+                "no answer in time; server log:\n{}",
+                server.child.poll_log().join("\n")
+            );
+        };
+        match first {
+            ServerMessage::Error { code: c, message } => {
+                assert_eq!(c, code::SESSION_FAULT);
+                assert!(message.contains("session fault"), "{message}");
+            }
+            other => panic!("expected the fault, got {other:?}"),
+        }
+        match next(&mut victim).await {
+            ServerMessage::SessionResults {
+                session_id,
+                fault,
+                standings,
+            } => {
+                assert_eq!(session_id, session);
+                let fault = fault.expect("a fault result");
+                let expected = if kind == FaultKind::Panic {
+                    "panic"
+                } else {
+                    "non-finite"
+                };
+                assert!(fault.contains(expected), "{fault}");
+                assert_eq!(standings.len(), 2);
+            }
+            other => panic!("expected results, got {other:?}"),
+        }
+    }
+    let text = server.metrics();
+    assert_eq!(metric(&text, "apexsim_session_faults_total"), 2.0);
+    let (code, out, log) = tokio::task::spawn_blocking(move || race.finish())
+        .await
+        .expect("join");
+    assert_eq!(code, 0, "the other session raced to its end:\n{log}\n{out}");
+    let report = json(&out);
+    assert!(report["fault"].is_null(), "{report}");
+    assert_eq!(report["results"].as_array().map(Vec::len), Some(3));
+    let (code, _, log, _, _dir) = server.stop();
+    assert_eq!(
+        code, 0,
+        "the process kept serving and stops cleanly:\n{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_delivers_503_archives_and_exits_within_10_s() {
+    let server = Server::start(&[]);
+    let endpoint = server.pinned();
+    let mut client = Client::connect(&endpoint, server.quic, "", "driver")
+        .await
+        .expect("auth");
+    let session = create_and_start(&mut client, 2, 5).await;
+    let _talk = keep_alive(client.conn.clone());
+    loop {
+        let t = client.telemetry().await.expect("telemetry");
+        if t.session_state == SessionState::Racing && t.server_tick % 240 == 0 {
+            break;
+        }
+        // Drive flat out so the car is on a lap, not parked.
+        let _ = client.send_input(&PlayerInput {
+            seq: t.server_tick,
+            server_tick_ack: t.server_tick,
+            throttle: 0.6,
+            brake: 0.0,
+            steering: 0.0,
+        });
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let http = server.http;
+    let signalled = Instant::now();
+    server.child.terminate();
+    match next(&mut client).await {
+        ServerMessage::Error { code: c, message } => {
+            assert_eq!(c, code::UNAVAILABLE);
+            assert_eq!(message, "server shutting down");
+        }
+        other => panic!("expected the 503, got {other:?}"),
+    }
+    let (status, _) = http_get(http, "/health");
+    assert_eq!(status, 503, "health says the server is going");
+    match next(&mut client).await {
+        ServerMessage::SessionResults {
+            session_id,
+            fault,
+            standings,
+        } => {
+            assert_eq!(session_id, session);
+            assert_eq!(fault, None, "an interrupted race is not a fault");
+            assert_eq!(standings.len(), 3);
+        }
+        other => panic!("expected results, got {other:?}"),
+    }
+    let (code, out, log) = tokio::task::spawn_blocking(move || server.child.finish())
+        .await
+        .expect("join");
+    let took = signalled.elapsed();
+    assert_eq!(code, 0, "{log}");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    assert!(out.contains("1 sessions finished"), "{out}");
+    let listed = archive_ls(&server.data, &session.to_string());
+    assert_eq!(listed["sessions"][0]["status"], "finished", "{listed}");
+    let laps = listed["laps"].as_array().expect("laps");
+    assert!(laps.len() >= 3, "every car's laps are archived: {listed}");
+    let _ = protocol::PROTOCOL_VERSION;
+}
