@@ -7,13 +7,22 @@
 //! - `tick/kernels`: only AI (without the car ahead), physics and progress, as ECS systems and
 //!   as a plain loop: the cost of the ECS itself on identical math.
 //!
+//! - `tick/served`: the tick as the server and the race runner run it (`ecs_archived`): every
+//!   60 ticks the simulation thread swaps the record chunk with a spare and hands it to the
+//!   recorder thread, which writes every session's write-ahead file (fsynced each second),
+//!   assembles the laps and writes them as Parquet on the other core. Next to it, the same
+//!   world whose chunk is only cleared (`ecs_cleared`) and the plain loop (`soa`).
+//!
 //! `Throughput::Elements` is cars, so criterion's elements/s gives ns per car as its inverse.
 //!
-//! The record chunk is emptied every 60 ticks, as the archive does when it flushes it.
+//! Outside `tick/served` the record chunk is emptied every 60 ticks, standing for the flush.
 
 use std::path::Path;
 use std::time::Duration;
 
+use apexsim::archive::recorder::{RecordedCar, Recorder, RecorderMsg};
+use apexsim::archive::wal::WalSync;
+use apexsim::archive::writer::ArchiveWriter;
 use apexsim::content::Content;
 use apexsim_systems::ai::{AiDriver, CarAhead, drive};
 use apexsim_systems::collision::{CONTACT_SPEED_FACTOR, Obb, obb_contact};
@@ -408,5 +417,90 @@ fn record_cost(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, full_tick, kernels, record_cost);
+/// Announces every session of the world to a recorder, as the server does at the start.
+fn begin_sessions(world: &mut World, recorder: &Recorder) {
+    use apexsim::archive::index::SessionRow;
+    let mut cars: std::collections::BTreeMap<Entity, Vec<RecordedCar>> = Default::default();
+    let mut q = world.query::<(Entity, &InSession, &CarIndex)>();
+    for (entity, session, index) in q.iter(world) {
+        cars.entry(session.0).or_default().push(RecordedCar {
+            entity,
+            index: index.0,
+            driver: format!("AI {:02}", index.0 + 1),
+            car_model: "GT3 Generic".into(),
+        });
+    }
+    let length = track_of(world).length_m();
+    for (session, cars) in cars {
+        let id = world.get::<SessionId>(session).expect("session").0;
+        recorder.send(RecorderMsg::Begin {
+            row: SessionRow {
+                id,
+                source: "sim".into(),
+                track: "road_course_a".into(),
+                car_model: "GT3 Generic".into(),
+                lap_limit: Some(50),
+                seed: Some(9),
+                started_at: 0,
+                finished_at: None,
+            },
+            track_length_m: length,
+            cars,
+            ack: None,
+        });
+    }
+}
+
+fn served_tick(c: &mut Criterion) {
+    let mut group = c.benchmark_group("tick/served");
+    group.measurement_time(Duration::from_secs(4));
+    group.sample_size(20);
+    for cars in SIZES {
+        group.throughput(Throughput::Elements(cars as u64));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let writer = ArchiveWriter::start(dir.path()).expect("archive");
+        let recorder = Recorder::start(writer, WalSync::Every(Duration::from_secs(1)), |_| {})
+            .expect("recorder");
+        let mut sim = racing_world(cars);
+        begin_sessions(sim.world_mut(), &recorder);
+        let mut n = 0u32;
+        group.bench_with_input(BenchmarkId::new("ecs_archived", cars), &cars, |b, _| {
+            b.iter(|| {
+                sim.step();
+                n += 1;
+                if n.is_multiple_of(60) {
+                    recorder.flush(&mut sim.world_mut().resource_mut::<RecordChunk>());
+                }
+            })
+        });
+        let report = recorder.finish();
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        let mut plain = racing_world(cars);
+        let mut n = 0u32;
+        group.bench_with_input(BenchmarkId::new("ecs_cleared", cars), &cars, |b, _| {
+            b.iter(|| {
+                plain.step();
+                n += 1;
+                if n.is_multiple_of(60) {
+                    drain_records(plain.world_mut());
+                }
+            })
+        });
+        let mut soa = Soa::from_world(plain.world_mut());
+        let track = track_of(plain.world());
+        let mut tick = plain.tick();
+        group.bench_with_input(BenchmarkId::new("soa", cars), &cars, |b, _| {
+            b.iter(|| {
+                tick += 1;
+                soa.full_tick(&track, tick);
+                if tick.is_multiple_of(60) {
+                    soa.record.clear();
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, full_tick, kernels, record_cost, served_tick);
 criterion_main!(benches);

@@ -10,11 +10,11 @@ use serde::Serialize;
 use thiserror::Error;
 use uuid::Uuid;
 
+use crate::archive::Source;
 use crate::archive::index::{ResultEntry, SessionRow};
-use crate::archive::session::ArchiveSession;
+use crate::archive::recorder::{RecordedCar, Recorder, RecorderMsg};
 use crate::archive::wal::WalSync;
 use crate::archive::writer::{ArchiveWriter, WriterReport};
-use crate::archive::{Date, LapMeta, Source};
 use crate::content::Content;
 
 /// Ticks between two takes of the recorded rows (250 ms).
@@ -367,8 +367,7 @@ pub struct Race {
     recorded_laps: usize,
     recorded_rows: usize,
     track_slug: String,
-    date: Date,
-    archive: Option<(ArchiveWriter, ArchiveSession)>,
+    archive: Option<Recorder>,
 }
 
 impl Race {
@@ -470,7 +469,6 @@ impl Race {
             recorded_laps: 0,
             recorded_rows: 0,
             track_slug: track.slug.clone(),
-            date: Date::today(),
             archive: None,
         })
     }
@@ -501,19 +499,25 @@ impl Race {
     }
 
     /// Sends the race's laps, session and results to an archive writer instead of keeping the
-    /// laps in memory, through an [`ArchiveSession`]: a locked write-ahead file that every
-    /// flush appends to (fsynced as `sync` says), removed once every lap is durable.
+    /// laps in memory, through a [`Recorder`] thread: every flush hands the recorded rows over
+    /// (the simulation thread only swaps buffers); the recorder appends them to the session's
+    /// locked write-ahead file (fsynced as `sync` says), assembles the laps and submits them,
+    /// and the write-ahead file is removed once every lap is durable.
     ///
     /// # Errors
     /// [`crate::archive::ArchiveError`] when the write-ahead file cannot be created.
     pub fn archive_to(
         &mut self,
-        mut writer: ArchiveWriter,
+        writer: ArchiveWriter,
         sync: WalSync,
     ) -> Result<(), crate::archive::ArchiveError> {
-        let started_at = unix_now();
-        let session = ArchiveSession::begin(
-            &mut writer,
+        let recorder = Recorder::start(writer, sync, |_| {}).map_err(|source| {
+            crate::archive::ArchiveError::Io {
+                path: std::path::PathBuf::new(),
+                source,
+            }
+        })?;
+        recorder.begin(
             SessionRow {
                 id: self.session_id,
                 source: Source::Sim.as_str().into(),
@@ -521,20 +525,27 @@ impl Race {
                 car_model: self.car_name.clone(),
                 lap_limit: Some(self.laps),
                 seed: Some(self.seed),
-                started_at,
+                started_at: unix_now(),
                 finished_at: None,
             },
             self.track_length_m,
-            (0..self.cars.len()).map(driver_name).collect(),
-            self.date,
-            sync,
+            self.cars
+                .iter()
+                .enumerate()
+                .map(|(i, &entity)| RecordedCar {
+                    entity,
+                    index: i as u8,
+                    driver: driver_name(i),
+                    car_model: self.car_name.clone(),
+                })
+                .collect(),
         )?;
-        self.archive = Some((writer, session));
+        self.archive = Some(recorder);
         Ok(())
     }
 
-    /// Runs one tick. Every 60 ticks, and when the race ends, the recorded rows are taken
-    /// and assembled into laps, which go to the archive if one is attached.
+    /// Runs one tick. Every 60 ticks, and when the race ends, the recorded rows are taken:
+    /// handed to the recorder thread when archiving, else assembled into laps in memory.
     pub fn step(&mut self) {
         self.sim.step();
         if self.sim.tick().is_multiple_of(FLUSH_TICKS) || self.is_finished() {
@@ -542,19 +553,13 @@ impl Race {
         }
     }
 
-    /// Takes the recorded rows: into the write-ahead file, then the laps they closed to the
-    /// archive (or to memory without one).
+    /// Takes the recorded rows; the laps they closed become lap lines for the watcher.
     fn flush(&mut self) {
-        let chunk = self.sim.world_mut().resource_mut::<RecordChunk>().take();
         let cars = &self.cars;
-        let car_index = |e| cars.iter().position(|&c| c == e).unwrap_or(0) as u8;
-        if let Some((_, session)) = self.archive.as_mut() {
-            session.record(&chunk, car_index);
-            tracing::debug!(tick = self.sim.tick(), "write-ahead flush");
-        }
-        for lap in self.assembler.ingest(&chunk) {
-            self.recorded_laps += 1;
-            self.recorded_rows += lap.columns.len();
+        let car_index = |e| cars.iter().position(|&c| c == e).unwrap_or(0);
+        let world = self.sim.world_mut();
+        let mut chunk = world.resource_mut::<RecordChunk>();
+        for lap in &chunk.closed {
             tracing::debug!(
                 car = car_index(lap.car),
                 lap = lap.lap,
@@ -563,32 +568,20 @@ impl Race {
             );
             if let (true, Some(time_s)) = (lap.complete, lap.lap_time_s) {
                 self.lap_lines.push(LapLine {
-                    driver: driver_name(usize::from(car_index(lap.car))),
+                    driver: driver_name(car_index(lap.car)),
                     lap: lap.lap,
                     time_s,
                     valid: lap.valid,
                 });
             }
-            match self.archive.as_mut() {
-                Some((writer, session)) => {
-                    let car = usize::from(car_index(lap.car));
-                    let meta = LapMeta {
-                        source: Source::Sim,
-                        session: self.session_id,
-                        car: car as u8,
-                        car_model: self.car_name.clone(),
-                        driver: driver_name(car),
-                        track: self.track_slug.clone(),
-                        track_length_m: self.track_length_m,
-                        lap: lap.lap,
-                        lap_time_s: lap.lap_time_s,
-                        complete: lap.complete,
-                        valid: lap.valid,
-                        date: self.date,
-                    };
-                    session.submit_lap(writer, meta, lap.columns);
-                }
-                None => self.recorded.push(lap),
+        }
+        self.recorded_laps += chunk.closed.len();
+        self.recorded_rows += chunk.len();
+        match &self.archive {
+            Some(recorder) => recorder.flush(&mut chunk),
+            None => {
+                let chunk = chunk.take();
+                self.recorded.extend(self.assembler.ingest(&chunk));
             }
         }
     }
@@ -626,13 +619,13 @@ impl Race {
                 // What was recorded is still written; the session stays unfinished and its
                 // write-ahead file is kept, so the laps in progress are recovered as partial.
                 self.flush();
-                if let Some((mut writer, session)) = self.archive.take() {
-                    let mut errors = session.abandon(&mut writer);
-                    let mut written = writer.finish();
-                    errors.append(&mut written.errors);
+                if let Some(recorder) = self.archive.take() {
+                    // Never ended: the recorder leaves the session unfinished, write-ahead
+                    // file kept.
+                    let written = recorder.finish();
                     tracing::warn!(
                         laps_written = written.laps_written,
-                        ?errors,
+                        errors = ?written.errors,
                         "race ended in an error; its laps are archived, the session is unfinished"
                     );
                 }
@@ -665,16 +658,16 @@ impl Race {
         watch(RaceEvent::Board(&self.board()));
         let wall = started.elapsed();
         let mut report = self.report(wall);
-        if let Some((mut writer, session)) = self.archive.take() {
-            let syncs = session.wal_syncs();
-            let mut wal_errors =
-                session.finish(&mut writer, unix_now(), result_entries(&report.results));
+        if let Some(recorder) = self.archive.take() {
+            recorder.send(RecorderMsg::End {
+                session: self.session_id,
+                finished_at: unix_now(),
+                results: result_entries(&report.results),
+                fault: None,
+            });
             // The writer removes the write-ahead file once every lap is durable and indexed;
             // otherwise it stays, and the next start recovers from it.
-            let mut written = writer.finish();
-            written.errors.append(&mut wal_errors);
-            written.wal_syncs = syncs;
-            report.archive = Some(written);
+            report.archive = Some(recorder.finish());
         }
         Ok(report)
     }

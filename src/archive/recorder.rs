@@ -20,7 +20,7 @@ use super::index::{ResultEntry, SessionRow};
 use super::session::ArchiveSession;
 use super::wal::WalSync;
 use super::writer::{ArchiveWriter, WriterReport};
-use super::{Date, LapMeta, Source};
+use super::{ArchiveError, Date, LapMeta, Source};
 
 /// A car of a session, as its laps are archived.
 #[derive(Debug, Clone)]
@@ -48,6 +48,8 @@ pub enum RecorderMsg {
         track_length_m: f32,
         /// Its cars, by index.
         cars: Vec<RecordedCar>,
+        /// Told whether the write-ahead file could be created, when the sender waits for it.
+        ack: Option<SyncSender<Result<(), ArchiveError>>>,
     },
     /// The rows of the last flush interval.
     Chunk(RecordChunk),
@@ -98,6 +100,7 @@ struct State {
     cars: HashMap<Entity, (Uuid, RecordedCar)>,
     sessions: HashMap<Uuid, Live>,
     errors: Vec<String>,
+    wal_syncs: u64,
     observe: Box<dyn FnMut(std::time::Duration) + Send>,
 }
 
@@ -122,6 +125,7 @@ impl Recorder {
             cars: HashMap::new(),
             sessions: HashMap::new(),
             errors: Vec::new(),
+            wal_syncs: 0,
             observe: Box::new(observe),
         };
         let thread = std::thread::Builder::new()
@@ -141,6 +145,32 @@ impl Recorder {
         {
             tracing::error!("the recorder thread is gone; archive data lost");
         }
+    }
+
+    /// Begins a session and waits until its write-ahead file exists (or could not be made).
+    ///
+    /// # Errors
+    /// [`ArchiveError`] from [`ArchiveSession::begin`]; [`ArchiveError::Io`] if the recorder
+    /// thread is gone.
+    pub fn begin(
+        &self,
+        row: SessionRow,
+        track_length_m: f32,
+        cars: Vec<RecordedCar>,
+    ) -> Result<(), ArchiveError> {
+        let (ack, answer) = std::sync::mpsc::sync_channel(1);
+        self.send(RecorderMsg::Begin {
+            row,
+            track_length_m,
+            cars,
+            ack: Some(ack),
+        });
+        answer.recv().unwrap_or_else(|_| {
+            Err(ArchiveError::Io {
+                path: std::path::PathBuf::new(),
+                source: std::io::Error::other("the recorder thread is gone"),
+            })
+        })
     }
 
     /// Swaps the world's chunk with an emptied one the recorder returned (or a new one) and
@@ -182,7 +212,13 @@ impl State {
                     row,
                     track_length_m,
                     cars,
-                } => self.begin(row, track_length_m, cars),
+                    ack,
+                } => {
+                    let result = self.begin(row, track_length_m, cars);
+                    if let Some(ack) = ack {
+                        let _ = ack.send(result);
+                    }
+                }
                 RecorderMsg::Chunk(mut chunk) => {
                     let started = Instant::now();
                     self.chunk(&chunk);
@@ -202,14 +238,21 @@ impl State {
         // with their write-ahead files, for recovery.
         for (id, live) in self.sessions.drain() {
             tracing::warn!(session = %id, "session still open at stop: left for recovery");
+            self.wal_syncs += live.archive.wal_syncs();
             self.errors.extend(live.archive.abandon(&mut self.writer));
         }
         let mut report = self.writer.finish();
         report.errors.append(&mut self.errors);
+        report.wal_syncs = self.wal_syncs;
         report
     }
 
-    fn begin(&mut self, row: SessionRow, track_length_m: f32, cars: Vec<RecordedCar>) {
+    fn begin(
+        &mut self,
+        row: SessionRow,
+        track_length_m: f32,
+        cars: Vec<RecordedCar>,
+    ) -> Result<(), ArchiveError> {
         let id = row.id;
         let track = row.track.clone();
         let drivers = cars.iter().map(|c| c.driver.clone()).collect();
@@ -233,10 +276,12 @@ impl State {
                         track_length_m,
                     },
                 );
+                Ok(())
             }
             Err(e) => {
                 tracing::error!(session = %id, error = %e, "cannot archive the session");
                 self.errors.push(format!("session {id}: {e}"));
+                Err(e)
             }
         }
     }
@@ -251,6 +296,10 @@ impl State {
                 live.archive
                     .record(&part, |e| cars.get(&e).map_or(0, |(_, c)| c.index));
             }
+        }
+        if let Some(tick) = chunk.columns.tick.iter().max() {
+            // Logged once the rows are in the write-ahead files (the crash tests wait for it).
+            tracing::debug!(tick, "write-ahead flush");
         }
         for lap in self.assembler.ingest(chunk) {
             let Some((session, car)) = self.cars.get(&lap.car) else {
@@ -288,6 +337,7 @@ impl State {
         let Some(live) = self.sessions.remove(&session) else {
             return;
         };
+        self.wal_syncs += live.archive.wal_syncs();
         let errors = match fault {
             None => live.archive.finish(&mut self.writer, finished_at, results),
             Some(reason) => {

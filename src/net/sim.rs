@@ -872,6 +872,7 @@ impl SimServer {
                     car_model: self.content.cars[g.car].name.clone(),
                 })
                 .collect(),
+            ack: None,
         });
         let entries: Vec<GridEntry> = grid
             .iter()
