@@ -627,4 +627,101 @@ mod tests {
         ];
         assert_eq!(standings(&cars), vec![3, 1, 2, 0, 4]);
     }
+
+    fn racing_pair() -> (crate::Simulation, Entity, Entity, Entity) {
+        let mut sim = crate::Simulation::new(crate::SimulationPlugin { seed: 3 });
+        let world = sim.world_mut();
+        let track = world
+            .resource_mut::<Tracks>()
+            .add(crate::testing::rectangle_track(200.0, 80.0, 2.0, 14.0).with_grid(4));
+        let session = spawn_session(
+            world,
+            SessionConfig {
+                id: Uuid::nil(),
+                track,
+                rules: RaceRules::default(),
+            },
+        );
+        let human =
+            spawn_car(world, session, crate::testing::gt3(), DriverKind::Human).expect("slot");
+        let ai = spawn_car(
+            world,
+            session,
+            crate::testing::gt3(),
+            DriverKind::Ai { pace: 0.95 },
+        )
+        .expect("slot");
+        world.write_message(StartRace { session });
+        for _ in 0..COUNTDOWN_TICKS + 240 {
+            sim.step();
+        }
+        (sim, session, human, ai)
+    }
+
+    #[test]
+    fn end_race_finishes_a_running_session_once_and_stops_its_cars() {
+        let (mut sim, session, human, ai) = racing_pair();
+        assert!(matches!(
+            sim.world().get::<RaceState>(session),
+            Some(RaceState::Racing { .. })
+        ));
+        let reason = FinishReason::Fault("drill".into());
+        assert!(end_race(sim.world_mut(), session, reason.clone()));
+        assert!(
+            !end_race(sim.world_mut(), session, reason),
+            "already finished"
+        );
+        match sim.world().get::<RaceState>(session) {
+            Some(RaceState::Finished {
+                reason, start_tick, ..
+            }) => {
+                assert_eq!(*reason, FinishReason::Fault("drill".into()));
+                assert!(start_tick.is_some());
+            }
+            other => panic!("not finished: {other:?}"),
+        }
+        for car in [human, ai] {
+            assert!(sim.world().get::<Active>(car).is_none());
+        }
+        // The record systems close the open laps (as partial) on the next tick.
+        sim.step();
+        let chunk = sim
+            .world_mut()
+            .resource_mut::<crate::record::RecordChunk>()
+            .take();
+        assert_eq!(chunk.closed.len(), 2);
+        assert!(chunk.closed.iter().all(|c| !c.complete));
+    }
+
+    #[test]
+    fn a_car_handed_to_the_ai_drives_on() {
+        let (mut sim, _, human, _) = racing_pair();
+        let before = sim
+            .world()
+            .get::<TrackProgress>(human)
+            .expect("progress")
+            .race_distance_m;
+        let parked = sim.world().get::<Motion>(human).expect("motion").speed_mps;
+        assert_eq!(parked, 0.0, "nobody drives the human car");
+        hand_to_ai(sim.world_mut(), human, 0.95).expect("handed");
+        for _ in 0..480 {
+            sim.step();
+        }
+        let after = sim
+            .world()
+            .get::<TrackProgress>(human)
+            .expect("progress")
+            .race_distance_m;
+        // From a standstill, 2 s at about 6 m/s² is about 12 m.
+        assert!(
+            after > before + 8.0,
+            "the AI drove it from {before} to {after} m"
+        );
+        let speed = sim.world().get::<Motion>(human).expect("motion").speed_mps;
+        assert!(speed > 8.0, "and it is accelerating: {speed} m/s");
+        assert_eq!(
+            hand_to_ai(sim.world_mut(), Entity::PLACEHOLDER, 1.0),
+            Err(SpawnError::NoSession(Entity::PLACEHOLDER))
+        );
+    }
 }

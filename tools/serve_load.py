@@ -1,0 +1,97 @@
+#!/usr/bin/env python3
+"""Load test of `apexsim serve` with `apexsim drive` bots (release builds), on this machine.
+
+Starts one server, then SESSIONS drive processes at once, each creating its own session of
+BOTS bots (plus AI cars) and racing LAPS laps. Scrapes /metrics before and after and reports,
+per run: telemetry coverage and missed ticks, input-to-telemetry latency p50/p99 (in ticks),
+late ticks, and the server's CPU time per connected client per second (from the process's
+own CPU counter, apexsim_process_cpu_seconds_total) with the clients one core can serve.
+
+    cargo build --release
+    python3 tools/serve_load.py --sessions 1 --bots 16
+"""
+import argparse, json, os, re, subprocess, sys, tempfile, time, urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", "release", "apexsim")
+
+
+def scrape(http):
+    text = urllib.request.urlopen(f"http://{http}/metrics", timeout=5).read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        name, _, value = line.rpartition(" ")
+        out[name] = float(value)
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sessions", type=int, default=1)
+    ap.add_argument("--bots", type=int, default=16)
+    ap.add_argument("--ai", type=int, default=0)
+    ap.add_argument("--laps", type=int, default=1)
+    ap.add_argument("--track", default="oval_simple")
+    args = ap.parse_args()
+    data = tempfile.mkdtemp(prefix="apexsim-load-")
+    env = dict(os.environ, RUST_LOG="apexsim=info")
+    env["APEXSIM_SERVER_MAX_SESSIONS"] = str(max(8, args.sessions))
+    env["APEXSIM_SERVER_MAX_CONNECTIONS"] = str(max(128, args.sessions * args.bots + 16))
+    server = subprocess.Popen(
+        [BIN, "--data", data, "serve", "--bind", "127.0.0.1:0", "--http-port", "0", "--format", "json"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, cwd=ROOT, text=True)
+    listening = json.loads(server.stdout.readline())
+    quic = "127.0.0.1:" + listening["quic"].rsplit(":", 1)[1]
+    http = "127.0.0.1:" + listening["http"].rsplit(":", 1)[1]
+    before = scrape(http)
+    t0 = time.time()
+    drives = [subprocess.Popen(
+        [BIN, "drive", "--server", quic, "--fingerprint", listening["fingerprint"],
+         "--bots", str(args.bots), "--ai", str(args.ai), "--laps", str(args.laps),
+         "--track", args.track, "--format", "json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, text=True)
+        for _ in range(args.sessions)]
+    reports = []
+    for d in drives:
+        out, err = d.communicate()
+        if d.returncode != 0:
+            print(err[-2000:], file=sys.stderr)
+            sys.exit(f"drive failed with {d.returncode}")
+        reports.append(json.loads(out.strip().splitlines()[-1]))
+    wall = time.time() - t0
+    after = scrape(http)
+    server.terminate()
+    server.wait(timeout=15)
+    clients = args.sessions * args.bots
+    cpu = after["apexsim_process_cpu_seconds_total"] - before["apexsim_process_cpu_seconds_total"]
+    ticks = after["apexsim_tick_duration_us_count"] - before["apexsim_tick_duration_us_count"]
+    tick_us = (after["apexsim_tick_duration_us_sum"] - before["apexsim_tick_duration_us_sum"]) / max(ticks, 1)
+    late = after["apexsim_ticks_late_total"] - before["apexsim_ticks_late_total"]
+    # Race time only: the drive reports' telemetry seconds (countdown and race).
+    race_s = max(b["telemetry_seconds"] for r in reports for b in r["per_bot"])
+    per_client_ms = 1000.0 * cpu / (clients * wall)
+    summary = {
+        "sessions": args.sessions,
+        "bots_per_session": args.bots,
+        "wall_s": round(wall, 1),
+        "race_s": round(race_s, 1),
+        "coverage_pct_min": min(r["telemetry_coverage_pct"] for r in reports),
+        "ticks_missed": sum(r["ticks_missed"] for r in reports),
+        "latency_p50_ticks_max": max(r["latency_p50_ticks"] for r in reports),
+        "latency_p99_ticks_max": max(r["latency_p99_ticks"] for r in reports),
+        "server_ticks": int(ticks),
+        "server_ticks_late": int(late),
+        "server_tick_mean_us": round(tick_us, 1),
+        "server_cpu_s": round(cpu, 2),
+        "server_cpu_ms_per_client_per_s": round(per_client_ms, 3),
+        "clients_per_core_at_240hz": int(1000.0 / per_client_ms) if per_client_ms > 0 else None,
+        "telemetry_bytes_16_cars": 1 + 4 + 4 + 4 + 1 + 8 + 16 * 24,
+        "faults": [r["fault"] for r in reports if r["fault"]],
+    }
+    print(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()
