@@ -234,7 +234,7 @@ async fn create_and_start(client: &mut Client, ai: u8, laps: u8) -> uuid::Uuid {
 
 #[test]
 fn bots_race_to_the_finish_and_the_session_is_archived() {
-    let server = Server::start(&[]);
+    let server = Server::start(&[("APEXSIM_SERVER_SESSION_TIMEOUT_SECONDS", "2")]);
     assert_eq!(http_get(server.http, "/health").0, 200);
     assert_eq!(http_get(server.http, "/ready").0, 200);
     let before = server.metrics();
@@ -309,6 +309,32 @@ fn bots_race_to_the_finish_and_the_session_is_archived() {
         assert!(moved >= at_least, "{series} moved by {moved}");
     }
     let session = report["session"].as_str().expect("session").to_owned();
+    // The finished session is listed, then cleaned up after session_timeout_seconds.
+    let listed = |server: &Server| {
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        runtime.block_on(async {
+            let endpoint = server.pinned();
+            let mut c = Client::connect(&endpoint, server.quic, "", "watcher")
+                .await
+                .expect("auth");
+            match c.recv().await {
+                Some(Ok(ServerMessage::LobbyState {
+                    available_sessions, ..
+                })) => available_sessions
+                    .iter()
+                    .map(|s| (s.id.to_string(), s.state))
+                    .collect::<Vec<_>>(),
+                other => panic!("expected the lobby, got {other:?}"),
+            }
+        })
+    };
+    let now = listed(&server);
+    assert!(
+        now.is_empty() || now == vec![(session.clone(), SessionState::Finished)],
+        "{now:?}"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(listed(&server), vec![], "cleaned up after 2 s");
     let (code, out, log, data, _dir) = server.stop();
     assert_eq!(code, 0, "{log}");
     assert!(out.contains("sessions finished"), "{out}");
@@ -692,5 +718,87 @@ async fn sigterm_delivers_503_archives_and_exits_within_10_s() {
     assert_eq!(listed["sessions"][0]["status"], "finished", "{listed}");
     let laps = listed["laps"].as_array().expect("laps");
     assert!(laps.len() >= 3, "every car's laps are archived: {listed}");
-    let _ = protocol::PROTOCOL_VERSION;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_and_connection_limits_are_answered_with_clear_errors() {
+    let server = Server::start(&[
+        ("APEXSIM_SERVER_MAX_SESSIONS", "1"),
+        ("APEXSIM_SERVER_MAX_CONNECTIONS", "2"),
+    ]);
+    let endpoint = server.pinned();
+    let mut host = Client::connect(&endpoint, server.quic, "", "host")
+        .await
+        .expect("auth");
+    let mut other = Client::connect(&endpoint, server.quic, "", "other")
+        .await
+        .expect("auth");
+    match Client::connect(&endpoint, server.quic, "", "third").await {
+        Err(ClientError::Refused(reason)) => {
+            assert!(
+                reason.contains("503") && reason.contains("2 connections"),
+                "{reason}"
+            )
+        }
+        other => panic!("expected a refusal, got {:?}", other.map(|c| c.player_id)),
+    }
+    let track = loop {
+        if let Some(Ok(ServerMessage::LobbyState { track_configs, .. })) = host.recv().await {
+            break track_configs[0].id;
+        }
+    };
+    let create = ClientMessage::CreateSession {
+        track_config_id: track,
+        max_players: 2,
+        ai_count: 0,
+        lap_limit: 1,
+    };
+    host.send(&create).await.expect("send");
+    let ServerMessage::SessionJoined { session_id, .. } = next(&mut host).await else {
+        panic!("not joined");
+    };
+    other.send(&create).await.expect("send");
+    match next(&mut other).await {
+        ServerMessage::Error { code: c, message } => {
+            assert_eq!(c, code::UNAVAILABLE);
+            assert!(message.contains("maximum of 1 sessions"), "{message}");
+        }
+        m => panic!("expected the limit, got {m:?}"),
+    }
+    // Only the host starts; a bad lap count is named.
+    other
+        .send(&ClientMessage::JoinSession { session_id })
+        .await
+        .expect("send");
+    assert!(matches!(
+        next(&mut other).await,
+        ServerMessage::SessionJoined {
+            your_grid_position: 2,
+            ..
+        }
+    ));
+    other
+        .send(&ClientMessage::StartSession)
+        .await
+        .expect("send");
+    match next(&mut other).await {
+        ServerMessage::Error { code: c, .. } => assert_eq!(c, code::FORBIDDEN),
+        m => panic!("expected forbidden, got {m:?}"),
+    }
+    // The host leaves: the other player becomes the host and can start.
+    host.send(&ClientMessage::LeaveSession).await.expect("send");
+    assert!(matches!(next(&mut host).await, ServerMessage::SessionLeft));
+    other
+        .send(&ClientMessage::StartSession)
+        .await
+        .expect("send");
+    match next(&mut other).await {
+        ServerMessage::SessionStarting { grid, .. } => {
+            assert_eq!(grid.len(), 1);
+            assert_eq!(grid[0].player_id, Some(other.player_id));
+        }
+        m => panic!("expected the start, got {m:?}"),
+    }
+    let (code, _, log, _, _dir) = server.stop();
+    assert_eq!(code, 0, "{log}");
 }

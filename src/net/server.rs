@@ -583,7 +583,6 @@ async fn serve_connection(
     {
         return false;
     }
-    shared.metrics.connected_players.get();
 
     // Frames are read by their own task: a frame read cancelled half-way would lose bytes.
     let (frames_tx, mut frames) = mpsc::channel::<Result<ClientMessage, ProtocolError>>(16);

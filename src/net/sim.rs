@@ -658,6 +658,7 @@ impl SimServer {
             );
         }
         let id = Uuid::new_v4();
+        let _span = tracing::info_span!("session", id = %id).entered();
         let entity = spawn_session(
             self.sim.world_mut(),
             SessionConfig {
@@ -739,6 +740,7 @@ impl SimServer {
         let Some(k) = self.sessions.iter().position(|s| s.id == id) else {
             return;
         };
+        let _span = tracing::info_span!("session", id = %id).entered();
         let s = &mut self.sessions[k];
         s.roster.retain(|&c| c != conn);
         if s.host == conn
@@ -786,6 +788,7 @@ impl SimServer {
         let Some(k) = self.sessions.iter().position(|s| s.id == id) else {
             return;
         };
+        let _span = tracing::info_span!("session", id = %id).entered();
         if self.sessions[k].host != conn {
             return self.error(conn, code::FORBIDDEN, "only the host can start the session");
         }
@@ -981,6 +984,7 @@ impl SimServer {
         let mut finished = 0;
         for (k, reason) in ended {
             let s = &self.sessions[k];
+            let _span = tracing::info_span!("session", id = %s.id).entered();
             let entries: Vec<Entry<'_>> = s
                 .grid
                 .iter()
@@ -1057,6 +1061,7 @@ impl SimServer {
                 continue;
             };
             let id = s.id;
+            let _span = tracing::info_span!("session", id = %id).entered();
             if !end_race(
                 self.sim.world_mut(),
                 entity,
