@@ -92,31 +92,43 @@ fn full_tick(c: &mut Criterion) {
     }
     for cars in SIZES {
         let mut sim = racing_world(cars);
-        let mut soa = Soa::from_world(sim.world_mut());
-        let track = track_of(sim.world());
-        let mut tick = sim.tick();
-        let mut n = 0u32;
         group.throughput(Throughput::Elements(cars as u64));
-        group.bench_with_input(BenchmarkId::new("ecs", cars), &cars, |b, _| {
-            b.iter(|| {
-                sim.step();
-                n += 1;
-                if n.is_multiple_of(60) {
-                    drain_records(sim.world_mut());
-                }
-            })
-        });
-        group.bench_with_input(BenchmarkId::new("soa", cars), &cars, |b, _| {
-            b.iter(|| {
-                tick += 1;
-                soa.full_tick(&track, tick);
-                if tick.is_multiple_of(60) {
-                    soa.record.clear();
-                }
-            })
-        });
+        bench_ecs_cleared(&mut group, "ecs", cars, &mut sim);
+        bench_soa(&mut group, cars, &mut sim);
     }
     group.finish();
+}
+
+type Group<'a> = criterion::BenchmarkGroup<'a, criterion::measurement::WallTime>;
+
+/// The ECS tick, the record chunk emptied every 60 ticks.
+fn bench_ecs_cleared(group: &mut Group<'_>, name: &str, cars: usize, sim: &mut Simulation) {
+    let mut n = 0u32;
+    group.bench_with_input(BenchmarkId::new(name, cars), &cars, |b, _| {
+        b.iter(|| {
+            sim.step();
+            n += 1;
+            if n.is_multiple_of(60) {
+                drain_records(sim.world_mut());
+            }
+        })
+    });
+}
+
+/// The plain loop doing the same work on a copy of the world's cars.
+fn bench_soa(group: &mut Group<'_>, cars: usize, sim: &mut Simulation) {
+    let mut soa = Soa::from_world(sim.world_mut());
+    let track = track_of(sim.world());
+    let mut tick = sim.tick();
+    group.bench_with_input(BenchmarkId::new("soa", cars), &cars, |b, _| {
+        b.iter(|| {
+            tick += 1;
+            soa.full_tick(&track, tick);
+            if tick.is_multiple_of(60) {
+                soa.record.clear();
+            }
+        })
+    });
 }
 
 /// The AI kernel as a system without the neighbour search, to compare like with like.
@@ -476,28 +488,8 @@ fn served_tick(c: &mut Criterion) {
         let report = recorder.finish();
         assert!(report.errors.is_empty(), "{:?}", report.errors);
         let mut plain = racing_world(cars);
-        let mut n = 0u32;
-        group.bench_with_input(BenchmarkId::new("ecs_cleared", cars), &cars, |b, _| {
-            b.iter(|| {
-                plain.step();
-                n += 1;
-                if n.is_multiple_of(60) {
-                    drain_records(plain.world_mut());
-                }
-            })
-        });
-        let mut soa = Soa::from_world(plain.world_mut());
-        let track = track_of(plain.world());
-        let mut tick = plain.tick();
-        group.bench_with_input(BenchmarkId::new("soa", cars), &cars, |b, _| {
-            b.iter(|| {
-                tick += 1;
-                soa.full_tick(&track, tick);
-                if tick.is_multiple_of(60) {
-                    soa.record.clear();
-                }
-            })
-        });
+        bench_ecs_cleared(&mut group, "ecs_cleared", cars, &mut plain);
+        bench_soa(&mut group, cars, &mut plain);
     }
     group.finish();
 }

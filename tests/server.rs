@@ -68,6 +68,13 @@ impl Server {
         }
     }
 
+    /// An authenticated client (no token).
+    async fn connect(&self, endpoint: &quinn::Endpoint, name: &str) -> Client {
+        Client::connect(endpoint, self.quic, "", name)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+    }
+
     fn pinned(&self) -> quinn::Endpoint {
         let fp = parse_fingerprint(&self.fingerprint).expect("fingerprint");
         client::endpoint(&Trust::Fingerprint(fp)).expect("endpoint")
@@ -314,9 +321,7 @@ fn bots_race_to_the_finish_and_the_session_is_archived() {
         let runtime = tokio::runtime::Runtime::new().expect("runtime");
         runtime.block_on(async {
             let endpoint = server.pinned();
-            let mut c = Client::connect(&endpoint, server.quic, "", "watcher")
-                .await
-                .expect("auth");
+            let mut c = server.connect(&endpoint, "watcher").await;
             match c.recv().await {
                 Some(Ok(ServerMessage::LobbyState {
                     available_sessions, ..
@@ -405,12 +410,8 @@ async fn a_silent_client_times_out() {
         ("APEXSIM_NETWORK_HEARTBEAT_TIMEOUT_MS", "1500"),
     ]);
     let endpoint = server.pinned();
-    let mut chatty = Client::connect(&endpoint, server.quic, "", "chatty")
-        .await
-        .expect("auth");
-    let mut silent = Client::connect(&endpoint, server.quic, "", "silent")
-        .await
-        .expect("auth");
+    let mut chatty = server.connect(&endpoint, "chatty").await;
+    let mut silent = server.connect(&endpoint, "silent").await;
     let started = Instant::now();
     let chat = async {
         for _ in 0..8 {
@@ -458,9 +459,7 @@ async fn garbage_disconnects_its_sender_while_the_others_race_on() {
     let before = server.metrics();
 
     // Malformed datagrams: dropped and counted, the 10th in a minute disconnects.
-    let flood = Client::connect(&endpoint, server.quic, "", "flood")
-        .await
-        .expect("auth");
+    let flood = server.connect(&endpoint, "flood").await;
     for i in 0..40u8 {
         let _ = flood.send_datagram(vec![1, i, 2, 3]);
         let _ = flood.send_datagram(vec![9; 1100]);
@@ -473,9 +472,7 @@ async fn garbage_disconnects_its_sender_while_the_others_race_on() {
     assert!(reason.contains("protocol violation"), "{reason}");
 
     // Non-finite inputs are rejected the same way.
-    let nan = Client::connect(&endpoint, server.quic, "", "nan")
-        .await
-        .expect("auth");
+    let nan = server.connect(&endpoint, "nan").await;
     for seq in 0..20 {
         let _ = nan.send_input(&PlayerInput {
             seq,
@@ -493,9 +490,7 @@ async fn garbage_disconnects_its_sender_while_the_others_race_on() {
     assert!(reason.contains("protocol violation"), "{reason}");
 
     // Garbage frames on the control stream.
-    let mut garbage = Client::connect(&endpoint, server.quic, "", "garbage")
-        .await
-        .expect("auth");
+    let mut garbage = server.connect(&endpoint, "garbage").await;
     for _ in 0..12 {
         let _ = garbage.send_raw(&[3, 0, 0, 0, 0xFF, 0xFE, 0xFD]).await;
     }
@@ -506,9 +501,7 @@ async fn garbage_disconnects_its_sender_while_the_others_race_on() {
     assert!(reason.contains("protocol violation"), "{reason}");
 
     // A frame claiming 4 GB: disconnected at once, nothing allocated.
-    let mut huge = Client::connect(&endpoint, server.quic, "", "huge")
-        .await
-        .expect("auth");
+    let mut huge = server.connect(&endpoint, "huge").await;
     let _ = huge.send_raw(&[0xFF, 0xFF, 0xFF, 0xFF]).await;
     let reason = tokio::time::timeout(Duration::from_secs(5), huge.conn.closed())
         .await
@@ -517,9 +510,7 @@ async fn garbage_disconnects_its_sender_while_the_others_race_on() {
     assert!(reason.contains("protocol violation"), "{reason}");
 
     // Control messages over 10/s are dropped and count as violations.
-    let mut spam = Client::connect(&endpoint, server.quic, "", "spam")
-        .await
-        .expect("auth");
+    let mut spam = server.connect(&endpoint, "spam").await;
     for _ in 0..40 {
         if spam
             .send(&ClientMessage::Heartbeat { client_tick: 0 })
@@ -585,9 +576,7 @@ async fn a_faulted_session_ends_alone() {
     ]);
     let endpoint = server.pinned();
     for kind in [FaultKind::Panic, FaultKind::NonFinite] {
-        let mut victim = Client::connect(&endpoint, server.quic, "", "victim")
-            .await
-            .expect("auth");
+        let mut victim = server.connect(&endpoint, "victim").await;
         let _talk = keep_alive(victim.conn.clone());
         let Ok(session) =
             tokio::time::timeout(Duration::from_secs(15), create_and_start(&mut victim, 1, 3))
@@ -663,9 +652,7 @@ async fn a_faulted_session_ends_alone() {
 async fn sigterm_delivers_503_archives_and_exits_within_10_s() {
     let server = Server::start(&[]);
     let endpoint = server.pinned();
-    let mut client = Client::connect(&endpoint, server.quic, "", "driver")
-        .await
-        .expect("auth");
+    let mut client = server.connect(&endpoint, "driver").await;
     let session = create_and_start(&mut client, 2, 5).await;
     let _talk = keep_alive(client.conn.clone());
     loop {
@@ -727,12 +714,8 @@ async fn the_session_and_connection_limits_are_answered_with_clear_errors() {
         ("APEXSIM_SERVER_MAX_CONNECTIONS", "2"),
     ]);
     let endpoint = server.pinned();
-    let mut host = Client::connect(&endpoint, server.quic, "", "host")
-        .await
-        .expect("auth");
-    let mut other = Client::connect(&endpoint, server.quic, "", "other")
-        .await
-        .expect("auth");
+    let mut host = server.connect(&endpoint, "host").await;
+    let mut other = server.connect(&endpoint, "other").await;
     match Client::connect(&endpoint, server.quic, "", "third").await {
         Err(ClientError::Refused(reason)) => {
             assert!(

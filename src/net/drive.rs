@@ -21,7 +21,6 @@ use super::protocol::{
     CarTelemetry, ClientMessage, PlayerInput, ServerMessage, SessionState, Standing, TrackInfo,
     code,
 };
-use super::sim::car_spec;
 use super::tls::Trust;
 
 /// What session the bots race in.
@@ -263,7 +262,7 @@ struct Driver {
 impl Driver {
     fn new(track: &TrackInfo, car: &super::protocol::CarInfo) -> Option<Self> {
         let geometry = TrackGeometry::new(track.centerline.clone(), track.width_m).ok()?;
-        let spec = car_spec(car);
+        let spec = CarSpec::from_array(car.physics);
         let profile = SpeedProfile::new(
             &geometry,
             &spec,

@@ -398,6 +398,27 @@ async fn refuse(
     conn.close(quinn::VarInt::from_u32(1), reason.as_bytes());
 }
 
+/// Refuses an authentication: counted under `label`, `AuthFailure { reason }` to the client,
+/// then the connection closed with the reason.
+async fn refuse_auth(
+    shared: &Shared,
+    conn: &quinn::Connection,
+    send: &mut quinn::SendStream,
+    label: &str,
+    reason: String,
+) {
+    shared
+        .metrics
+        .refused_connections
+        .with_label_values(&[label])
+        .inc();
+    tracing::warn!(%reason, "authentication refused");
+    let msg = ServerMessage::AuthFailure {
+        reason: reason.clone(),
+    };
+    refuse(conn, send, msg, &reason).await;
+}
+
 fn valid_name(name: &str) -> bool {
     let n = name.trim().chars().count();
     (1..=32).contains(&n) && !name.chars().any(char::is_control)
@@ -440,95 +461,49 @@ async fn serve_connection(
         protocol::read_frame::<ClientMessage, _>(&mut recv, &mut buf),
     )
     .await;
-    let (token, name) = match first {
+    let refusal = match first {
         Ok(Ok(Some(ClientMessage::Authenticate {
             protocol_version,
             token,
             player_name,
         }))) => {
             if protocol_version != PROTOCOL_VERSION {
-                shared
-                    .metrics
-                    .refused_connections
-                    .with_label_values(&["version"])
-                    .inc();
-                let reason = format!(
-                    "protocol version {protocol_version} is not supported: this server speaks {PROTOCOL_VERSION}"
-                );
-                refuse(
-                    conn,
-                    &mut send,
-                    ServerMessage::AuthFailure {
-                        reason: reason.clone(),
-                    },
-                    &reason,
-                )
-                .await;
-                return false;
+                Err((
+                    "version",
+                    format!(
+                        "protocol version {protocol_version} is not supported: this server speaks {PROTOCOL_VERSION}"
+                    ),
+                ))
+            } else if !shared.config.token_accepted(&token) {
+                Err(("token", "invalid token".to_owned()))
+            } else if !valid_name(&player_name) {
+                Err((
+                    "name",
+                    "player_name must be 1 to 32 printable characters".to_owned(),
+                ))
+            } else {
+                Ok(player_name)
             }
-            (token, player_name)
         }
         Ok(Ok(Some(_))) | Ok(Err(_)) => {
             shared.metrics.malformed_packets.inc();
-            shared
-                .metrics
-                .refused_connections
-                .with_label_values(&["protocol"])
-                .inc();
-            let reason = "the first message must be Authenticate".to_owned();
-            refuse(
-                conn,
-                &mut send,
-                ServerMessage::AuthFailure {
-                    reason: reason.clone(),
-                },
-                &reason,
-            )
-            .await;
-            return false;
+            Err((
+                "protocol",
+                "the first message must be Authenticate".to_owned(),
+            ))
         }
         Ok(Ok(None)) | Err(_) => {
             conn.close(quinn::VarInt::from_u32(1), b"no authentication");
             return false;
         }
     };
-    if !shared.config.token_accepted(&token) {
-        shared
-            .metrics
-            .refused_connections
-            .with_label_values(&["token"])
-            .inc();
-        tracing::warn!("authentication refused: invalid token");
-        let reason = "invalid token".to_owned();
-        refuse(
-            conn,
-            &mut send,
-            ServerMessage::AuthFailure {
-                reason: reason.clone(),
-            },
-            &reason,
-        )
-        .await;
-        return false;
-    }
-    if !valid_name(&name) {
-        shared
-            .metrics
-            .refused_connections
-            .with_label_values(&["name"])
-            .inc();
-        let reason = "player_name must be 1 to 32 printable characters".to_owned();
-        refuse(
-            conn,
-            &mut send,
-            ServerMessage::AuthFailure {
-                reason: reason.clone(),
-            },
-            &reason,
-        )
-        .await;
-        return false;
-    }
+    let name = match refusal {
+        Ok(name) => name,
+        Err((label, reason)) => {
+            refuse_auth(shared, conn, &mut send, label, reason).await;
+            return false;
+        }
+    };
     if !shared.accepting.load(Ordering::SeqCst) {
         let msg = ServerMessage::Error {
             code: code::UNAVAILABLE,

@@ -1254,49 +1254,9 @@ impl SimServer {
 
 /// A car's physics as the protocol carries it.
 pub fn car_info(car: &crate::content::CarContent) -> CarInfo {
-    let s = car.spec;
     CarInfo {
         id: car.id,
         name: car.name.clone(),
-        physics: [
-            s.mass_kg,
-            s.length_m,
-            s.width_m,
-            s.max_engine_force_n,
-            s.max_power_w,
-            s.max_brake_force_n,
-            s.drag_coefficient,
-            s.grip_coefficient,
-            s.max_steering_angle_rad,
-            s.wheelbase_m,
-        ],
-    }
-}
-
-/// The car spec a [`CarInfo`] carries.
-pub fn car_spec(info: &CarInfo) -> CarSpec {
-    let [
-        mass_kg,
-        length_m,
-        width_m,
-        max_engine_force_n,
-        max_power_w,
-        max_brake_force_n,
-        drag_coefficient,
-        grip_coefficient,
-        max_steering_angle_rad,
-        wheelbase_m,
-    ] = info.physics;
-    CarSpec {
-        mass_kg,
-        length_m,
-        width_m,
-        max_engine_force_n,
-        max_power_w,
-        max_brake_force_n,
-        drag_coefficient,
-        grip_coefficient,
-        max_steering_angle_rad,
-        wheelbase_m,
+        physics: car.spec.to_array(),
     }
 }

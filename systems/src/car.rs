@@ -81,7 +81,8 @@ impl CarSpec {
         ("wheelbase_m", 0.5, 6.0),
     ];
 
-    fn values(&self) -> [f32; 10] {
+    /// The fields in the order of [`CarSpec::RANGES`] (how the network protocol carries a car).
+    pub fn to_array(&self) -> [f32; 10] {
         [
             self.mass_kg,
             self.length_m,
@@ -96,13 +97,41 @@ impl CarSpec {
         ]
     }
 
+    /// A spec from its fields in the order of [`CarSpec::RANGES`].
+    pub fn from_array(fields: [f32; 10]) -> Self {
+        let [
+            mass_kg,
+            length_m,
+            width_m,
+            max_engine_force_n,
+            max_power_w,
+            max_brake_force_n,
+            drag_coefficient,
+            grip_coefficient,
+            max_steering_angle_rad,
+            wheelbase_m,
+        ] = fields;
+        Self {
+            mass_kg,
+            length_m,
+            width_m,
+            max_engine_force_n,
+            max_power_w,
+            max_brake_force_n,
+            drag_coefficient,
+            grip_coefficient,
+            max_steering_angle_rad,
+            wheelbase_m,
+        }
+    }
+
     /// Checks every field against [`CarSpec::RANGES`] (NaN is always out of range;
     /// `max_power_w` may be infinite, nothing else may).
     ///
     /// # Errors
     /// The first field out of range.
     pub fn validate(&self) -> Result<(), CarSpecError> {
-        for ((field, min, max), value) in Self::RANGES.into_iter().zip(self.values()) {
+        for ((field, min, max), value) in Self::RANGES.into_iter().zip(self.to_array()) {
             if !(value >= min && value <= max) {
                 return Err(CarSpecError {
                     field,

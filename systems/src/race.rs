@@ -409,19 +409,7 @@ impl SpeedProfiles {
 }
 
 fn spec_key(spec: &CarSpec) -> [u32; 10] {
-    [
-        spec.mass_kg,
-        spec.length_m,
-        spec.width_m,
-        spec.max_engine_force_n,
-        spec.max_power_w,
-        spec.max_brake_force_n,
-        spec.drag_coefficient,
-        spec.grip_coefficient,
-        spec.max_steering_angle_rad,
-        spec.wheelbase_m,
-    ]
-    .map(f32::to_bits)
+    spec.to_array().map(f32::to_bits)
 }
 
 /// Creates a session in the lobby.
