@@ -311,6 +311,7 @@ fn bots_race_to_the_finish_and_the_session_is_archived() {
         ("apexsim_input_packets_received", 5000.0),
         ("apexsim_tick_duration_us_count", 3000.0),
         ("apexsim_archive_write_duration_ms_count", 40.0),
+        ("apexsim_player_rtt_ticks_count", 5000.0),
     ] {
         let moved = metric(&after, series) - metric(&before, series);
         assert!(moved >= at_least, "{series} moved by {moved}");

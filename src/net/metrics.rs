@@ -26,6 +26,8 @@ pub struct Metrics {
     pub telemetry_packets_sent: IntCounter,
     /// Input datagrams accepted.
     pub input_packets_received: IntCounter,
+    /// Each player's round-trip time in ticks, from the server tick its inputs acknowledge.
+    pub player_rtt_ticks: Histogram,
     /// Packets dropped, by reason.
     pub packets_dropped: IntCounterVec,
     /// Malformed or oversized frames and datagrams.
@@ -119,6 +121,12 @@ impl Metrics {
                 &r,
                 "apexsim_input_packets_received",
                 "Input datagrams accepted",
+            ),
+            player_rtt_ticks: histogram(
+                &r,
+                "apexsim_player_rtt_ticks",
+                "Round-trip time per input, in ticks: the tick it arrived at minus the tick it acknowledges",
+                vec![1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 24.0, 48.0, 240.0],
             ),
             packets_dropped: counter_vec(
                 &r,

@@ -133,6 +133,10 @@ pub fn apply_inputs(
             driver.input_seq = input.seq;
             driver.rtt_ticks = (tick.0 as u32).saturating_sub(input.server_tick_ack);
             metrics.0.input_packets_received.inc();
+            metrics
+                .0
+                .player_rtt_ticks
+                .observe(f64::from(driver.rtt_ticks));
         }
     }
 }
