@@ -355,39 +355,41 @@ pub fn split_by_session(
     chunk: &RecordChunk,
     session_of: impl Fn(Entity) -> Option<Uuid>,
 ) -> Vec<(Uuid, RecordChunk)> {
-    let mut parts: Vec<(Uuid, RecordChunk)> = Vec::new();
-    let slot = |id: Uuid, parts: &mut Vec<(Uuid, RecordChunk)>| -> usize {
-        match parts.iter().position(|(s, _)| *s == id) {
-            Some(i) => i,
-            None => {
-                parts.push((id, RecordChunk::default()));
-                parts.len() - 1
-            }
-        }
+    // Each car's session, looked up once; then each session's rows gathered column by column.
+    let mut car_slot: HashMap<Entity, Option<usize>> = HashMap::new();
+    let mut parts: Vec<(Uuid, Vec<u32>, RecordChunk)> = Vec::new();
+    let mut slot_of = |car: Entity, parts: &mut Vec<(Uuid, Vec<u32>, RecordChunk)>| {
+        *car_slot.entry(car).or_insert_with(|| {
+            let id = session_of(car)?;
+            Some(match parts.iter().position(|(s, ..)| *s == id) {
+                Some(k) => k,
+                None => {
+                    parts.push((id, Vec::new(), RecordChunk::default()));
+                    parts.len() - 1
+                }
+            })
+        })
     };
-    let mut last: Option<(Entity, usize)> = None;
-    for i in 0..chunk.len() {
-        let car = chunk.car[i];
-        let index = match last {
-            Some((c, k)) if c == car => Some(k),
-            _ => session_of(car).map(|id| slot(id, &mut parts)),
-        };
-        let Some(k) = index else { continue };
-        last = Some((car, k));
-        if let Some(row) = chunk.columns.row(i) {
-            let part = &mut parts[k].1;
-            part.car.push(car);
-            part.lap.push(chunk.lap[i]);
-            part.columns.push(&row);
+    let rows = chunk.len().min(chunk.columns.len());
+    for (i, &car) in chunk.car.iter().enumerate().take(rows) {
+        if let Some(k) = slot_of(car, &mut parts) {
+            parts[k].1.push(i as u32);
         }
     }
     for closed in &chunk.closed {
-        if let Some(id) = session_of(closed.car) {
-            let k = slot(id, &mut parts);
-            parts[k].1.closed.push(*closed);
+        if let Some(k) = slot_of(closed.car, &mut parts) {
+            parts[k].2.closed.push(*closed);
         }
     }
     parts
+        .into_iter()
+        .map(|(id, rows, mut part)| {
+            part.car.extend(rows.iter().map(|&i| chunk.car[i as usize]));
+            part.lap.extend(rows.iter().map(|&i| chunk.lap[i as usize]));
+            part.columns.extend_from(&chunk.columns, &rows);
+            (id, part)
+        })
+        .collect()
 }
 
 #[cfg(test)]

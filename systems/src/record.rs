@@ -105,6 +105,15 @@ macro_rules! lap_row {
                 $(self.$name.push(s.$name);)*
             }
 
+            /// Appends the rows of `src` at `rows` (indices in order), column by column. Indices
+            /// past the end of `src` are skipped.
+            pub fn extend_from(&mut self, src: &Self, rows: &[u32]) {
+                let n = src.tick.len();
+                let rows = &rows[..rows.partition_point(|&i| (i as usize) < n)];
+                self.tick.extend(rows.iter().map(|&i| src.tick[i as usize]));
+                $(self.$name.extend(rows.iter().map(|&i| src.$name[i as usize]));)*
+            }
+
             /// The row at `i`, if any.
             pub fn row(&self, i: usize) -> Option<LapSample> {
                 Some(LapSample {
@@ -300,26 +309,25 @@ pub struct LapAssembler {
 impl LapAssembler {
     /// Adds a chunk's rows and returns the laps it closed, in the order they closed.
     pub fn ingest(&mut self, chunk: &RecordChunk) -> Vec<RecordedLap> {
-        let mut last: Option<((Entity, u16), LapColumns)> = None;
-        for i in 0..chunk.len() {
+        // Rows of one car's lap are spread over the chunk (one per tick): gather each lap's
+        // row indices, then copy column by column.
+        let rows = chunk.len().min(chunk.columns.len());
+        let mut groups: Vec<((Entity, u16), Vec<u32>)> = Vec::new();
+        let mut slot: std::collections::HashMap<(Entity, u16), usize> =
+            std::collections::HashMap::new();
+        for i in 0..rows {
             let key = (chunk.car[i], chunk.lap[i]);
-            let Some(row) = chunk.columns.row(i) else {
-                break;
-            };
-            match &mut last {
-                Some((k, cols)) if *k == key => cols.push(&row),
-                _ => {
-                    if let Some((k, cols)) = last.take() {
-                        self.open.insert(k, cols);
-                    }
-                    let mut cols = self.open.remove(&key).unwrap_or_default();
-                    cols.push(&row);
-                    last = Some((key, cols));
-                }
-            }
+            let k = *slot.entry(key).or_insert_with(|| {
+                groups.push((key, Vec::new()));
+                groups.len() - 1
+            });
+            groups[k].1.push(i as u32);
         }
-        if let Some((k, cols)) = last {
-            self.open.insert(k, cols);
+        for (key, idx) in groups {
+            self.open
+                .entry(key)
+                .or_default()
+                .extend_from(&chunk.columns, &idx);
         }
         chunk
             .closed
