@@ -67,15 +67,6 @@ pub enum RecorderMsg {
     },
 }
 
-/// What the recorder did, for metrics.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct RecorderStats {
-    /// Chunks processed.
-    pub chunks: u64,
-    /// Laps handed to the writer.
-    pub laps: u64,
-}
-
 /// Handle to the recorder thread.
 pub struct Recorder {
     tx: Option<SyncSender<RecorderMsg>>,

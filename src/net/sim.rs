@@ -82,8 +82,6 @@ pub struct NetDriver {
     pub conn: ConnId,
     /// Highest input `seq` applied.
     pub input_seq: u32,
-    /// Round-trip time from the last input's tick acknowledgement, in ticks.
-    pub rtt_ticks: u32,
 }
 
 /// Inputs from the connection tasks, and which car each connection drives.
@@ -131,12 +129,9 @@ pub fn apply_inputs(
             }
             *controls = Controls::sanitized(input.throttle, input.brake, input.steering);
             driver.input_seq = input.seq;
-            driver.rtt_ticks = (tick.0 as u32).saturating_sub(input.server_tick_ack);
             metrics.0.input_packets_received.inc();
-            metrics
-                .0
-                .player_rtt_ticks
-                .observe(f64::from(driver.rtt_ticks));
+            let rtt_ticks = (tick.0 as u32).saturating_sub(input.server_tick_ack);
+            metrics.0.player_rtt_ticks.observe(f64::from(rtt_ticks));
         }
     }
 }
@@ -175,8 +170,12 @@ pub fn send_telemetry(
         &CollisionState,
     )>,
 ) {
+    // Buffers are kept from tick to tick; sessions nobody listens to any more are dropped.
     let buckets = &mut scratch.sessions;
-    buckets.clear();
+    for (list, recipients) in buckets.values_mut() {
+        list.clear();
+        recipients.clear();
+    }
     for (session, driver) in &drivers {
         buckets
             .entry(session.0)
@@ -184,6 +183,7 @@ pub fn send_telemetry(
             .1
             .push((driver.conn, driver.input_seq));
     }
+    buckets.retain(|_, (_, recipients)| !recipients.is_empty());
     let mut bad: Vec<Entity> = corrupt.read().map(|c| c.session).collect();
     for (session, index, track, pose, motion, controls, timing, progress, finish, collision) in
         &cars
@@ -246,13 +246,17 @@ pub fn send_telemetry(
                 }
             }
             list.sort_unstable_by_key(|c| c.index);
-            protocol::encode_telemetry(&Telemetry {
+            let telemetry = Telemetry {
                 server_tick: tick.0 as u32,
                 input_ack: 0,
                 session_state: state,
                 countdown_ms,
                 cars: std::mem::take(list),
-            })
+            };
+            let encoded = protocol::encode_telemetry(&telemetry);
+            // The car buffer goes back for the next tick.
+            *list = telemetry.cars;
+            encoded
         }));
         let bytes = match work {
             Ok(Ok(bytes)) => bytes,
@@ -817,7 +821,6 @@ impl SimServer {
                     world.entity_mut(car).insert(NetDriver {
                         conn: c,
                         input_seq: 0,
-                        rtt_ticks: 0,
                     });
                     world.resource_mut::<NetInputs>().cars.insert(c, car);
                     grid.push(GridCar {
@@ -902,13 +905,6 @@ impl SimServer {
         s.grid = grid;
         s.phase = Phase::Running;
         self.metrics.active_sessions.set(self.running() as i64);
-        self.metrics.cars.set(
-            self.sim
-                .world_mut()
-                .query::<&CarIndex>()
-                .iter(self.sim.world())
-                .count() as i64,
-        );
         self.lobby_dirty = true;
     }
 
@@ -1171,6 +1167,8 @@ impl SimServer {
             self.lobby_dirty = true;
         }
         self.metrics.sessions.set(self.sessions.len() as i64);
+        let cars: usize = self.sessions.iter().map(|s| s.grid.len()).sum();
+        self.metrics.cars.set(cars as i64);
     }
 
     fn lobby_state(&self) -> ServerMessage {
