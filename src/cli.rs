@@ -62,6 +62,9 @@ pub enum Command {
     Archive(ArchiveCommand),
     /// Archive the laps of iRacing recordings (.ibt files, or folders of them).
     Ingest(IngestArgs),
+    /// Bring laps recorded by other tools into the archive.
+    #[command(subcommand)]
+    Import(ImportCommand),
     /// Build tracks.
     #[command(subcommand)]
     Track(TrackCommand),
@@ -111,6 +114,30 @@ pub struct IngestArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,
+}
+
+/// `apexsim import` commands.
+#[derive(Debug, Subcommand)]
+pub enum ImportCommand {
+    /// Laps written by the Racing Coach client (its Parquet schema: one file per lap); the
+    /// files of one folder are one session.
+    RacingCoach {
+        /// Parquet files or folders (searched recursively for .parquet files).
+        #[arg(required = true, value_name = "FILE_OR_FOLDER")]
+        paths: Vec<PathBuf>,
+        /// Track name (the files do not hold it).
+        #[arg(long)]
+        track: String,
+        /// Car name.
+        #[arg(long, default_value = "unknown")]
+        car: String,
+        /// Driver name (or pseudonym).
+        #[arg(long, default_value = "unknown")]
+        driver: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
 }
 
 /// `apexsim archive` commands.

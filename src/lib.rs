@@ -4,6 +4,7 @@
 //! it: the command line, content loading, the offline race runner, the lap archive and the
 //! iRacing ingest; the network and analysis build on these.
 
+pub mod analysis;
 pub mod archive;
 pub mod cli;
 pub mod content;

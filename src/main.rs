@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use apexsim::archive::index::Index;
 use apexsim::archive::writer::ArchiveWriter;
-use apexsim::cli::{ArchiveCommand, Cli, Command, TrackCommand};
+use apexsim::cli::{ArchiveCommand, Cli, Command, ImportCommand, TrackCommand};
 use apexsim::content::Content;
 use apexsim::{output, race};
 use clap::Parser;
@@ -165,19 +165,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_context(|| format!("opening the archive in {}", cli.data.display()))?;
             bar.finish();
             output::print_ingest(&report, args.format).context("writing the ingest report")?;
-            let failed = report.failed();
-            if failed > 0 {
-                anyhow::bail!("{failed} of {} file(s) could not be ingested", files.len());
-            }
-            if let Some(archive) = &report.archive
-                && !archive.errors.is_empty()
-            {
-                anyhow::bail!(
-                    "{} archive write(s) failed; first: {}",
-                    archive.errors.len(),
-                    archive.errors[0]
-                );
-            }
+            ingest_outcome(&report)?;
+        }
+        Command::Import(ImportCommand::RacingCoach {
+            paths,
+            track,
+            car,
+            driver,
+            format,
+        }) => {
+            let opts = apexsim::ingest::racing_coach::ImportOptions { track, car, driver };
+            let report = apexsim::ingest::racing_coach::import(&paths, &cli.data, &opts)
+                .map_err(|e| UsageError(e.to_string()))?;
+            output::print_ingest(&report, format).context("writing the import report")?;
+            ingest_outcome(&report)?;
         }
         Command::Track(TrackCommand::FromIbt {
             file,
@@ -288,6 +289,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let report = apexsim::ingest::live::run(&cli.data, &opts)?;
             output::print_live(&report).context("writing the live report")?;
         }
+    }
+    Ok(())
+}
+
+/// The exit status of an ingest or import: an error when a file failed or an archive write did.
+fn ingest_outcome(report: &apexsim::ingest::IngestReport) -> anyhow::Result<()> {
+    let failed = report.failed();
+    if failed > 0 {
+        anyhow::bail!(
+            "{failed} of {} file(s) could not be read",
+            report.files.len()
+        );
+    }
+    if let Some(archive) = &report.archive
+        && !archive.errors.is_empty()
+    {
+        anyhow::bail!(
+            "{} archive write(s) failed; first: {}",
+            archive.errors.len(),
+            archive.errors[0]
+        );
     }
     Ok(())
 }

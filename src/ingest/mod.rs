@@ -16,6 +16,7 @@
 pub mod frame;
 pub mod ibt;
 pub mod live;
+pub mod racing_coach;
 pub mod track;
 
 use std::collections::HashMap;
@@ -215,7 +216,16 @@ impl IngestReport {
 /// # Errors
 /// [`IngestError::Read`] for a path that does not exist or a folder that cannot be listed.
 pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, IngestError> {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), IngestError> {
+    collect_files_with(paths, "ibt")
+}
+
+/// Lists the files with extension `ext` under the given paths (folders recursively, in name
+/// order); a path that is a file is taken as is, whatever its name.
+///
+/// # Errors
+/// As [`collect_files`].
+pub fn collect_files_with(paths: &[PathBuf], ext: &str) -> Result<Vec<PathBuf>, IngestError> {
+    fn walk(dir: &Path, ext: &str, out: &mut Vec<PathBuf>) -> Result<(), IngestError> {
         let read = std::fs::read_dir(dir).map_err(|source| IngestError::Read {
             path: dir.to_owned(),
             source,
@@ -224,8 +234,8 @@ pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, IngestError> {
         entries.sort();
         for p in entries {
             if p.is_dir() {
-                walk(&p, out)?;
-            } else if p.extension().is_some_and(|e| e.eq_ignore_ascii_case("ibt")) {
+                walk(&p, ext, out)?;
+            } else if p.extension().is_some_and(|e| e.eq_ignore_ascii_case(ext)) {
                 out.push(p);
             }
         }
@@ -238,7 +248,7 @@ pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, IngestError> {
             source,
         })?;
         if meta.is_dir() {
-            walk(p, &mut out)?;
+            walk(p, ext, &mut out)?;
         } else {
             out.push(p.clone());
         }

@@ -1,0 +1,14 @@
+//! Lap analysis: the metric engine ([`lap`]: statistics, sectors, minisectors, braking zones
+//! and corners of one lap), comparisons across laps ([`across`]), and the thresholds they
+//! share ([`Thresholds`]).
+//!
+//! Everything is computed from a lap's own clock and its distance in metres. The engine is
+//! plain Rust over the lap's columns (one pass per signal); the archive-wide queries over its
+//! results run in polars.
+
+pub mod across;
+pub mod lap;
+pub mod thresholds;
+
+pub use lap::{BrakingZone, Corner, DistanceClock, LapMetrics, LapStats, MetricError, lap_metrics};
+pub use thresholds::{ThresholdError, Thresholds};

@@ -1,0 +1,238 @@
+//! Real laps: the Racing Coach Algarve session (iRacing Formula 4, Portimão, 15 turns, 4,579 m)
+//! imported into the archive, then measured by the metric engine. Ground truth (official times)
+//! in `tests/fixtures/README.md`.
+
+use std::path::{Path, PathBuf};
+
+use apexsim::analysis::across::{braking_consistency, delta_by_distance, theoretical_best};
+use apexsim::analysis::{DistanceClock, LapMetrics, Thresholds, lap_metrics};
+use apexsim::archive::index::Index;
+use apexsim::archive::{LapMeta, read_lap};
+use apexsim::ingest::FileOutcome;
+use apexsim::ingest::racing_coach::{ImportOptions, import};
+use apexsim::systems::record::LapColumns;
+
+/// Official lap times by Racing Coach lap number (the next lap's `last_lap_time`).
+const OFFICIAL: [(u16, f64); 8] = [
+    (1, 110.364),
+    (2, 108.012),
+    (4, 107.074),
+    (5, 107.512),
+    (7, 106.651),
+    (8, 106.559),
+    (9, 111.053),
+    (11, 106.496),
+];
+
+/// Laps that are complete and clean (lap 5 went off track).
+const CLEAN: [u16; 7] = [1, 2, 4, 7, 8, 9, 11];
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/racing-coach-algarve")
+}
+
+fn options() -> ImportOptions {
+    ImportOptions {
+        track: "Algarve".into(),
+        car: "Formula 4".into(),
+        driver: "Driver 1".into(),
+    }
+}
+
+/// Imports the fixtures into a fresh archive and reads every archived lap back.
+fn imported() -> (tempfile::TempDir, Vec<(LapMeta, LapColumns)>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let report = import(&[fixtures()], dir.path(), &options()).expect("import");
+    assert_eq!(report.failed(), 0, "{:?}", report.files);
+    let index = Index::open(dir.path()).expect("index");
+    let mut laps: Vec<(LapMeta, LapColumns)> = index
+        .laps(None)
+        .expect("laps")
+        .into_iter()
+        .map(|l| read_lap(&dir.path().join(l.file)).expect("lap file"))
+        .collect();
+    laps.sort_by_key(|(m, _)| m.lap);
+    (dir, laps)
+}
+
+fn metrics(meta: &LapMeta, columns: &LapColumns) -> LapMetrics {
+    lap_metrics(
+        columns,
+        meta.track_length_m,
+        meta.complete,
+        &[],
+        &Thresholds::default(),
+    )
+    .expect("metrics")
+}
+
+#[test]
+fn import_keeps_official_times_validity_and_the_recording_clock() {
+    let (dir, laps) = imported();
+    let numbers: Vec<u16> = laps.iter().map(|(m, _)| m.lap).collect();
+    // Lap 0 leaves the pits, lap 10 is broken by a pit visit, lap 12 is partial.
+    assert_eq!(numbers, vec![1, 2, 4, 5, 7, 8, 9, 11], "complete laps only");
+    for (meta, columns) in &laps {
+        let official = OFFICIAL
+            .iter()
+            .find(|(n, _)| *n == meta.lap)
+            .map(|(_, t)| *t)
+            .expect("an official time");
+        let time = meta.lap_time_s.expect("lap time");
+        assert!((time - official).abs() < 1e-3, "lap {}: {time}", meta.lap);
+        assert_eq!(meta.valid, CLEAN.contains(&meta.lap), "lap {}", meta.lap);
+        assert!(
+            (meta.track_length_m - 4579.0).abs() < 5.0,
+            "{}",
+            meta.track_length_m
+        );
+        assert_eq!(meta.track, "algarve");
+        // The recording's clock: about 60 Hz, starting at the first sample.
+        assert_eq!(columns.lap_time_s[0], 0.0);
+        let span = columns.lap_time_s[columns.len() - 1];
+        assert!((span - official as f32).abs() < 0.1, "{span}");
+    }
+    // Importing again finds the session and skips it.
+    let again = import(&[fixtures()], dir.path(), &options()).expect("import");
+    assert!(
+        matches!(again.files[0].outcome, FileOutcome::Skipped { .. }),
+        "{:?}",
+        again.files
+    );
+}
+
+#[test]
+fn metrics_on_real_laps_hold_to_the_ground_truth() {
+    let (_dir, laps) = imported();
+    let all: Vec<(&LapMeta, LapMetrics)> = laps.iter().map(|(m, c)| (m, metrics(m, c))).collect();
+    for (meta, m) in &all {
+        let official = meta.lap_time_s.expect("lap time");
+        let integrated = m.stats.lap_time_s.expect("complete");
+        assert!(
+            (integrated - official).abs() < 0.05,
+            "lap {}: integrated {integrated} vs official {official}",
+            meta.lap
+        );
+        eprintln!(
+            "lap {:2}: {:.3} corners {:2} zones {:2} top {:.1} full {:.2} brake {:.2} coast {:.2}",
+            meta.lap,
+            integrated,
+            m.corners.len(),
+            m.braking.len(),
+            m.stats.top_speed_mps,
+            m.stats.full_throttle_share,
+            m.stats.braking_share,
+            m.stats.coasting_share
+        );
+    }
+    let clean: Vec<&LapMetrics> = all
+        .iter()
+        .filter(|(meta, _)| meta.valid)
+        .map(|(_, m)| m)
+        .collect();
+    assert_eq!(clean.len(), CLEAN.len());
+    let corners: Vec<usize> = clean.iter().map(|m| m.corners.len()).collect();
+    let zones: Vec<usize> = clean.iter().map(|m| m.braking.len()).collect();
+    let spread = |v: &[usize]| v.iter().max().unwrap_or(&0) - v.iter().min().unwrap_or(&0);
+    assert!(spread(&corners) <= 1, "corners per clean lap: {corners:?}");
+    assert!(
+        corners.iter().all(|c| (10..=18).contains(c)),
+        "corners per clean lap: {corners:?}"
+    );
+    assert!(
+        spread(&zones) <= 1,
+        "braking zones per clean lap: {zones:?}"
+    );
+
+    let length = laps[0].0.track_length_m;
+    let consistency = braking_consistency(clean.iter().copied(), 50.0, length);
+    assert!(consistency.len() >= zones.iter().copied().min().unwrap_or(0).saturating_sub(1));
+    for place in &consistency {
+        assert!(
+            place.position_mad_m < 15.0,
+            "braking point at {:.0} m varies by {:.1} m (MAD)",
+            place.distance_m,
+            place.position_mad_m
+        );
+    }
+
+    let best_lap = all
+        .iter()
+        .filter_map(|(_, m)| m.stats.lap_time_s)
+        .fold(f64::INFINITY, f64::min);
+    let best = theoretical_best(all.iter().map(|(_, m)| m)).expect("theoretical best");
+    assert!(
+        best <= best_lap + 1e-6,
+        "theoretical {best} vs best lap {best_lap}"
+    );
+    assert!(
+        best > best_lap - 3.0,
+        "theoretical {best} vs best lap {best_lap}"
+    );
+}
+
+#[test]
+fn compare_delta_at_the_line_is_the_lap_time_difference() {
+    let (_dir, laps) = imported();
+    let clock = |i: usize| {
+        let (meta, columns) = &laps[i];
+        DistanceClock::new(columns, meta.track_length_m, true).expect("clock")
+    };
+    for (a, b) in [(0, 7), (1, 4), (6, 5)] {
+        let delta = delta_by_distance(&clock(a), &clock(b), 1.0);
+        let at_line = f64::from(delta.last().expect("delta").1);
+        let official = laps[b].0.lap_time_s.expect("b") - laps[a].0.lap_time_s.expect("a");
+        assert!(
+            (at_line - official).abs() < 0.05,
+            "laps {} and {}: delta {at_line} vs {official}",
+            laps[a].0.lap,
+            laps[b].0.lap
+        );
+    }
+}
+
+#[test]
+fn bad_files_are_named_and_the_rest_imported() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = dir.path().join("session");
+    std::fs::create_dir_all(&src).expect("mkdir");
+    for lap in ["lap01", "lap02", "lap04"] {
+        std::fs::copy(
+            fixtures().join(format!("{lap}.parquet")),
+            src.join(format!("{lap}.parquet")),
+        )
+        .expect("copy");
+    }
+    std::fs::write(src.join("notes.parquet"), b"not parquet at all").expect("write");
+    std::fs::write(src.join("empty.parquet"), b"").expect("write");
+    let data = dir.path().join("data");
+    let report = import(&[src], &data, &options()).expect("import");
+    assert_eq!(report.failed(), 2, "{:?}", report.files);
+    let errors: Vec<String> = report
+        .files
+        .iter()
+        .filter_map(|f| match &f.outcome {
+            FileOutcome::Failed { error } => Some(error.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        errors.iter().any(|e| e.contains("notes.parquet")),
+        "{errors:?}"
+    );
+    assert!(
+        errors.iter().any(|e| e.contains("empty.parquet")),
+        "{errors:?}"
+    );
+    let ingested = report
+        .files
+        .iter()
+        .find_map(|f| match &f.outcome {
+            FileOutcome::Ingested { laps, .. } => Some(laps.len()),
+            _ => None,
+        })
+        .expect("the good files");
+    // Laps 1 and 2 are complete; lap 4 has no next lap to show its time but is archived with
+    // the samples' time.
+    assert_eq!(ingested, 3);
+}
