@@ -19,7 +19,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use apexsim_systems::record::LapColumns;
-use arrow::array::{Array, ArrayRef, Float32Array, Int32Array, RecordBatch, UInt64Array};
+use arrow::array::{
+    Array, ArrayRef, Float32Array, Int32Array, RecordBatch, StringArray, UInt64Array,
+};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -41,8 +43,14 @@ pub mod session;
 pub mod wal;
 pub mod writer;
 
-/// Version of the lap schema and metadata; readers check it.
-pub const SCHEMA_VERSION: u32 = 2;
+/// Version of the lap schema and metadata; readers check it. Version 3 added the lap's
+/// identity as columns ([`IDENTITY_COLUMNS`]); version 2 gear and rpm.
+pub const SCHEMA_VERSION: u32 = 3;
+
+/// The lap's identity as columns at the end of every lap file (schema version 3), so any engine
+/// can group rows by lap without parsing file names: constant within a file, so dictionary and
+/// run-length encoded to a few bytes. The Hive partitions add `source`, `track` and `date`.
+pub const IDENTITY_COLUMNS: [&str; 5] = ["session", "car", "car_model", "driver", "lap"];
 
 /// zstd level of lap files: one of zstd's fast levels. Telemetry floats compress little
 /// whatever the level; this keeps encoding near disk speed (see `benches/archive.rs`).
@@ -258,6 +266,18 @@ pub fn lap_schema() -> SchemaRef {
             ));
         }
     }
+    fields.extend([
+        f("session", DataType::Utf8, "id", "session id"),
+        f("car", DataType::Int32, "1", "car index within the session"),
+        f("car_model", DataType::Utf8, "name", "car model"),
+        f("driver", DataType::Utf8, "name", "driver name or pseudonym"),
+        f(
+            "lap",
+            DataType::Int32,
+            "1",
+            "lap number (0 = out-lap, grid to line)",
+        ),
+    ]);
     Arc::new(Schema::new(fields))
 }
 
@@ -308,6 +328,18 @@ pub fn lap_batch(meta: &LapMeta, columns: LapColumns) -> Result<RecordBatch, Arc
             arrays.push(Arc::new(Float32Array::from(frac)));
         }
     }
+    let rows = arrays.first().map_or(0, |a| a.len());
+    let text = |v: &str| -> ArrayRef {
+        Arc::new(StringArray::from_iter_values(std::iter::repeat_n(v, rows)))
+    };
+    let session = meta.session.to_string();
+    arrays.extend([
+        text(&session),
+        Arc::new(Int32Array::from(vec![i32::from(meta.car); rows])) as ArrayRef,
+        text(&meta.car_model),
+        text(&meta.driver),
+        Arc::new(Int32Array::from(vec![i32::from(meta.lap); rows])),
+    ]);
     Ok(RecordBatch::try_new(lap_schema(), arrays)?)
 }
 
@@ -459,7 +491,13 @@ fn encode_parquet<W: std::io::Write + Send>(
         .set_dictionary_enabled(false)
         .set_encoding(Encoding::BYTE_STREAM_SPLIT)
         .set_column_encoding(ColumnPath::from("tick"), Encoding::DELTA_BINARY_PACKED)
-        .set_column_encoding(ColumnPath::from("gear"), Encoding::DELTA_BINARY_PACKED)
+        .set_column_encoding(ColumnPath::from("gear"), Encoding::DELTA_BINARY_PACKED);
+    // The identity columns hold one value each: a one-entry dictionary and a run of zeros.
+    let props = IDENTITY_COLUMNS.iter().fold(props, |p, name| {
+        p.set_column_dictionary_enabled(ColumnPath::from(*name), true)
+            .set_column_encoding(ColumnPath::from(*name), Encoding::PLAIN)
+    });
+    let props = props
         // One page per column in a lap: chunk statistics are as selective and cost less.
         .set_statistics_enabled(EnabledStatistics::Chunk)
         .set_key_value_metadata(Some(kv))

@@ -62,6 +62,8 @@ pub enum Command {
     Archive(ArchiveCommand),
     /// Archive the laps of iRacing recordings (.ibt files, or folders of them).
     Ingest(IngestArgs),
+    /// Lap metrics: one row per lap and a summary per track and car.
+    Analyze(AnalyzeArgs),
     /// Bring laps recorded by other tools into the archive.
     #[command(subcommand)]
     Import(ImportCommand),
@@ -114,6 +116,56 @@ pub struct IngestArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,
+}
+
+/// Output formats of `analyze`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum TableFormat {
+    /// Aligned text tables.
+    #[default]
+    Table,
+    /// Comma-separated lap rows.
+    Csv,
+    /// JSON on one line: laps, summary, errors.
+    Json,
+    /// Lap rows as a Parquet file (`--out`).
+    Parquet,
+}
+
+/// Arguments of `apexsim analyze`.
+#[derive(Debug, clap::Args)]
+pub struct AnalyzeArgs {
+    /// Archives (data directories) or lap files and folders of them; the `--data` archive when
+    /// none is given.
+    #[arg(value_name = "ARCHIVE_OR_PARQUET")]
+    pub paths: Vec<PathBuf>,
+    /// Only this track (its slug: a partition, so the others are not read).
+    #[arg(long)]
+    pub track: Option<String>,
+    /// Only this car model.
+    #[arg(long)]
+    pub car: Option<String>,
+    /// Only this session (its id).
+    #[arg(long)]
+    pub session: Option<String>,
+    /// Only this driver.
+    #[arg(long)]
+    pub driver: Option<String>,
+    /// Measure every lap again and store the metrics (after a threshold change).
+    #[arg(long)]
+    pub recompute: bool,
+    /// Thresholds file (TOML); default: the archive's `thresholds.toml`, else built-in values.
+    #[arg(long, value_name = "FILE")]
+    pub thresholds: Option<PathBuf>,
+    /// Override one threshold: `--set brake_on=0.15` (repeatable).
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    pub sets: Vec<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t)]
+    pub format: TableFormat,
+    /// Output file (required for parquet).
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
 }
 
 /// `apexsim import` commands.

@@ -167,6 +167,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             output::print_ingest(&report, args.format).context("writing the ingest report")?;
             ingest_outcome(&report)?;
         }
+        Command::Analyze(args) => analyze(args, &cli.data)?,
         Command::Import(ImportCommand::RacingCoach {
             paths,
             track,
@@ -289,6 +290,47 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let report = apexsim::ingest::live::run(&cli.data, &opts)?;
             output::print_live(&report).context("writing the live report")?;
         }
+    }
+    Ok(())
+}
+
+/// `apexsim analyze`: thresholds (file, then `--set`), the analysis, the report; exit 1 when a
+/// lap file could not be analysed.
+fn analyze(args: apexsim::cli::AnalyzeArgs, data: &Path) -> anyhow::Result<()> {
+    use apexsim::analysis::query::{LapFilter, analyze_paths};
+    use apexsim::analysis::store::archive_thresholds;
+    let paths = if args.paths.is_empty() {
+        vec![data.to_owned()]
+    } else {
+        args.paths.clone()
+    };
+    let base = match &args.thresholds {
+        Some(file) => apexsim::analysis::Thresholds::from_file(file),
+        None => archive_thresholds(&paths[0]),
+    }
+    .map_err(|e| UsageError(e.to_string()))?;
+    let th = base
+        .with_overrides(&args.sets)
+        .map_err(|e| UsageError(e.to_string()))?;
+    if args.format == apexsim::cli::TableFormat::Parquet && args.out.is_none() {
+        return Err(UsageError("--format parquet needs --out FILE".into()).into());
+    }
+    let filter = LapFilter {
+        track: args.track.clone(),
+        car: args.car.clone(),
+        session: args.session.clone(),
+        driver: args.driver.clone(),
+    };
+    let recompute = args.recompute || args.thresholds.is_some() || !args.sets.is_empty();
+    let report = analyze_paths(&paths, &filter, &th, recompute)?;
+    output::print_analysis(&report, args.format, args.out.as_deref())
+        .context("writing the analysis")?;
+    if !report.errors.is_empty() {
+        anyhow::bail!(
+            "{} lap file(s) could not be analysed; first: {}",
+            report.errors.len(),
+            report.errors[0]
+        );
     }
     Ok(())
 }

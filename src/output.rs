@@ -690,6 +690,179 @@ pub fn print_drive(r: &crate::net::drive::DriveReport, format: Format) -> io::Re
     emit(&text)
 }
 
+/// Prints an analysis: lap rows and the summary per track and car as tables, CSV (lap rows),
+/// JSON (everything), or Parquet (lap rows, into `out`).
+pub fn print_analysis(
+    a: &crate::analysis::query::Analysis,
+    format: crate::cli::TableFormat,
+    out: Option<&std::path::Path>,
+) -> io::Result<()> {
+    use crate::cli::TableFormat;
+    let secs = |t: Option<f64>| t.map_or_else(|| "-".to_owned(), lap_time);
+    let pct = |x: f32| format!("{:.0}", x * 100.0);
+    let sectors = |v: &[f32], sep: &str| {
+        v.iter()
+            .map(|s| format!("{s:.3}"))
+            .collect::<Vec<_>>()
+            .join(sep)
+    };
+    match format {
+        TableFormat::Json => emit_json(a),
+        TableFormat::Csv => {
+            let mut w = csv::Writer::from_writer(io::stdout().lock());
+            w.write_record([
+                "source",
+                "track",
+                "date",
+                "session",
+                "car",
+                "car_model",
+                "driver",
+                "lap",
+                "valid",
+                "official_lap_time_s",
+                "lap_time_s",
+                "top_speed_mps",
+                "full_throttle_share",
+                "braking_share",
+                "coasting_share",
+                "braking_zones",
+                "corners",
+                "sector_times_s",
+            ])?;
+            for r in &a.laps {
+                let opt = |t: Option<f64>| t.map_or_else(String::new, |t| format!("{t:.3}"));
+                w.write_record([
+                    r.source.clone(),
+                    r.track.clone(),
+                    r.date.clone(),
+                    r.session.clone(),
+                    r.car.to_string(),
+                    r.car_model.clone(),
+                    r.driver.clone(),
+                    r.lap.to_string(),
+                    r.valid.to_string(),
+                    opt(r.official_lap_time_s),
+                    opt(r.lap_time_s),
+                    format!("{:.2}", r.top_speed_mps),
+                    format!("{:.4}", r.full_throttle_share),
+                    format!("{:.4}", r.braking_share),
+                    format!("{:.4}", r.coasting_share),
+                    r.braking_zones.to_string(),
+                    r.corners.to_string(),
+                    sectors(&r.sector_times_s, ";"),
+                ])?;
+            }
+            w.flush()
+        }
+        TableFormat::Parquet => {
+            let path = out.ok_or_else(|| io::Error::other("--format parquet needs --out"))?;
+            crate::analysis::store::write_lap_rows(path, &a.laps).map_err(io::Error::other)?;
+            emit(&format!(
+                "{} lap rows written to {}\n",
+                a.laps.len(),
+                path.display()
+            ))
+        }
+        TableFormat::Table => {
+            let rows: Vec<Vec<String>> = a
+                .laps
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.track.clone(),
+                        r.session.chars().take(8).collect(),
+                        r.car.to_string(),
+                        r.driver.clone(),
+                        r.lap.to_string(),
+                        if r.valid { "yes" } else { "no" }.into(),
+                        secs(r.official_lap_time_s),
+                        secs(r.lap_time_s),
+                        format!("{:.0}", r.top_speed_mps * 3.6),
+                        pct(r.full_throttle_share),
+                        pct(r.braking_share),
+                        pct(r.coasting_share),
+                        r.braking_zones.to_string(),
+                        r.corners.to_string(),
+                        sectors(&r.sector_times_s, " "),
+                    ]
+                })
+                .collect();
+            let mut text = table(
+                &[
+                    "Track",
+                    "Session",
+                    "Car",
+                    "Driver",
+                    "Lap",
+                    "Valid",
+                    "Official",
+                    "Measured",
+                    "Top km/h",
+                    "Full %",
+                    "Brake %",
+                    "Coast %",
+                    "Zones",
+                    "Corners",
+                    "Sectors (s)",
+                ],
+                &rows,
+            );
+            let summary: Vec<Vec<String>> = a
+                .summary
+                .iter()
+                .map(|s| {
+                    vec![
+                        s.track.clone(),
+                        s.car_model.clone(),
+                        s.laps.to_string(),
+                        s.valid_laps.to_string(),
+                        secs(s.best_lap_s),
+                        s.best_lap.clone().unwrap_or_else(|| "-".into()),
+                        secs(s.mean_lap_s),
+                        secs(s.theoretical_best_s),
+                        s.braking_point_mad_m
+                            .map_or_else(|| "-".into(), |m| format!("{m:.1}")),
+                    ]
+                })
+                .collect();
+            text.push('\n');
+            text.push_str(&table(
+                &[
+                    "Track",
+                    "Car",
+                    "Laps",
+                    "Valid",
+                    "Best",
+                    "Best lap",
+                    "Mean",
+                    "Theoretical",
+                    "Braking MAD m",
+                ],
+                &summary,
+            ));
+            let rate = if a.compute_s > 0.0 {
+                a.computed as f64 / a.compute_s
+            } else {
+                0.0
+            };
+            text.push_str(&format!(
+                "\n{} laps; {} measured now in {:.2} s ({:.0} laps/s); stored metrics read in {:.3} s; {} error(s)\n",
+                a.laps.len(),
+                a.computed,
+                a.compute_s,
+                rate,
+                a.query_s,
+                a.errors.len()
+            ));
+            for e in &a.errors {
+                text.push_str(&format!("error: {e}\n"));
+            }
+            emit(&text)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

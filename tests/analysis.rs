@@ -284,7 +284,7 @@ fn comparisons_across_laps() {
         "{at_line} vs {}",
         tf - ts
     );
-    let best = theoretical_best([&ms, &mf]).expect("best");
+    let best = theoretical_best([&ms, &mf].map(|m| m.minisector_times_s.as_slice())).expect("best");
     assert!(best <= tf + 1e-4, "{best} vs {tf}");
     let pairs = match_points(
         &ms.braking.iter().map(|z| z.start_m).collect::<Vec<_>>(),

@@ -124,4 +124,24 @@ fn polars_reads_the_archive_with_hive_partitions_and_filters_on_track_and_date()
         .unique()
         .expect("unique");
     assert_eq!(sources.len(), 1);
+
+    // Schema version 3: the lap's identity is in columns, so an engine groups rows by lap
+    // without parsing file names: one group per lap file, with its row count.
+    let per_lap = scan()
+        .group_by([col("session"), col("car"), col("lap"), col("driver")])
+        .agg([len().alias("rows")])
+        .collect()
+        .expect("group by lap");
+    assert_eq!(per_lap.height(), laps.len() + 1, "{per_lap:?}");
+    let total: u64 = per_lap
+        .column("rows")
+        .expect("rows")
+        .cast(&DataType::UInt64)
+        .expect("cast")
+        .u64()
+        .expect("u64")
+        .iter()
+        .flatten()
+        .sum();
+    assert_eq!(total, all.height() as u64);
 }

@@ -160,7 +160,8 @@ fn metrics_on_real_laps_hold_to_the_ground_truth() {
         .iter()
         .filter_map(|(_, m)| m.stats.lap_time_s)
         .fold(f64::INFINITY, f64::min);
-    let best = theoretical_best(all.iter().map(|(_, m)| m)).expect("theoretical best");
+    let best = theoretical_best(all.iter().map(|(_, m)| m.minisector_times_s.as_slice()))
+        .expect("theoretical best");
     assert!(
         best <= best_lap + 1e-6,
         "theoretical {best} vs best lap {best_lap}"
@@ -235,4 +236,168 @@ fn bad_files_are_named_and_the_rest_imported() {
     // Laps 1 and 2 are complete; lap 4 has no next lap to show its time but is archived with
     // the samples' time.
     assert_eq!(ingested, 3);
+}
+
+fn apexsim(data: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_apexsim"))
+        .arg("--data")
+        .arg(data)
+        .args(args)
+        .output()
+        .expect("run apexsim")
+}
+
+#[test]
+fn analyze_reads_stored_metrics_filters_and_names_bad_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let fx = fixtures();
+    let out = apexsim(
+        &data,
+        &[
+            "import",
+            "racing-coach",
+            fx.to_str().expect("utf-8"),
+            "--track",
+            "Algarve",
+            "--car",
+            "Formula 4",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The import stored the metrics beside the laps: analyze measures nothing.
+    for table in ["laps", "braking_zones", "corners"] {
+        assert!(
+            data.join("metrics")
+                .join(table)
+                .join("source=iracing/track=algarve")
+                .is_dir()
+        );
+    }
+    let out = apexsim(&data, &["analyze", "--format", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let a: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(a["computed"], 0, "metrics were stored at import");
+    assert_eq!(a["laps"].as_array().expect("laps").len(), 8);
+    let s = &a["summary"][0];
+    assert_eq!(s["valid_laps"], 7);
+    assert!(
+        (s["best_lap_s"].as_f64().expect("best") - 106.496).abs() < 1e-3,
+        "{s}"
+    );
+    let theoretical = s["theoretical_best_s"].as_f64().expect("theoretical");
+    assert!(
+        theoretical <= 106.496 && theoretical > 100.0,
+        "{theoretical}"
+    );
+    assert!(
+        s["braking_point_mad_m"].as_f64().expect("mad") < 15.0,
+        "{s}"
+    );
+
+    // Partition and column filters.
+    let out = apexsim(
+        &data,
+        &["analyze", "--format", "json", "--track", "nowhere"],
+    );
+    let a: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert!(a["laps"].as_array().expect("laps").is_empty());
+    let out = apexsim(
+        &data,
+        &["analyze", "--format", "csv", "--driver", "unknown"],
+    );
+    let csv = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(csv.lines().count(), 9, "{csv}");
+    assert!(
+        csv.lines().nth(1).expect("row").contains(",algarve,"),
+        "{csv}"
+    );
+
+    // A threshold change recomputes every lap: fewer, longer zones with a high brake_on.
+    let out = apexsim(
+        &data,
+        &["analyze", "--format", "json", "--set", "brake_on=0.9"],
+    );
+    let a: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(a["computed"], 8);
+    let zones = a["laps"][0]["braking_zones"].as_i64().expect("zones");
+    assert!(zones < 7, "{zones}");
+    let out = apexsim(&data, &["analyze", "--set", "brake_onn=0.9"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown threshold brake_onn"));
+
+    // Loose lap files: a bad one is named, the others are analysed, the exit code says so.
+    let loose = dir.path().join("loose");
+    std::fs::create_dir_all(&loose).expect("mkdir");
+    let lap = std::fs::read_dir(data.join("laps/source=iracing/track=algarve"))
+        .expect("partition")
+        .flatten()
+        .next()
+        .expect("a date")
+        .path();
+    for (i, f) in std::fs::read_dir(&lap)
+        .expect("laps")
+        .flatten()
+        .take(2)
+        .enumerate()
+    {
+        std::fs::copy(f.path(), loose.join(format!("lap{i}.parquet"))).expect("copy");
+    }
+    std::fs::write(loose.join("broken.parquet"), b"PAR1 not really").expect("write");
+    let out = apexsim(
+        &data,
+        &[
+            "analyze",
+            "--format",
+            "json",
+            loose.to_str().expect("utf-8"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let a: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(a["laps"].as_array().expect("laps").len(), 2);
+    assert!(
+        a["errors"][0]
+            .as_str()
+            .expect("error")
+            .contains("broken.parquet"),
+        "{a}"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("could not be analysed"));
+
+    // Parquet output.
+    let file = dir.path().join("laps.parquet");
+    let out = apexsim(
+        &data,
+        &[
+            "analyze",
+            "--format",
+            "parquet",
+            "--out",
+            file.to_str().expect("utf-8"),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (rows, _) = parquet_rows(&file);
+    assert_eq!(rows, 8);
+}
+
+fn parquet_rows(path: &Path) -> (i64, usize) {
+    let file = std::fs::File::open(path).expect("open");
+    let reader = parquet::file::reader::SerializedFileReader::new(file).expect("parquet");
+    use parquet::file::reader::FileReader;
+    let meta = reader.metadata().file_metadata();
+    (meta.num_rows(), meta.schema_descr().num_columns())
 }

@@ -55,12 +55,11 @@ pub fn match_points(a: &[f32], b: &[f32], window: f32, length: f32) -> Vec<(usiz
     pairs
 }
 
-/// The theoretical best lap: the sum of each minisector's best time over the laps that cover
-/// every minisector. `None` when no lap does.
-pub fn theoretical_best<'a>(laps: impl IntoIterator<Item = &'a LapMetrics>) -> Option<f64> {
+/// The theoretical best lap: the sum of each minisector's best time over the laps (their
+/// minisector times) that cover every minisector. `None` when no lap does.
+pub fn theoretical_best<'a>(laps: impl IntoIterator<Item = &'a [f32]>) -> Option<f64> {
     let mut best: Option<Vec<f32>> = None;
-    for lap in laps {
-        let m = &lap.minisector_times_s;
+    for m in laps {
         if m.is_empty() || m.iter().any(|x| !x.is_finite()) {
             continue;
         }
@@ -71,7 +70,7 @@ pub fn theoretical_best<'a>(laps: impl IntoIterator<Item = &'a LapMetrics>) -> O
                 }
             }
             Some(_) => {}
-            None => best = Some(m.clone()),
+            None => best = Some(m.to_vec()),
         }
     }
     best.map(|b| b.iter().map(|x| f64::from(*x)).sum())

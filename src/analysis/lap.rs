@@ -686,7 +686,7 @@ pub fn lap_metrics(
             coast += w;
         }
     }
-    let braked: f64 = zones.iter().map(|r| lap.time_span(*r)).sum();
+    let braked = zones.iter().fold(0.0, |acc, r| acc + lap.time_span(*r));
     let share = |x: f64| if total > 0.0 { (x / total) as f32 } else { 0.0 };
     let (lo, hi) = v
         .iter()

@@ -8,6 +8,8 @@
 
 pub mod across;
 pub mod lap;
+pub mod query;
+pub mod store;
 pub mod thresholds;
 
 pub use lap::{BrakingZone, Corner, DistanceClock, LapMetrics, LapStats, MetricError, lap_metrics};

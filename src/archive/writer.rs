@@ -26,6 +26,8 @@ use super::index::{Index, ResultEntry, SessionRow};
 use super::lock::Owner;
 use super::wal::Wal;
 use super::{ArchiveError, LapMeta, StagedLap, lap_batch, stage_lap};
+use crate::analysis::store::{archive_thresholds, write_metrics};
+use crate::analysis::{LapMetrics, Thresholds, lap_metrics};
 
 /// Jobs the channel holds before submits start queueing locally.
 pub const CHANNEL_CAPACITY: usize = 256;
@@ -228,6 +230,8 @@ struct LapWork {
     meta: Box<LapMeta>,
     batch: RecordBatch,
     rows: usize,
+    /// The lap's metrics, stored once the lap is durable.
+    metrics: Option<Box<LapMetrics>>,
 }
 
 struct Pending {
@@ -270,6 +274,8 @@ struct Worker {
     in_flight: usize,
     commit_tx: Option<SyncSender<Commit>>,
     done_rx: Receiver<Committed>,
+    /// What lap metrics are computed with (the archive's `thresholds.toml`, else defaults).
+    thresholds: Thresholds,
 }
 
 fn run(data: &Path, owner: Owner, index: Index, rx: Receiver<ArchiveJob>) -> WriterReport {
@@ -318,6 +324,10 @@ fn run(data: &Path, owner: Owner, index: Index, rx: Receiver<ArchiveJob>) -> Wri
         // Without a commit thread the writer syncs laps itself.
         commit_tx: committer.is_ok().then_some(commit_tx),
         done_rx,
+        thresholds: archive_thresholds(data).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "bad thresholds file: lap metrics use the defaults");
+            Thresholds::default()
+        }),
     };
     loop {
         worker.collect(false);
@@ -374,8 +384,31 @@ impl Worker {
         match job {
             ArchiveJob::Lap { meta, columns } => {
                 let rows = columns.len();
+                // Metrics are computed here, off the simulation thread, before the columns
+                // move into the batch.
+                let metrics = match lap_metrics(
+                    &columns,
+                    meta.track_length_m,
+                    meta.complete,
+                    &[],
+                    &self.thresholds,
+                ) {
+                    Ok(m) => Some(Box::new(m)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, lap = meta.lap, car = meta.car, "lap has no metrics");
+                        None
+                    }
+                };
                 match lap_batch(&meta, columns) {
-                    Ok(batch) => self.write(LapWork { meta, batch, rows }, 0),
+                    Ok(batch) => self.write(
+                        LapWork {
+                            meta,
+                            batch,
+                            rows,
+                            metrics,
+                        },
+                        0,
+                    ),
                     Err(e) => {
                         // Columns that do not form a batch will not form one later either.
                         tracing::error!(error = %e, lap = meta.lap, car = meta.car, "lap not archived");
@@ -481,6 +514,12 @@ impl Worker {
                 }
                 self.report.laps_written += 1;
                 self.report.rows_written += lap.rows as u64;
+                if let Some(m) = &lap.metrics
+                    && let Err(e) = write_metrics(&self.data, &lap.meta, m)
+                {
+                    // Derived data: the lap is safe, `analyze --recompute` rebuilds them.
+                    tracing::warn!(error = %e, "lap metrics not stored");
+                }
             }
             Err(e) => self.failed(Retry::IndexLap(lap, path), attempts, &e),
         }
