@@ -143,6 +143,7 @@ fn parquet_write(c: &mut Criterion) {
         seed: None,
         started_at: 0,
         finished_at: None,
+        sectors: Vec::new(),
     };
     group.bench_function(format!("parquet_zstd/{LAPS}_laps"), |b| {
         b.iter_batched(

@@ -455,6 +455,7 @@ fn begin_sessions(world: &mut World, recorder: &Recorder) {
                 seed: Some(9),
                 started_at: 0,
                 finished_at: None,
+                sectors: Vec::new(),
             },
             track_length_m: length,
             cars,

@@ -186,6 +186,9 @@ pub enum ImportCommand {
         /// Driver name (or pseudonym).
         #[arg(long, default_value = "unknown")]
         driver: String,
+        /// Where sectors 2, 3... start, as fractions of the lap: `--sectors 0.33,0.67`.
+        #[arg(long, value_delimiter = ',', value_name = "FRACTIONS")]
+        sectors: Vec<f32>,
         /// Output format.
         #[arg(long, value_enum, default_value_t)]
         format: Format,

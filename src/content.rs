@@ -133,6 +133,9 @@ pub struct TrackContent {
     pub version: String,
     /// Centerline, width and grid.
     pub geometry: TrackGeometry,
+    /// Where the sectors start, as fractions of the lap, increasing (the first sector starts
+    /// at the line and is not listed); empty for one sector.
+    pub sectors: Vec<f32>,
     /// The manifest.
     pub path: PathBuf,
 }
@@ -505,6 +508,7 @@ struct TrackFile {
     width_m: Spanned<f32>,
     centerline_file: Spanned<String>,
     grid_slots: Option<Spanned<u32>>,
+    sectors: Option<Spanned<Vec<f32>>>,
 }
 
 fn load_track(slug: &str, path: &Path) -> Result<TrackContent, ContentError> {
@@ -517,6 +521,22 @@ fn load_track(slug: &str, path: &Path) -> Result<TrackContent, ContentError> {
     let grid_slots = match &file.grid_slots {
         Some(v) => c.int_range("grid_slots", v, 1, 64)?,
         None => DEFAULT_GRID_SLOTS,
+    };
+    let sectors = match &file.sectors {
+        Some(v) => {
+            let s = v.get_ref().clone();
+            let increasing = s.windows(2).all(|w| w[0] < w[1]);
+            if !increasing || s.iter().any(|x| !(*x > 0.0 && *x < 1.0)) {
+                return Err(c.field(
+                    "sectors",
+                    v,
+                    "sector starts must be fractions of the lap, above 0 and below 1, increasing"
+                        .into(),
+                ));
+            }
+            s
+        }
+        None => Vec::new(),
     };
     let csv_name = c.text("centerline_file", &file.centerline_file)?;
     if Path::new(&csv_name).components().count() != 1 {
@@ -567,6 +587,7 @@ fn load_track(slug: &str, path: &Path) -> Result<TrackContent, ContentError> {
         name,
         version,
         geometry,
+        sectors,
         path: path.to_owned(),
     })
 }

@@ -173,9 +173,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             track,
             car,
             driver,
+            sectors,
             format,
         }) => {
-            let opts = apexsim::ingest::racing_coach::ImportOptions { track, car, driver };
+            if sectors.windows(2).any(|w| w[0] >= w[1])
+                || sectors.iter().any(|s| !(*s > 0.0 && *s < 1.0))
+            {
+                return Err(UsageError(
+                    "--sectors: fractions of the lap above 0 and below 1, increasing".into(),
+                )
+                .into());
+            }
+            let opts = apexsim::ingest::racing_coach::ImportOptions {
+                track,
+                car,
+                driver,
+                sectors,
+            };
             let report = apexsim::ingest::racing_coach::import(&paths, &cli.data, &opts)
                 .map_err(|e| UsageError(e.to_string()))?;
             output::print_ingest(&report, format).context("writing the import report")?;

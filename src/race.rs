@@ -367,6 +367,7 @@ pub struct Race {
     recorded_laps: usize,
     recorded_rows: usize,
     track_slug: String,
+    track_sectors: Vec<f32>,
     archive: Option<Recorder>,
 }
 
@@ -469,6 +470,7 @@ impl Race {
             recorded_laps: 0,
             recorded_rows: 0,
             track_slug: track.slug.clone(),
+            track_sectors: track.sectors.clone(),
             archive: None,
         })
     }
@@ -527,6 +529,7 @@ impl Race {
                 seed: Some(self.seed),
                 started_at: unix_now(),
                 finished_at: None,
+                sectors: self.track_sectors.clone(),
             },
             self.track_length_m,
             self.cars

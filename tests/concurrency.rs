@@ -480,6 +480,7 @@ fn many_connections_opening_a_fresh_index_at_once_all_succeed() {
                         seed: Some(i),
                         started_at: 0,
                         finished_at: None,
+                        sectors: Vec::new(),
                     })
                     .expect("write");
             })

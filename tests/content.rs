@@ -224,3 +224,24 @@ fn cli_content_check_exits_2_on_bad_content() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("physics.grip_coefficient"), "{stdout}");
 }
+
+#[test]
+fn sectors_must_be_increasing_fractions() {
+    let dir = copy();
+    let track = dir.path().join("tracks/grand_circuit/track.toml");
+    edit(
+        &track,
+        "sectors = [0.333, 0.667]",
+        "sectors = [0.667, 0.333]",
+    );
+    let (_, text, content) = only_error(dir.path());
+    assert!(
+        text.contains("grand_circuit/track.toml:8: field `sectors`"),
+        "{text}"
+    );
+    assert!(text.contains("increasing"), "{text}");
+    assert!(!content.tracks.iter().any(|t| t.slug == "grand_circuit"));
+    let good = Content::load(&bundled()).content;
+    let oval = good.track("oval_simple").expect("oval");
+    assert_eq!(oval.sectors, vec![0.5]);
+}

@@ -211,6 +211,9 @@ fn ingest_archives_laps_skips_known_files_and_names_bad_ones() {
     assert_eq!(sessions.len(), 1);
     assert_eq!(sessions[0].source, "iracing");
     assert_eq!(sessions[0].track, "langley");
+    // The recording's split points (SplitTimeInfo) are the track's sectors, and the stored
+    // lap metrics have one time per sector, adding up to the lap.
+    assert_eq!(sessions[0].sectors, vec![0.5]);
     // Finished once its laps were handed over: the recording's start plus its length.
     let (start, end) = (
         sessions[0].started_at,
@@ -242,6 +245,36 @@ fn ingest_archives_laps_skips_known_files_and_names_bad_ones() {
             "the SK Modified laps Langley in 2nd"
         );
         assert!(columns.rpm.iter().any(|r| *r > 3000.0));
+        let metrics = data.join(
+            lap.file
+                .to_string_lossy()
+                .replacen("laps/", "metrics/laps/", 1),
+        );
+        let file = std::fs::File::open(&metrics).expect("stored metrics");
+        let rows = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .expect("parquet")
+            .build()
+            .expect("reader")
+            .next()
+            .expect("a batch")
+            .expect("batch");
+        let sectors = rows
+            .column_by_name("sector_times_s")
+            .expect("sector times")
+            .as_any()
+            .downcast_ref::<arrow::array::ListArray>()
+            .expect("list")
+            .value(0);
+        let sectors = sectors
+            .as_any()
+            .downcast_ref::<arrow::array::Float32Array>()
+            .expect("f32");
+        assert_eq!(sectors.len(), 2, "{lap:?}");
+        let sum: f32 = sectors.values().iter().sum();
+        assert!(
+            (f64::from(sum) - meta.lap_time_s.expect("time")).abs() < 0.05,
+            "{sum} {meta:?}"
+        );
     }
     let official: Vec<f64> = laps
         .iter()

@@ -36,6 +36,7 @@ fn options() -> ImportOptions {
         track: "Algarve".into(),
         car: "Formula 4".into(),
         driver: "Driver 1".into(),
+        sectors: vec![0.3, 0.7],
     }
 }
 
@@ -262,6 +263,8 @@ fn analyze_reads_stored_metrics_filters_and_names_bad_files() {
             "Algarve",
             "--car",
             "Formula 4",
+            "--sectors",
+            "0.3,0.7",
         ],
     );
     assert!(
@@ -287,6 +290,18 @@ fn analyze_reads_stored_metrics_filters_and_names_bad_files() {
     let a: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(a["computed"], 0, "metrics were stored at import");
     assert_eq!(a["laps"].as_array().expect("laps").len(), 8);
+    // Three sectors, from the import's split points, adding up to the lap.
+    for lap in a["laps"].as_array().expect("laps") {
+        let sectors: Vec<f64> = lap["sector_times_s"]
+            .as_array()
+            .expect("sectors")
+            .iter()
+            .filter_map(serde_json::Value::as_f64)
+            .collect();
+        assert_eq!(sectors.len(), 3, "{lap}");
+        let time = lap["lap_time_s"].as_f64().expect("time");
+        assert!((sectors.iter().sum::<f64>() - time).abs() < 0.01, "{lap}");
+    }
     let s = &a["summary"][0];
     assert_eq!(s["valid_laps"], 7);
     assert!(

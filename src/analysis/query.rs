@@ -163,6 +163,7 @@ pub fn ensure_metrics(
 ) -> (usize, Vec<String>) {
     let mut computed = 0;
     let mut errors = Vec::new();
+    let index = crate::archive::index::Index::open(data).ok();
     for file in lap_files(&data.join("laps"), track) {
         let rel = file.strip_prefix(data.join("laps")).unwrap_or(&file);
         let stored = data.join("metrics").join("laps").join(rel);
@@ -172,8 +173,18 @@ pub fn ensure_metrics(
         let result = read_lap(&file)
             .map_err(|e| e.to_string())
             .and_then(|(meta, cols)| {
-                let m = lap_metrics(&cols, meta.track_length_m, meta.complete, &[], thresholds)
-                    .map_err(|e| format!("{}: {e}", file.display()))?;
+                let sectors = index
+                    .as_ref()
+                    .and_then(|i| i.session_sectors(meta.session).ok())
+                    .unwrap_or_default();
+                let m = lap_metrics(
+                    &cols,
+                    meta.track_length_m,
+                    meta.complete,
+                    &sectors,
+                    thresholds,
+                )
+                .map_err(|e| format!("{}: {e}", file.display()))?;
                 debug_assert_eq!(metrics_path(data, "laps", &meta), stored);
                 write_metrics(data, &meta, &m).map_err(|e| e.to_string())
             });

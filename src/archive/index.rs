@@ -20,7 +20,8 @@ use crate::content::{RaceTemplate, StartMode};
 pub const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Schema migrations, applied in order; the database's `user_version` is how many ran.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE race_templates (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL,
@@ -68,7 +69,12 @@ CREATE TABLE laps (
     rows INTEGER NOT NULL,
     PRIMARY KEY (session_id, car, lap)
 );
-"#];
+"#,
+    r#"
+-- Where the track's sectors start, as fractions of the lap, comma-separated ('' = one sector).
+ALTER TABLE sessions ADD COLUMN sectors TEXT NOT NULL DEFAULT '';
+"#,
+];
 
 /// Whether SQLite reported the database busy or locked by another connection.
 fn is_busy(e: &rusqlite::Error) -> bool {
@@ -123,6 +129,26 @@ pub struct SessionRow {
     pub started_at: i64,
     /// Unix seconds, once finished.
     pub finished_at: Option<i64>,
+    /// Where the track's sectors start, as fractions of the lap (the first, at 0, not
+    /// listed); empty for one sector.
+    pub sectors: Vec<f32>,
+}
+
+/// Sector starts as stored: comma-separated fractions.
+fn sectors_text(sectors: &[f32]) -> String {
+    sectors
+        .iter()
+        .map(f32::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Sector starts from their stored text; anything that is not a fraction in (0, 1) is left out.
+pub fn parse_sectors(text: &str) -> Vec<f32> {
+    text.split(',')
+        .filter_map(|x| x.trim().parse::<f32>().ok())
+        .filter(|x| *x > 0.0 && *x < 1.0)
+        .collect()
 }
 
 /// One classified car of a finished session.
@@ -245,8 +271,8 @@ impl Index {
         self.conn
             .execute(
                 &format!(
-                    "INSERT INTO sessions (id, source, track, car_model, lap_limit, seed, started_at, finished_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) {on_conflict}"
+                    "INSERT INTO sessions (id, source, track, car_model, lap_limit, seed, started_at, finished_at, sectors)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) {on_conflict}"
                 ),
                 params![
                     s.id.to_string(),
@@ -256,7 +282,8 @@ impl Index {
                     s.lap_limit,
                     s.seed.map(|v| v as i64),
                     s.started_at,
-                    s.finished_at
+                    s.finished_at,
+                    sectors_text(&s.sectors)
                 ],
             )
             .map_err(self.sql())?;
@@ -371,7 +398,7 @@ impl Index {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT id, source, track, car_model, lap_limit, seed, started_at, finished_at
+                "SELECT id, source, track, car_model, lap_limit, seed, started_at, finished_at, sectors
                  FROM sessions ORDER BY started_at DESC, id",
             )
             .map_err(self.sql())?;
@@ -387,10 +414,28 @@ impl Index {
                     seed: r.get::<_, Option<i64>>(5)?.map(|v| v as u64),
                     started_at: r.get(6)?,
                     finished_at: r.get(7)?,
+                    sectors: parse_sectors(&r.get::<_, String>(8)?),
                 })
             })
             .map_err(self.sql())?;
         rows.collect::<Result<_, _>>().map_err(self.sql())
+    }
+
+    /// Where a session's track sectors start (empty when one sector or unknown).
+    ///
+    /// # Errors
+    /// [`ArchiveError::Sqlite`].
+    pub fn session_sectors(&self, id: Uuid) -> Result<Vec<f32>, ArchiveError> {
+        let text: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT sectors FROM sessions WHERE id = ?1",
+                params![id.to_string()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.sql())?;
+        Ok(text.as_deref().map(parse_sectors).unwrap_or_default())
     }
 
     /// The laps of a session, or of every session, in session, car and lap order.

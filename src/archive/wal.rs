@@ -809,6 +809,7 @@ fn archive_wal(
         seed: None,
         started_at: session.started_at,
         finished_at: None,
+        sectors: Vec::new(),
     })?;
     let date = Date::parse(&session.date).unwrap_or_else(Date::today);
     for ((car, row_lap), columns) in wal.laps {

@@ -10,7 +10,7 @@
 //! order; what still fails when the writer finishes is reported, and the race keeps its
 //! write-ahead file for the next start.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{
     Receiver, RecvTimeoutError, SyncSender, TrySendError, channel, sync_channel,
@@ -276,6 +276,8 @@ struct Worker {
     done_rx: Receiver<Committed>,
     /// What lap metrics are computed with (the archive's `thresholds.toml`, else defaults).
     thresholds: Thresholds,
+    /// Sector starts of each session seen, for lap metrics.
+    sectors: HashMap<Uuid, Vec<f32>>,
 }
 
 fn run(data: &Path, owner: Owner, index: Index, rx: Receiver<ArchiveJob>) -> WriterReport {
@@ -328,6 +330,7 @@ fn run(data: &Path, owner: Owner, index: Index, rx: Receiver<ArchiveJob>) -> Wri
             tracing::error!(error = %e, "bad thresholds file: lap metrics use the defaults");
             Thresholds::default()
         }),
+        sectors: HashMap::new(),
     };
     loop {
         worker.collect(false);
@@ -386,11 +389,12 @@ impl Worker {
                 let rows = columns.len();
                 // Metrics are computed here, off the simulation thread, before the columns
                 // move into the batch.
+                let sectors = self.sectors_of(meta.session);
                 let metrics = match lap_metrics(
                     &columns,
                     meta.track_length_m,
                     meta.complete,
-                    &[],
+                    &sectors,
                     &self.thresholds,
                 ) {
                     Ok(m) => Some(Box::new(m)),
@@ -420,13 +424,27 @@ impl Worker {
         }
     }
 
+    /// Where a session's sectors start: as its row said, else as the index has it (a session
+    /// recovered from its write-ahead file), else one sector.
+    fn sectors_of(&mut self, session: Uuid) -> Vec<f32> {
+        if let Some(s) = self.sectors.get(&session) {
+            return s.clone();
+        }
+        let s = self.index.session_sectors(session).unwrap_or_default();
+        self.sectors.insert(session, s.clone());
+        s
+    }
+
     /// Applies an index job after the laps submitted before it; a failure is retried.
     fn apply(&mut self, job: ArchiveJob, attempts: u32) {
         // Sessions and results are indexed after the laps submitted before them.
         self.collect(true);
         let result = match &job {
             ArchiveJob::Templates(t) => self.index.put_templates(t, unix_now()),
-            ArchiveJob::Session(s) => self.index.put_session(s),
+            ArchiveJob::Session(s) => {
+                self.sectors.insert(s.id, s.sectors.clone());
+                self.index.put_session(s)
+            }
             ArchiveJob::Close(close) => {
                 let waiting = self
                     .retry

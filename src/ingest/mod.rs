@@ -106,6 +106,9 @@ pub struct RecordingInfo {
     pub driver: String,
     /// Unix seconds at which the recording started.
     pub started_at: i64,
+    /// Where the track's sectors start, as fractions of the lap (the session info's split
+    /// points; the first, at 0, not listed).
+    pub sectors: Vec<f32>,
 }
 
 /// One lap found in a recording.
@@ -139,7 +142,7 @@ pub enum FileOutcome {
         /// Session id (from the file's bytes).
         session: Uuid,
         /// What the file says.
-        info: RecordingInfo,
+        info: Box<RecordingInfo>,
         /// Complete laps, in order.
         laps: Vec<IngestedLap>,
         /// Acceleration spikes smoothed.
@@ -402,7 +405,34 @@ pub(crate) fn describe(
             .unwrap_or_else(|| "unknown".into()),
         driver,
         started_at: 0,
+        sectors: sectors(parsed, yaml),
     }
+}
+
+/// Where the track's sectors start (`SplitTimeInfo.Sectors[].SectorStartPct`), from pitwall's
+/// parsed form or, failing that, the YAML's lines; the start at 0 is left out.
+fn sectors(parsed: Option<&pitwall::SessionInfo>, yaml: Option<&str>) -> Vec<f32> {
+    let from_parsed: Option<Vec<f64>> = parsed
+        .and_then(|p| p.split_time_info.as_ref())
+        .and_then(|s| s.sectors.as_ref())
+        .map(|s| s.iter().filter_map(|x| x.sector_start_pct).collect());
+    let starts = from_parsed.unwrap_or_else(|| {
+        yaml.map(|y| {
+            y.lines()
+                .filter_map(|l| l.trim_start().strip_prefix("SectorStartPct:"))
+                .filter_map(|v| v.trim().parse::<f64>().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+    });
+    let mut out: Vec<f32> = starts
+        .into_iter()
+        .filter(|x| *x > 0.0 && *x < 1.0)
+        .map(|x| x as f32)
+        .collect();
+    out.sort_by(f32::total_cmp);
+    out.dedup();
+    out
 }
 
 /// A stable pseudonym for a driver's name: the same name gives the same pseudonym everywhere.
@@ -713,7 +743,7 @@ fn archive_recording(
     }
     FileOutcome::Ingested {
         session: rec.session,
-        info,
+        info: Box::new(info),
         laps: out,
         spikes: rec.spikes,
     }
@@ -742,6 +772,7 @@ pub(crate) fn begin_session(
             seed: None,
             started_at: info.started_at,
             finished_at: None,
+            sectors: info.sectors.clone(),
         },
         info.track_length_m,
         vec![info.driver.clone()],

@@ -52,6 +52,8 @@ pub struct ImportOptions {
     pub car: String,
     /// Driver name.
     pub driver: String,
+    /// Where the track's sectors start, as fractions of the lap (the files do not say).
+    pub sectors: Vec<f32>,
 }
 
 /// Columns that must be present, and what they are read as.
@@ -392,6 +394,7 @@ fn import_session(
         session_type: "racing-coach".into(),
         driver: opts.driver.clone(),
         started_at: all.started_at.unwrap_or(0),
+        sectors: opts.sectors.clone(),
     };
     let mut archive = begin_session(writer, session, &info, WalSync::Off)?;
     let mut numbers = LapNumbers::default();
@@ -455,7 +458,7 @@ fn import_session(
     }
     Ok(FileOutcome::Ingested {
         session,
-        info,
+        info: Box::new(info),
         laps: out,
         spikes: 0,
     })

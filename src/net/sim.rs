@@ -870,6 +870,7 @@ impl SimServer {
                 seed: None,
                 started_at: unix_now(),
                 finished_at: None,
+                sectors: track.sectors.clone(),
             },
             track_length_m: track.geometry.length_m(),
             cars: grid
