@@ -23,11 +23,11 @@ use arrow::array::{
     Array, ArrayRef, Float32Array, Int32Array, RecordBatch, StringArray, UInt64Array,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::arrow_writer::{
     ArrowColumnChunk, ArrowColumnWriter, ArrowLeafColumn, compute_leaves,
 };
+use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::errors::ParquetError;
 use parquet::file::metadata::KeyValue;
@@ -578,6 +578,18 @@ pub fn encode_lap(meta: &LapMeta, columns: LapColumns) -> Result<Vec<u8>, Archiv
 /// [`ArchiveError`] when the file cannot be read, is not Parquet, or is not an ApexSim lap file
 /// of a schema version this build reads.
 pub fn read_lap(path: &Path) -> Result<(LapMeta, LapColumns), ArchiveError> {
+    read_lap_columns(path, None)
+}
+
+/// Reads a lap file's metadata and some of its `f32` columns (by name; `tick` always): the
+/// others are left empty and their bytes are not decoded. `None` reads every column.
+///
+/// # Errors
+/// As [`read_lap`]; a column asked for that the file lacks is an error naming it.
+pub fn read_lap_columns(
+    path: &Path,
+    only: Option<&[&str]>,
+) -> Result<(LapMeta, LapColumns), ArchiveError> {
     let pq = |source| ArchiveError::Parquet {
         path: path.to_owned(),
         source,
@@ -589,6 +601,22 @@ pub fn read_lap(path: &Path) -> Result<(LapMeta, LapColumns), ArchiveError> {
     let file = File::open(path).map_err(io_err(path))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(pq)?;
     let (meta, version) = lap_meta(path, &builder)?;
+    let wanted = |name: &str| name == "tick" || only.is_none_or(|o| o.contains(&name));
+    let builder = match only {
+        Some(_) => {
+            let schema = builder.schema().clone();
+            let roots: Vec<usize> = schema
+                .fields()
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| wanted(f.name()))
+                .map(|(i, _)| i)
+                .collect();
+            let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+            builder.with_projection(mask)
+        }
+        None => builder,
+    };
     let mut columns = LapColumns::default();
     for batch in builder.build().map_err(pq)? {
         let batch = batch?;
@@ -599,6 +627,9 @@ pub fn read_lap(path: &Path) -> Result<(LapMeta, LapColumns), ArchiveError> {
         columns.tick.extend(ticks.values().iter());
         let rows = batch.num_rows();
         for (name, col) in LapColumns::F32_NAMES.iter().zip(columns.f32_columns_mut()) {
+            if !wanted(name) {
+                continue;
+            }
             let column = batch.column_by_name(name);
             if *name == GEAR {
                 match column {

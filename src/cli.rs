@@ -64,6 +64,8 @@ pub enum Command {
     Ingest(IngestArgs),
     /// Lap metrics: one row per lap and a summary per track and car.
     Analyze(AnalyzeArgs),
+    /// Two laps of one track: where time was gained and lost, and plots.
+    Compare(CompareArgs),
     /// Bring laps recorded by other tools into the archive.
     #[command(subcommand)]
     Import(ImportCommand),
@@ -166,6 +168,27 @@ pub struct AnalyzeArgs {
     /// Output file (required for parquet).
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
+}
+
+/// Arguments of `apexsim compare`.
+#[derive(Debug, clap::Args)]
+pub struct CompareArgs {
+    /// The reference lap: a lap file, or `SESSION:CAR:LAP` (as `analyze` lists them).
+    pub a: String,
+    /// The lap compared with it.
+    pub b: String,
+    /// Draw speed, pedals, time delta and a track map into this file (.svg or .png).
+    #[arg(long, value_name = "FILE")]
+    pub plot: Option<PathBuf>,
+    /// Thresholds file (TOML); default: the archive's `thresholds.toml`, else built-in values.
+    #[arg(long, value_name = "FILE")]
+    pub thresholds: Option<PathBuf>,
+    /// Override one threshold: `--set match_window_m=30` (repeatable).
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    pub sets: Vec<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
 }
 
 /// `apexsim import` commands.

@@ -168,6 +168,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             ingest_outcome(&report)?;
         }
         Command::Analyze(args) => analyze(args, &cli.data)?,
+        Command::Compare(args) => compare(args, &cli.data)?,
         Command::Import(ImportCommand::RacingCoach {
             paths,
             track,
@@ -346,6 +347,44 @@ fn analyze(args: apexsim::cli::AnalyzeArgs, data: &Path) -> anyhow::Result<()> {
             report.errors[0]
         );
     }
+    Ok(())
+}
+
+/// `apexsim compare`: both laps found, measured and compared; the report, and the plot.
+fn compare(args: apexsim::cli::CompareArgs, data: &Path) -> anyhow::Result<()> {
+    use apexsim::analysis::compare::{compare, load, resolve};
+    let th = match &args.thresholds {
+        Some(file) => apexsim::analysis::Thresholds::from_file(file),
+        None => apexsim::analysis::store::archive_thresholds(data),
+    }
+    .and_then(|t| t.with_overrides(&args.sets))
+    .map_err(|e| UsageError(e.to_string()))?;
+    let index = apexsim::archive::index::Index::open(data).ok();
+    let mut laps = Vec::new();
+    for name in [&args.a, &args.b] {
+        let path = resolve(data, name).map_err(|e| UsageError(e.to_string()))?;
+        let session = apexsim::archive::read_lap_meta(&path)
+            .map_err(|e| UsageError(e.to_string()))?
+            .0
+            .session;
+        let sectors = index
+            .as_ref()
+            .and_then(|i| i.session_sectors(session).ok())
+            .unwrap_or_default();
+        laps.push((
+            load(&path, &sectors, &th).map_err(|e| UsageError(e.to_string()))?,
+            sectors,
+        ));
+    }
+    let (b, _) = laps.pop().context("two laps")?;
+    let (a, sectors) = laps.pop().context("two laps")?;
+    let report = compare(&a, &b, &th).map_err(|e| UsageError(e.to_string()))?;
+    if let Some(file) = &args.plot {
+        apexsim::analysis::plot::plot(file, &a, &b, &report, &sectors)
+            .map_err(|e| UsageError(e.to_string()))?;
+    }
+    output::print_compare(&report, args.format, args.plot.as_deref())
+        .context("writing the comparison")?;
     Ok(())
 }
 

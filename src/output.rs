@@ -863,6 +863,105 @@ pub fn print_analysis(
     }
 }
 
+/// Prints a lap comparison: the laps and the delta at the line, then sector, braking-zone and
+/// corner tables (negative deltas: lap B gained), or all of it as JSON.
+pub fn print_compare(
+    c: &crate::analysis::compare::Comparison,
+    format: Format,
+    plot: Option<&std::path::Path>,
+) -> io::Result<()> {
+    if format == Format::Json {
+        return emit_json(c);
+    }
+    let kmh = |v: f32| format!("{:.0}", v * 3.6);
+    let signed = |d: f32| format!("{d:+.3}");
+    let mut text = format!(
+        "{}: lap B {} ({}, {}) against lap A {} ({}, {}): {:+.3} s at the line\n\n",
+        c.track,
+        c.b.name,
+        c.b.driver,
+        lap_time(c.b.lap_time_s),
+        c.a.name,
+        c.a.driver,
+        lap_time(c.a.lap_time_s),
+        c.delta_s
+    );
+    let sectors: Vec<Vec<String>> = c
+        .sectors
+        .iter()
+        .map(|s| {
+            vec![
+                s.sector.to_string(),
+                format!("{:.3}", s.a_s),
+                format!("{:.3}", s.b_s),
+                signed(s.delta_s),
+            ]
+        })
+        .collect();
+    text.push_str(&table(&["Sector", "A (s)", "B (s)", "B - A"], &sectors));
+    let zones: Vec<Vec<String>> = c
+        .zones
+        .iter()
+        .map(|z| {
+            vec![
+                format!("{:.0}", z.a_start_m),
+                format!("{:+.0}", z.later_m),
+                format!(
+                    "{} / {}",
+                    kmh(z.entry_speed_mps.0),
+                    kmh(z.entry_speed_mps.1)
+                ),
+                format!("{} / {}", kmh(z.min_speed_mps.0), kmh(z.min_speed_mps.1)),
+                signed(z.delta_s),
+            ]
+        })
+        .collect();
+    text.push('\n');
+    text.push_str(&table(
+        &[
+            "Braking at (m)",
+            "B later (m)",
+            "Entry km/h A / B",
+            "Min km/h A / B",
+            "B - A (s)",
+        ],
+        &zones,
+    ));
+    let corners: Vec<Vec<String>> = c
+        .corners
+        .iter()
+        .map(|k| {
+            let m = |x: Option<f32>| x.map_or_else(|| "-".to_owned(), |x| format!("{x:.0}"));
+            vec![
+                format!("{:.0}", k.apex_m),
+                if k.direction > 0 { "left" } else { "right" }.into(),
+                format!("{} / {}", kmh(k.apex_speed_mps.0), kmh(k.apex_speed_mps.1)),
+                format!("{} / {}", m(k.throttle_m.0), m(k.throttle_m.1)),
+                signed(k.delta_s),
+            ]
+        })
+        .collect();
+    text.push('\n');
+    text.push_str(&table(
+        &[
+            "Apex (m)",
+            "Turn",
+            "Apex km/h A / B",
+            "Throttle at (m) A / B",
+            "B - A (s)",
+        ],
+        &corners,
+    ));
+    text.push_str(&format!(
+        "\n{} zone(s) and corner(s) without a match within the window\n",
+        c.unmatched
+    ));
+    if let Some(p) = plot {
+        text.push_str(&format!("plot: {}\n", p.display()));
+    }
+    emit(&text)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -345,6 +345,34 @@ fn analyze_reads_stored_metrics_filters_and_names_bad_files() {
     assert_eq!(a["computed"], 8);
     let zones = a["laps"][0]["braking_zones"].as_i64().expect("zones");
     assert!(zones < 7, "{zones}");
+    // The finished session was stored compacted: one file per table, the per-lap files gone.
+    for table in ["laps", "braking_zones", "corners"] {
+        let partition = std::fs::read_dir(
+            data.join("metrics")
+                .join(table)
+                .join("source=iracing/track=algarve"),
+        )
+        .expect("partition")
+        .flatten()
+        .next()
+        .expect("a date")
+        .path();
+        let names: Vec<String> = std::fs::read_dir(&partition)
+            .expect("files")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+        assert_eq!(names[0].len(), 32 + ".parquet".len(), "{names:?}");
+    }
+    let out = apexsim(&data, &["analyze", "--format", "json"]);
+    let a: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(a["computed"], 0, "the compacted file covers every lap");
+    assert_eq!(a["laps"].as_array().expect("laps").len(), 8);
+    assert!(
+        a["laps"][0]["braking_zones"].as_i64().expect("zones") < 7,
+        "kept the new thresholds"
+    );
     let out = apexsim(&data, &["analyze", "--set", "brake_onn=0.9"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown threshold brake_onn"));
@@ -415,4 +443,161 @@ fn parquet_rows(path: &Path) -> (i64, usize) {
     use parquet::file::reader::FileReader;
     let meta = reader.metadata().file_metadata();
     (meta.num_rows(), meta.schema_descr().num_columns())
+}
+
+#[test]
+fn compare_reports_zones_corners_and_draws_plots() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let fx = fixtures();
+    let out = apexsim(
+        &data,
+        &[
+            "import",
+            "racing-coach",
+            fx.to_str().expect("utf-8"),
+            "--track",
+            "Algarve",
+            "--sectors",
+            "0.3,0.7",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = apexsim(&data, &["analyze", "--format", "json"]);
+    let a: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let session = a["laps"][0]["session"].as_str().expect("session")[..8].to_owned();
+    let (fast, slow) = (format!("{session}:0:11"), format!("{session}:0:1"));
+    let svg = dir.path().join("cmp.svg");
+    let out = apexsim(
+        &data,
+        &[
+            "compare",
+            &fast,
+            &slow,
+            "--format",
+            "json",
+            "--plot",
+            svg.to_str().expect("utf-8"),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let c: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let delta = c["delta_s"].as_f64().expect("delta");
+    assert!((delta - (110.364 - 106.496)).abs() < 0.05, "{delta}");
+    // Sector deltas add up to the delta at the line; zones and corners are matched.
+    let sectors: f64 = c["sectors"]
+        .as_array()
+        .expect("sectors")
+        .iter()
+        .map(|s| s["delta_s"].as_f64().expect("sector delta"))
+        .sum();
+    assert!((sectors - delta).abs() < 0.01, "{sectors} vs {delta}");
+    assert_eq!(c["zones"].as_array().expect("zones").len(), 7);
+    assert!(c["corners"].as_array().expect("corners").len() >= 10);
+    // Zone and corner deltas account for most of the time lost (the straights for the rest).
+    let parts: f64 = c["zones"]
+        .as_array()
+        .expect("zones")
+        .iter()
+        .map(|z| z["delta_s"].as_f64().expect("zone delta"))
+        .sum();
+    assert!(parts > 1.0 && parts < delta + 0.5, "{parts} of {delta}");
+    let text = std::fs::read_to_string(&svg).expect("svg");
+    assert!(
+        text.starts_with("<svg") && text.contains("track map"),
+        "an SVG with its panels"
+    );
+
+    let png = dir.path().join("cmp.png");
+    let out = apexsim(
+        &data,
+        &[
+            "compare",
+            &fast,
+            &slow,
+            "--plot",
+            png.to_str().expect("utf-8"),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bytes = std::fs::read(&png).expect("png");
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+    assert!(bytes.len() > 50_000, "{} bytes", bytes.len());
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        report.contains("Braking at (m)") && report.contains("Apex (m)"),
+        "{report}"
+    );
+
+    // Bad names and formats are usage errors naming what is wrong.
+    let out = apexsim(&data, &["compare", &fast, &format!("{session}:0:99")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no such lap"));
+    let out = apexsim(&data, &["compare", &fast, &slow, "--plot", "x.jpg"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(".svg or .png"));
+}
+
+/// Writes the archive `.ci/run` runs the notebooks against (`notebooks/run.sh`): the Algarve
+/// session imported and a short AI race, under `target/tmp/notebook-archive`.
+#[test]
+fn notebook_archive() {
+    let data = Path::new(env!("CARGO_TARGET_TMPDIR")).join("notebook-archive");
+    let _ = std::fs::remove_dir_all(&data);
+    let fx = fixtures();
+    let out = apexsim(
+        &data,
+        &[
+            "import",
+            "racing-coach",
+            fx.to_str().expect("utf-8"),
+            "--track",
+            "Algarve",
+            "--car",
+            "Formula 4",
+            "--sectors",
+            "0.3,0.7",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_apexsim"))
+        .arg("--data")
+        .arg(&data)
+        .args([
+            "race",
+            "--fast",
+            "--track",
+            "oval_simple",
+            "--cars",
+            "3",
+            "--laps",
+            "2",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("race");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = apexsim(&data, &["analyze", "--format", "json"]);
+    let a: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(a["summary"].as_array().expect("summary").len(), 2);
 }

@@ -44,6 +44,16 @@ pub enum MetricError {
     BadTrackLength(f32),
 }
 
+/// The lap columns the metrics read (the others may be left empty).
+pub const METRIC_COLUMNS: [&str; 6] = [
+    "lap_time_s",
+    "distance_m",
+    "speed_mps",
+    "throttle",
+    "brake",
+    "lat_accel_mps2",
+];
+
 /// Fewest rows a lap needs for metrics.
 pub const MIN_ROWS: usize = 10;
 
@@ -262,7 +272,7 @@ fn check(columns: &LapColumns, length: f32) -> Result<(), MetricError> {
     if !(length.is_finite() && length > 0.0) {
         return Err(MetricError::BadTrackLength(length));
     }
-    let n = columns.len();
+    let n = columns.lap_time_s.len();
     if n < MIN_ROWS {
         return Err(MetricError::TooFewRows {
             rows: n,
@@ -291,7 +301,13 @@ fn check(columns: &LapColumns, length: f32) -> Result<(), MetricError> {
     for (column, values) in [
         ("distance_m", &columns.distance_m),
         ("speed_mps", &columns.speed_mps),
+        ("throttle", &columns.throttle),
+        ("brake", &columns.brake),
+        ("lat_accel_mps2", &columns.lat_accel_mps2),
     ] {
+        if values.len() != n {
+            return bad(column, values.len().min(n), "missing rows");
+        }
         if let Some(row) = values.iter().position(|x| !x.is_finite()) {
             return bad(column, row, "not finite");
         }
@@ -330,27 +346,35 @@ fn sample_interval(t: &[f32]) -> f32 {
     *dts.select_nth_unstable_by(mid, f32::total_cmp).1
 }
 
-/// Centred moving average over `w` samples (prefix sums; the window shrinks at the ends).
+/// Centred moving average over `w` samples (a sliding sum; the window shrinks at the ends;
+/// non-finite samples count as 0).
 pub fn moving_average(x: &[f32], w: usize) -> Vec<f32> {
     let half = w / 2;
-    if half == 0 {
+    let n = x.len();
+    if half == 0 || n == 0 {
         return x.to_vec();
     }
-    let mut prefix = Vec::with_capacity(x.len() + 1);
-    let mut acc = 0.0f64;
-    prefix.push(0.0);
-    for v in x {
-        acc += f64::from(if v.is_finite() { *v } else { 0.0 });
-        prefix.push(acc);
+    let v = |i: usize| {
+        let v = x[i];
+        f64::from(if v.is_finite() { v } else { 0.0 })
+    };
+    let mut out = Vec::with_capacity(n);
+    let mut sum = 0.0f64;
+    let mut hi = 0;
+    // [lo, hi) is the window of sample i.
+    for i in 0..n {
+        let lo = i.saturating_sub(half);
+        let want = (i + half + 1).min(n);
+        while hi < want {
+            sum += v(hi);
+            hi += 1;
+        }
+        if i > half {
+            sum -= v(lo - 1);
+        }
+        out.push((sum / (hi - lo) as f64) as f32);
     }
-    let n = x.len();
-    (0..n)
-        .map(|i| {
-            let lo = i.saturating_sub(half);
-            let hi = (i + half + 1).min(n);
-            ((prefix[hi] - prefix[lo]) / (hi - lo) as f64) as f32
-        })
-        .collect()
+    out
 }
 
 /// Running median over `k` samples (odd); removes spikes narrower than `k / 2 + 1` samples.

@@ -7,7 +7,9 @@
 //! results run in polars.
 
 pub mod across;
+pub mod compare;
 pub mod lap;
+pub mod plot;
 pub mod query;
 pub mod store;
 pub mod thresholds;

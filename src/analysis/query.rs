@@ -10,10 +10,17 @@ use polars::prelude::*;
 use serde::Serialize;
 use thiserror::Error;
 
+use std::collections::BTreeMap;
+
+use uuid::Uuid;
+
 use super::across::spreads;
-use super::store::{metrics_path, write_metrics};
-use super::{Thresholds, lap_metrics};
-use crate::archive::{ArchiveError, read_lap};
+use super::lap::METRIC_COLUMNS;
+use super::store::{
+    TABLES, braking_batch, corners_batch, laps_batch, write_metrics, write_parquet,
+};
+use super::{LapMetrics, Thresholds, lap_metrics};
+use crate::archive::{ArchiveError, LapMeta, read_lap_columns};
 
 /// Why an analysis failed as a whole (a bad lap file is reported, not an error).
 #[derive(Debug, Error)]
@@ -152,51 +159,165 @@ fn lap_files(laps: &Path, track: Option<&str>) -> Vec<PathBuf> {
     out
 }
 
+/// A lap measured: its identity and metrics, or why not (naming the file).
+type Measured = Result<(LapMeta, LapMetrics), String>;
+
+/// Reads a lap file's metric columns and measures it.
+fn measure(file: &Path, sectors: &[f32], th: &Thresholds) -> Measured {
+    let (meta, cols) = read_lap_columns(file, Some(&METRIC_COLUMNS)).map_err(|e| e.to_string())?;
+    let m = lap_metrics(&cols, meta.track_length_m, meta.complete, sectors, th)
+        .map_err(|e| format!("{}: {e}", file.display()))?;
+    Ok((meta, m))
+}
+
+/// Measures lap files on every core, results in the files' order.
+fn measure_all(files: &[PathBuf], sectors: &[f32], th: &Thresholds) -> Vec<Measured> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .min(files.len())
+        .max(1);
+    let chunk = files.len().div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = files
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|f| measure(f, sectors, th))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| vec![Err("a measuring thread panicked".to_owned())])
+            })
+            .collect()
+    })
+}
+
 /// Measures the laps of the archive under `data` whose metrics are missing (every lap with
-/// `recompute`) and stores them. Returns how many were measured and the files that could not
-/// be (named, with the reason).
+/// `recompute`) and stores them. A session no process is writing any more is measured whole
+/// and stored compacted, one file per table and partition (`<session>.parquet`, replacing its
+/// per-lap files); the laps of a live session are stored one file each, as the archive writer
+/// does. Returns how many laps were measured and the files that could not be (named, with the
+/// reason).
 pub fn ensure_metrics(
     data: &Path,
     track: Option<&str>,
-    thresholds: &Thresholds,
+    th: &Thresholds,
     recompute: bool,
 ) -> (usize, Vec<String>) {
+    let laps_root = data.join("laps");
+    let mut groups: BTreeMap<(PathBuf, String), Vec<PathBuf>> = BTreeMap::new();
+    for file in lap_files(&laps_root, track) {
+        let dir = file.parent().unwrap_or(&laps_root).to_owned();
+        let name = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let session = name.split('_').next().unwrap_or_default().to_owned();
+        groups.entry((dir, session)).or_default().push(file);
+    }
+    let index = crate::archive::index::Index::open(data).ok();
     let mut computed = 0;
     let mut errors = Vec::new();
-    let index = crate::archive::index::Index::open(data).ok();
-    for file in lap_files(&data.join("laps"), track) {
-        let rel = file.strip_prefix(data.join("laps")).unwrap_or(&file);
-        let stored = data.join("metrics").join("laps").join(rel);
-        if !recompute && stored.exists() {
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    for ((dir, session), files) in groups {
+        let rel = dir.strip_prefix(&laps_root).unwrap_or(&dir).to_owned();
+        let compacted = data
+            .join("metrics/laps")
+            .join(&rel)
+            .join(format!("{session}.parquet"));
+        let compacted_at = modified(&compacted);
+        let covered = |f: &PathBuf| {
+            let own = data
+                .join("metrics/laps")
+                .join(f.strip_prefix(&laps_root).unwrap_or(f));
+            own.exists() || compacted_at.zip(modified(f)).is_some_and(|(c, l)| l <= c)
+        };
+        let missing: Vec<PathBuf> = files
+            .iter()
+            .filter(|f| recompute || !covered(f))
+            .cloned()
+            .collect();
+        if missing.is_empty() {
             continue;
         }
-        let result = read_lap(&file)
-            .map_err(|e| e.to_string())
-            .and_then(|(meta, cols)| {
-                let sectors = index
-                    .as_ref()
-                    .and_then(|i| i.session_sectors(meta.session).ok())
-                    .unwrap_or_default();
-                let m = lap_metrics(
-                    &cols,
-                    meta.track_length_m,
-                    meta.complete,
-                    &sectors,
-                    thresholds,
-                )
-                .map_err(|e| format!("{}: {e}", file.display()))?;
-                debug_assert_eq!(metrics_path(data, "laps", &meta), stored);
-                write_metrics(data, &meta, &m).map_err(|e| e.to_string())
-            });
-        match result {
-            Ok(()) => computed += 1,
-            Err(e) => {
-                tracing::error!(error = %e, "lap not analysed");
-                errors.push(e);
+        let id = Uuid::parse_str(&session).ok();
+        let sectors = id
+            .zip(index.as_ref())
+            .and_then(|(id, i)| i.session_sectors(id).ok())
+            .unwrap_or_default();
+        let live = id.is_some_and(|id| crate::archive::wal::is_live(data, id));
+        let targets = if live { &missing } else { &files };
+        let measured = measure_all(targets, &sectors, th);
+        let mut good = Vec::with_capacity(measured.len());
+        for m in measured {
+            match m {
+                Ok(m) => good.push(m),
+                Err(e) => {
+                    tracing::error!(error = %e, "lap not analysed");
+                    errors.push(e);
+                }
             }
+        }
+        computed += good.len();
+        let stored = if live {
+            good.iter()
+                .try_for_each(|(meta, m)| write_metrics(data, meta, m))
+        } else {
+            store_compacted(data, &rel, &session, &good).map(|()| {
+                // The session's file now holds every lap: the per-lap files go.
+                for f in &files {
+                    let own = f.strip_prefix(&laps_root).unwrap_or(f);
+                    for table in TABLES {
+                        let _ = std::fs::remove_file(data.join("metrics").join(table).join(own));
+                    }
+                }
+            })
+        };
+        if let Err(e) = stored {
+            errors.push(e.to_string());
         }
     }
     (computed, errors)
+}
+
+/// Writes measured laps as one file per table under `metrics/<table>/<rel>/<name>.parquet`.
+///
+/// # Errors
+/// [`ArchiveError`] when a batch cannot be built or a file written.
+pub fn store_compacted(
+    data: &Path,
+    rel: &Path,
+    name: &str,
+    laps: &[(LapMeta, LapMetrics)],
+) -> Result<(), ArchiveError> {
+    if laps.is_empty() {
+        return Ok(());
+    }
+    for table in TABLES {
+        let batches = laps
+            .iter()
+            .map(|(meta, m)| match table {
+                "laps" => laps_batch(meta, m),
+                "braking_zones" => braking_batch(meta, &m.braking),
+                _ => corners_batch(meta, &m.corners),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let schema = batches[0].schema();
+        let all = arrow::compute::concat_batches(&schema, &batches)?;
+        let path = data
+            .join("metrics")
+            .join(table)
+            .join(rel)
+            .join(format!("{name}.parquet"));
+        write_parquet(&path, &all)?;
+    }
+    Ok(())
 }
 
 fn scan(data: &Path, table: &str) -> PolarsResult<LazyFrame> {
@@ -509,18 +630,24 @@ pub fn analyze_paths(
         let result = (|| {
             let started = Instant::now();
             let mut part = Analysis::default();
-            for file in &loose {
-                let r = read_lap(file)
-                    .map_err(|e| e.to_string())
-                    .and_then(|(meta, cols)| {
-                        let m = lap_metrics(&cols, meta.track_length_m, meta.complete, &[], th)
-                            .map_err(|e| format!("{}: {e}", file.display()))?;
-                        write_metrics(&scratch, &meta, &m).map_err(|e| e.to_string())
-                    });
-                match r {
-                    Ok(()) => part.computed += 1,
+            let mut by_partition: BTreeMap<PathBuf, Vec<(LapMeta, LapMetrics)>> = BTreeMap::new();
+            for m in measure_all(&loose, &[], th) {
+                match m {
+                    Ok((meta, m)) => {
+                        let lap = crate::archive::lap_path(Path::new(""), &meta);
+                        let rel = lap
+                            .parent()
+                            .and_then(|p| p.strip_prefix("laps").ok())
+                            .map(Path::to_path_buf)
+                            .unwrap_or_default();
+                        by_partition.entry(rel).or_default().push((meta, m));
+                    }
                     Err(e) => part.errors.push(e),
                 }
+            }
+            for (rel, laps) in &by_partition {
+                part.computed += laps.len();
+                store_compacted(&scratch, rel, "loose", laps)?;
             }
             part.compute_s = started.elapsed().as_secs_f64();
             let started = Instant::now();

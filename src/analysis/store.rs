@@ -23,7 +23,7 @@ use arrow::array::{
 use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::{DataType, Field, Schema};
 use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
+use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 
 use super::{BrakingZone, Corner, LapMetrics};
@@ -253,8 +253,9 @@ pub fn write_parquet(path: &Path, batch: &RecordBatch) -> Result<(), ArchiveErro
     };
     let result = (|| {
         let file = File::create(&tmp).map_err(io(&tmp))?;
+        // A few rows each: compression would save little and cost a codec context per column.
         let props = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).map_err(pq)?))
+            .set_compression(Compression::UNCOMPRESSED)
             .build();
         let mut w = ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(pq)?;
         w.write(batch).map_err(pq)?;

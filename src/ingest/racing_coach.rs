@@ -530,11 +530,48 @@ fn lap_columns(all: &Rows, rows: &[usize], length: f32) -> Option<(LapColumns, u
         c.steering.push(f32::NAN);
         c.gear.push(f(all.gear[i]));
         c.rpm.push(f(all.rpm[i]));
-        c.x_m.push(f(all.x[i]));
-        c.y_m.push(f(all.y[i]));
         c.yaw_rad.push(f(all.yaw[i]));
         c.long_accel_mps2.push(f(all.long[i]));
         c.lat_accel_mps2.push(f(all.lat[i]));
     }
+    (c.x_m, c.y_m) = dead_reckon(&c.distance_m, &c.yaw_rad, length);
     Some((c, reasons))
+}
+
+/// The car's path in metres from the line, dead-reckoned: each step of lap distance along the
+/// heading (`yaw`, counter-clockwise). The files' `position_x/y/z` are body-frame velocities,
+/// not positions. The gap left between the end of the lap and its start (the heading's drift)
+/// is spread along the lap, so the path closes. NaN without headings.
+fn dead_reckon(d: &[f32], yaw: &[f32], length: f32) -> (Vec<f32>, Vec<f32>) {
+    let n = d.len();
+    if n == 0 || yaw.iter().all(|h| !h.is_finite()) {
+        return (vec![f32::NAN; n], vec![f32::NAN; n]);
+    }
+    let (mut x, mut y) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut px, mut py) = (0.0f64, 0.0f64);
+    let mut heading = yaw.iter().copied().find(|h| h.is_finite()).unwrap_or(0.0);
+    for k in 0..n {
+        if yaw[k].is_finite() {
+            heading = yaw[k];
+        }
+        if k > 0 {
+            let step = f64::from((d[k] - d[k - 1]).clamp(0.0, BACK_JUMP_M as f32));
+            px += step * f64::from(heading).cos();
+            py += step * f64::from(heading).sin();
+        }
+        x.push(px);
+        y.push(py);
+    }
+    // To the line at the last heading, then close the loop.
+    let rest = f64::from((length - d[n - 1]).max(0.0) + d[0].max(0.0));
+    let (ex, ey) = (
+        px + rest * f64::from(heading).cos(),
+        py + rest * f64::from(heading).sin(),
+    );
+    let span = f64::from(length.max(1.0));
+    let share = |k: usize| f64::from(d[k] - d[0]) / span;
+    (
+        (0..n).map(|k| (x[k] - ex * share(k)) as f32).collect(),
+        (0..n).map(|k| (y[k] - ey * share(k)) as f32).collect(),
+    )
 }
