@@ -50,7 +50,7 @@ pub const SCHEMA_VERSION: u32 = 3;
 /// The lap's identity as columns at the end of every lap file (schema version 3), so any engine
 /// can group rows by lap without parsing file names: constant within a file, so dictionary and
 /// run-length encoded to a few bytes. The Hive partitions add `source`, `track` and `date`.
-pub const IDENTITY_COLUMNS: [&str; 5] = ["session", "car", "car_model", "driver", "lap"];
+pub const IDENTITY_COLUMNS: [&str; 4] = ["session", "car", "driver", "lap"];
 
 /// zstd level of lap files: one of zstd's fast levels. Telemetry floats compress little
 /// whatever the level; this keeps encoding near disk speed (see `benches/archive.rs`).
@@ -269,7 +269,6 @@ pub fn lap_schema() -> SchemaRef {
     fields.extend([
         f("session", DataType::Utf8, "id", "session id"),
         f("car", DataType::Int32, "1", "car index within the session"),
-        f("car_model", DataType::Utf8, "name", "car model"),
         f("driver", DataType::Utf8, "name", "driver name or pseudonym"),
         f(
             "lap",
@@ -336,7 +335,6 @@ pub fn lap_batch(meta: &LapMeta, columns: LapColumns) -> Result<RecordBatch, Arc
     arrays.extend([
         text(&session),
         Arc::new(Int32Array::from(vec![i32::from(meta.car); rows])) as ArrayRef,
-        text(&meta.car_model),
         text(&meta.driver),
         Arc::new(Int32Array::from(vec![i32::from(meta.lap); rows])),
     ]);
@@ -492,10 +490,17 @@ fn encode_parquet<W: std::io::Write + Send>(
         .set_encoding(Encoding::BYTE_STREAM_SPLIT)
         .set_column_encoding(ColumnPath::from("tick"), Encoding::DELTA_BINARY_PACKED)
         .set_column_encoding(ColumnPath::from("gear"), Encoding::DELTA_BINARY_PACKED);
-    // The identity columns hold one value each: a one-entry dictionary and a run of zeros.
+    // The identity columns hold one value each. Delta encodings store a repeated value as
+    // runs of zero deltas (a few bytes after zstd) without hashing every row, which a
+    // dictionary would (twice the encoding time of a lap).
     let props = IDENTITY_COLUMNS.iter().fold(props, |p, name| {
-        p.set_column_dictionary_enabled(ColumnPath::from(*name), true)
-            .set_column_encoding(ColumnPath::from(*name), Encoding::PLAIN)
+        let encoding = if matches!(*name, "car" | "lap") {
+            Encoding::DELTA_BINARY_PACKED
+        } else {
+            Encoding::PLAIN
+        };
+        p.set_column_encoding(ColumnPath::from(*name), encoding)
+            .set_column_statistics_enabled(ColumnPath::from(*name), EnabledStatistics::None)
     });
     let props = props
         // One page per column in a lap: chunk statistics are as selective and cost less.
@@ -527,8 +532,26 @@ fn encode_parquet<W: std::io::Write + Send>(
         writer.write(&leaf)?;
         writer.close()
     };
-    let (theirs, mine): (Vec<_>, Vec<_>) =
-        jobs.into_iter().enumerate().partition(|(i, _)| i % 2 == 1);
+    // Balance the two threads by cost: a text column costs about three numeric ones (every
+    // value is compared for the statistics and delta-encoded).
+    let cost = |f: &Field| {
+        if matches!(f.data_type(), DataType::Utf8) {
+            3
+        } else {
+            1
+        }
+    };
+    let (mut load_mine, mut load_theirs) = (0, 0);
+    let (theirs, mine): (Vec<_>, Vec<_>) = jobs.into_iter().enumerate().partition(|(i, _)| {
+        let c = cost(schema.field(*i));
+        if load_theirs < load_mine {
+            load_theirs += c;
+            true
+        } else {
+            load_mine += c;
+            false
+        }
+    });
     let chunks =
         std::thread::scope(
             |scope| -> Result<Vec<(usize, ArrowColumnChunk)>, ParquetError> {

@@ -1,5 +1,6 @@
 //! Decoders of outside bytes never panic and never allocate without bound: the IBT reader, the
-//! write-ahead file reader and the network protocol's frame and datagram decoders, on arbitrary
+//! write-ahead file reader, the Racing Coach Parquet reader and the network protocol's frame
+//! and datagram decoders, on arbitrary
 //! bytes and on mutated real input (bytes flipped, words overwritten with extreme values,
 //! input cut short). Every protocol message round-trips through its encoding. Every allocation of each decode is
 //! counted by an instrumented global allocator and held to a bound proportional to the input.
@@ -421,5 +422,71 @@ proptest! {
             });
             prop_assert!(used <= frame_bound(bytes.len()), "{used} bytes for {}", bytes.len());
         }
+    }
+}
+
+/// A real Racing Coach lap file (the partial lap: 234 KB).
+fn racing_coach_file() -> Vec<u8> {
+    std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/racing-coach-algarve/lap12.parquet"),
+    )
+    .expect("fixture")
+}
+
+/// Reads bytes as a Racing Coach file, the way the import does; the row count or none.
+fn decode_racing_coach(bytes: &[u8]) -> Option<usize> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("lap.parquet");
+    std::fs::write(&path, bytes).expect("write");
+    let (rows, _) = allocated(|| apexsim::ingest::racing_coach::read_rows(&path).ok());
+    rows
+}
+
+/// Bound on reading a Parquet file of `len` bytes: its columns decoded (compression ratios of
+/// telemetry stay far below 64) and the footer, never gigabytes.
+fn parquet_bound(len: usize) -> usize {
+    64 * len + (16 << 20)
+}
+
+#[test]
+fn the_real_racing_coach_file_reads_whole() {
+    assert_eq!(decode_racing_coach(&racing_coach_file()), Some(1346));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_racing_coach_reader_survives_mutated_real_files(
+        footer in any::<bool>(),
+        mutations in proptest::collection::vec(mutation(8192), 1..5),
+    ) {
+        let mut bytes = racing_coach_file();
+        if footer {
+            // The footer (schema, column chunk offsets and sizes) is at the end: aim there.
+            bytes.reverse();
+            bytes = apply(bytes, &mutations);
+            bytes.reverse();
+        } else {
+            bytes = apply(bytes, &mutations);
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("lap.parquet");
+        std::fs::write(&path, &bytes).expect("write");
+        let (_, used) = allocated(|| apexsim::ingest::racing_coach::read_rows(&path).ok());
+        prop_assert!(used <= parquet_bound(bytes.len()), "{used} bytes for {}", bytes.len());
+    }
+
+    #[test]
+    fn the_racing_coach_reader_survives_arbitrary_bytes(
+        bytes in proptest::collection::vec(any::<u8>(), 0..2048),
+    ) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("lap.parquet");
+        std::fs::write(&path, &bytes).expect("write");
+        let (rows, used) = allocated(|| apexsim::ingest::racing_coach::read_rows(&path).ok());
+        prop_assert!(rows.is_none());
+        prop_assert!(used <= parquet_bound(bytes.len()), "{used} bytes for {}", bytes.len());
     }
 }

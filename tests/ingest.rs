@@ -245,32 +245,17 @@ fn ingest_archives_laps_skips_known_files_and_names_bad_ones() {
             "the SK Modified laps Langley in 2nd"
         );
         assert!(columns.rpm.iter().any(|r| *r > 3000.0));
-        let metrics = data.join(
-            lap.file
-                .to_string_lossy()
-                .replacen("laps/", "metrics/laps/", 1),
-        );
-        let file = std::fs::File::open(&metrics).expect("stored metrics");
-        let rows = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-            .expect("parquet")
-            .build()
-            .expect("reader")
-            .next()
-            .expect("a batch")
-            .expect("batch");
-        let sectors = rows
-            .column_by_name("sector_times_s")
-            .expect("sector times")
-            .as_any()
-            .downcast_ref::<arrow::array::ListArray>()
-            .expect("list")
-            .value(0);
-        let sectors = sectors
-            .as_any()
-            .downcast_ref::<arrow::array::Float32Array>()
-            .expect("f32");
-        assert_eq!(sectors.len(), 2, "{lap:?}");
-        let sum: f32 = sectors.values().iter().sum();
+        let stored = apexsim::analysis::query::query_laps(
+            &data,
+            &apexsim::analysis::query::LapFilter::default(),
+        )
+        .expect("stored metrics");
+        let row = stored
+            .iter()
+            .find(|r| r.lap == i32::from(meta.lap))
+            .expect("the lap's metrics");
+        assert_eq!(row.sector_times_s.len(), 2, "{lap:?}");
+        let sum: f32 = row.sector_times_s.iter().sum();
         assert!(
             (f64::from(sum) - meta.lap_time_s.expect("time")).abs() < 0.05,
             "{sum} {meta:?}"

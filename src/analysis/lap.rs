@@ -346,35 +346,28 @@ fn sample_interval(t: &[f32]) -> f32 {
     *dts.select_nth_unstable_by(mid, f32::total_cmp).1
 }
 
-/// Centred moving average over `w` samples (a sliding sum; the window shrinks at the ends;
+/// Centred moving average over `w` samples (prefix sums; the window shrinks at the ends;
 /// non-finite samples count as 0).
 pub fn moving_average(x: &[f32], w: usize) -> Vec<f32> {
     let half = w / 2;
-    let n = x.len();
-    if half == 0 || n == 0 {
+    if half == 0 {
         return x.to_vec();
     }
-    let v = |i: usize| {
-        let v = x[i];
-        f64::from(if v.is_finite() { v } else { 0.0 })
-    };
-    let mut out = Vec::with_capacity(n);
-    let mut sum = 0.0f64;
-    let mut hi = 0;
-    // [lo, hi) is the window of sample i.
-    for i in 0..n {
-        let lo = i.saturating_sub(half);
-        let want = (i + half + 1).min(n);
-        while hi < want {
-            sum += v(hi);
-            hi += 1;
-        }
-        if i > half {
-            sum -= v(lo - 1);
-        }
-        out.push((sum / (hi - lo) as f64) as f32);
+    let mut prefix = Vec::with_capacity(x.len() + 1);
+    let mut acc = 0.0f64;
+    prefix.push(0.0);
+    for v in x {
+        acc += f64::from(if v.is_finite() { *v } else { 0.0 });
+        prefix.push(acc);
     }
-    out
+    let n = x.len();
+    (0..n)
+        .map(|i| {
+            let lo = i.saturating_sub(half);
+            let hi = (i + half + 1).min(n);
+            ((prefix[hi] - prefix[lo]) / (hi - lo) as f64) as f32
+        })
+        .collect()
 }
 
 /// Running median over `k` samples (odd); removes spikes narrower than `k / 2 + 1` samples.

@@ -10,15 +10,13 @@ use polars::prelude::*;
 use serde::Serialize;
 use thiserror::Error;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use uuid::Uuid;
 
 use super::across::spreads;
 use super::lap::METRIC_COLUMNS;
-use super::store::{
-    TABLES, braking_batch, corners_batch, laps_batch, write_metrics, write_parquet,
-};
+use super::store::{remove_session_files, write_part, write_tables};
 use super::{LapMetrics, Thresholds, lap_metrics};
 use crate::archive::{ArchiveError, LapMeta, read_lap_columns};
 
@@ -198,11 +196,43 @@ fn measure_all(files: &[PathBuf], sectors: &[f32], th: &Thresholds) -> Vec<Measu
     })
 }
 
+/// The laps that have stored metrics: `(session, car, lap)`, read with polars (three columns
+/// of the `laps` table).
+fn stored_laps(data: &Path) -> HashSet<(Uuid, i32, i32)> {
+    if !data.join("metrics/laps").exists() {
+        return HashSet::new();
+    }
+    let Ok(df) = scan(data, "laps").and_then(|lf| {
+        lf.select([col("session"), col("car"), col("lap")])
+            .collect()
+    }) else {
+        return HashSet::new();
+    };
+    let (Ok(session), Ok(car), Ok(lap)) =
+        (strs(&df, "session"), ints(&df, "car"), ints(&df, "lap"))
+    else {
+        return HashSet::new();
+    };
+    (0..df.height())
+        .filter_map(|i| Some((Uuid::parse_str(&session[i]).ok()?, car[i], lap[i])))
+        .collect()
+}
+
+/// `(session, car, lap)` from a lap file's name (`<session>_<car>_lap<N>.parquet`).
+fn lap_key(file: &Path) -> Option<(Uuid, i32, i32)> {
+    let stem = file.file_stem()?.to_str()?;
+    let mut parts = stem.split('_');
+    let session = Uuid::parse_str(parts.next()?).ok()?;
+    let car = parts.next()?.parse().ok()?;
+    let lap = parts.next()?.strip_prefix("lap")?.parse().ok()?;
+    Some((session, car, lap))
+}
+
 /// Measures the laps of the archive under `data` whose metrics are missing (every lap with
 /// `recompute`) and stores them. A session no process is writing any more is measured whole
-/// and stored compacted, one file per table and partition (`<session>.parquet`, replacing its
-/// per-lap files); the laps of a live session are stored one file each, as the archive writer
-/// does. Returns how many laps were measured and the files that could not be (named, with the
+/// and stored as one file per table and partition (`<session>.parquet`, replacing its parts);
+/// the missing laps of a live session are stored as a new part, as the archive writer does.
+/// Returns how many laps were measured and the files that could not be (named, with the
 /// reason).
 pub fn ensure_metrics(
     data: &Path,
@@ -221,26 +251,19 @@ pub fn ensure_metrics(
         let session = name.split('_').next().unwrap_or_default().to_owned();
         groups.entry((dir, session)).or_default().push(file);
     }
+    let stored = if recompute {
+        HashSet::new()
+    } else {
+        stored_laps(data)
+    };
     let index = crate::archive::index::Index::open(data).ok();
     let mut computed = 0;
     let mut errors = Vec::new();
-    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     for ((dir, session), files) in groups {
         let rel = dir.strip_prefix(&laps_root).unwrap_or(&dir).to_owned();
-        let compacted = data
-            .join("metrics/laps")
-            .join(&rel)
-            .join(format!("{session}.parquet"));
-        let compacted_at = modified(&compacted);
-        let covered = |f: &PathBuf| {
-            let own = data
-                .join("metrics/laps")
-                .join(f.strip_prefix(&laps_root).unwrap_or(f));
-            own.exists() || compacted_at.zip(modified(f)).is_some_and(|(c, l)| l <= c)
-        };
         let missing: Vec<PathBuf> = files
             .iter()
-            .filter(|f| recompute || !covered(f))
+            .filter(|f| recompute || !lap_key(f).is_some_and(|k| stored.contains(&k)))
             .cloned()
             .collect();
         if missing.is_empty() {
@@ -253,9 +276,8 @@ pub fn ensure_metrics(
             .unwrap_or_default();
         let live = id.is_some_and(|id| crate::archive::wal::is_live(data, id));
         let targets = if live { &missing } else { &files };
-        let measured = measure_all(targets, &sectors, th);
-        let mut good = Vec::with_capacity(measured.len());
-        for m in measured {
+        let mut good = Vec::with_capacity(targets.len());
+        for m in measure_all(targets, &sectors, th) {
             match m {
                 Ok(m) => good.push(m),
                 Err(e) => {
@@ -265,59 +287,19 @@ pub fn ensure_metrics(
             }
         }
         computed += good.len();
-        let stored = if live {
-            good.iter()
-                .try_for_each(|(meta, m)| write_metrics(data, meta, m))
+        let result = if live {
+            write_part(data, &good)
         } else {
-            store_compacted(data, &rel, &session, &good).map(|()| {
-                // The session's file now holds every lap: the per-lap files go.
-                for f in &files {
-                    let own = f.strip_prefix(&laps_root).unwrap_or(f);
-                    for table in TABLES {
-                        let _ = std::fs::remove_file(data.join("metrics").join(table).join(own));
-                    }
-                }
+            write_tables(data, &rel, &session, &good).map(|()| {
+                // The session's file now holds every lap: its parts go.
+                remove_session_files(data, &rel, &session, &format!("{session}.parquet"));
             })
         };
-        if let Err(e) = stored {
+        if let Err(e) = result {
             errors.push(e.to_string());
         }
     }
     (computed, errors)
-}
-
-/// Writes measured laps as one file per table under `metrics/<table>/<rel>/<name>.parquet`.
-///
-/// # Errors
-/// [`ArchiveError`] when a batch cannot be built or a file written.
-pub fn store_compacted(
-    data: &Path,
-    rel: &Path,
-    name: &str,
-    laps: &[(LapMeta, LapMetrics)],
-) -> Result<(), ArchiveError> {
-    if laps.is_empty() {
-        return Ok(());
-    }
-    for table in TABLES {
-        let batches = laps
-            .iter()
-            .map(|(meta, m)| match table {
-                "laps" => laps_batch(meta, m),
-                "braking_zones" => braking_batch(meta, &m.braking),
-                _ => corners_batch(meta, &m.corners),
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let schema = batches[0].schema();
-        let all = arrow::compute::concat_batches(&schema, &batches)?;
-        let path = data
-            .join("metrics")
-            .join(table)
-            .join(rel)
-            .join(format!("{name}.parquet"));
-        write_parquet(&path, &all)?;
-    }
-    Ok(())
 }
 
 fn scan(data: &Path, table: &str) -> PolarsResult<LazyFrame> {
@@ -634,12 +616,7 @@ pub fn analyze_paths(
             for m in measure_all(&loose, &[], th) {
                 match m {
                     Ok((meta, m)) => {
-                        let lap = crate::archive::lap_path(Path::new(""), &meta);
-                        let rel = lap
-                            .parent()
-                            .and_then(|p| p.strip_prefix("laps").ok())
-                            .map(Path::to_path_buf)
-                            .unwrap_or_default();
+                        let rel = super::store::partition(&meta);
                         by_partition.entry(rel).or_default().push((meta, m));
                     }
                     Err(e) => part.errors.push(e),
@@ -647,7 +624,7 @@ pub fn analyze_paths(
             }
             for (rel, laps) in &by_partition {
                 part.computed += laps.len();
-                store_compacted(&scratch, rel, "loose", laps)?;
+                write_tables(&scratch, rel, "loose", laps)?;
             }
             part.compute_s = started.elapsed().as_secs_f64();
             let started = Instant::now();

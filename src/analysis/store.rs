@@ -1,16 +1,18 @@
-//! The stored metrics: three Parquet tables beside the laps, in the same Hive layout, one file
-//! per lap in each, so queries read them instead of recomputing:
+//! The stored metrics: three Parquet tables beside the laps, in the same Hive layout, so
+//! queries read them instead of recomputing:
 //!
 //! ```text
-//! <data>/metrics/laps/source=…/track=…/date=…/<session>_<car>_lap<N>.parquet           one row
-//! <data>/metrics/braking_zones/source=…/track=…/date=…/<session>_<car>_lap<N>.parquet  a row per zone
-//! <data>/metrics/corners/source=…/track=…/date=…/<session>_<car>_lap<N>.parquet        a row per corner
+//! <data>/metrics/laps/source=…/track=…/date=…/<session>[_<part>].parquet           a row per lap
+//! <data>/metrics/braking_zones/source=…/track=…/date=…/<session>[_<part>].parquet  a row per zone
+//! <data>/metrics/corners/source=…/track=…/date=…/<session>[_<part>].parquet        a row per corner
 //! ```
 //!
 //! Every row carries the lap's identity (session, car, car model, driver, lap, validity) as
-//! columns, so any engine can join and group them. They are derived data: written after the
-//! lap is durable, renamed into place (never half-written), not synced; `apexsim analyze
-//! --recompute` rebuilds them from the laps.
+//! columns, so any engine can join and group them. Files hold many laps of one session: the
+//! archive writer stores a session's metrics as parts while it runs (every 64 laps, every 30 s,
+//! and when it ends), and `analyze` rewrites a finished session as one file. They are derived
+//! data: renamed into place (never half-written), not synced; a lap whose metrics are missing
+//! (a crash between two parts) is measured again by `analyze`.
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -34,13 +36,6 @@ pub const TABLES: [&str; 3] = ["laps", "braking_zones", "corners"];
 
 /// Thresholds file of an archive: when present, the metrics of its laps are computed with it.
 pub const THRESHOLDS_FILE: &str = "thresholds.toml";
-
-/// The file of a lap's rows in a metric table.
-pub fn metrics_path(data: &Path, table: &str, meta: &LapMeta) -> PathBuf {
-    let lap = lap_path(data, meta);
-    let rel = lap.strip_prefix(data.join("laps")).unwrap_or(&lap);
-    data.join("metrics").join(table).join(rel)
-}
 
 /// The thresholds the archive under `data` computes metrics with: its `thresholds.toml`, else
 /// the defaults.
@@ -214,22 +209,87 @@ pub fn corners_batch(meta: &LapMeta, corners: &[Corner]) -> Result<RecordBatch, 
     batch(c)
 }
 
-/// Writes a lap's metrics into the three tables under `data` (each file written beside its
-/// final name and renamed into place).
+/// The partition of a lap's metrics, relative to a table's directory (the lap's own
+/// partition: `source=…/track=…/date=…`).
+pub fn partition(meta: &LapMeta) -> PathBuf {
+    let lap = lap_path(Path::new(""), meta);
+    lap.parent()
+        .and_then(|p| p.strip_prefix("laps").ok())
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// Writes measured laps as one file per table: `metrics/<table>/<rel>/<name>.parquet`.
 ///
 /// # Errors
-/// [`ArchiveError`] when a directory or file cannot be created or written.
-pub fn write_metrics(data: &Path, meta: &LapMeta, m: &LapMetrics) -> Result<(), ArchiveError> {
-    let batches = [
-        laps_batch(meta, m)?,
-        braking_batch(meta, &m.braking)?,
-        corners_batch(meta, &m.corners)?,
-    ];
-    for (table, batch) in TABLES.iter().zip(batches) {
-        let path = metrics_path(data, table, meta);
-        write_parquet(&path, &batch)?;
+/// [`ArchiveError`] when a batch cannot be built or a file written.
+pub fn write_tables(
+    data: &Path,
+    rel: &Path,
+    name: &str,
+    laps: &[(LapMeta, LapMetrics)],
+) -> Result<(), ArchiveError> {
+    if laps.is_empty() {
+        return Ok(());
+    }
+    for table in TABLES {
+        let batches = laps
+            .iter()
+            .map(|(meta, m)| match table {
+                "laps" => laps_batch(meta, m),
+                "braking_zones" => braking_batch(meta, &m.braking),
+                _ => corners_batch(meta, &m.corners),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let schema = batches[0].schema();
+        let all = arrow::compute::concat_batches(&schema, &batches)?;
+        let path = data
+            .join("metrics")
+            .join(table)
+            .join(rel)
+            .join(format!("{name}.parquet"));
+        write_parquet(&path, &all)?;
     }
     Ok(())
+}
+
+/// Writes measured laps of one session as a new part of its metrics (named by the session and
+/// the time, so parts never collide), grouped by partition.
+///
+/// # Errors
+/// As [`write_tables`].
+pub fn write_part(data: &Path, laps: &[(LapMeta, LapMetrics)]) -> Result<(), ArchiveError> {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros());
+    let mut groups: std::collections::BTreeMap<(PathBuf, String), Vec<(LapMeta, LapMetrics)>> =
+        std::collections::BTreeMap::new();
+    for (meta, m) in laps {
+        groups
+            .entry((partition(meta), meta.session.simple().to_string()))
+            .or_default()
+            .push((meta.clone(), m.clone()));
+    }
+    for ((rel, session), laps) in groups {
+        write_tables(data, &rel, &format!("{session}_{stamp}"), &laps)?;
+    }
+    Ok(())
+}
+
+/// Removes every metrics file of a session in a partition except `keep` (its name).
+pub fn remove_session_files(data: &Path, rel: &Path, session: &str, keep: &str) {
+    for table in TABLES {
+        let dir = data.join("metrics").join(table).join(rel);
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(session) && name != keep && name.ends_with(".parquet") {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
 }
 
 /// Writes one batch as a Parquet file (zstd), through a temporary name in the same directory.

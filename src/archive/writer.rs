@@ -26,7 +26,7 @@ use super::index::{Index, ResultEntry, SessionRow};
 use super::lock::Owner;
 use super::wal::Wal;
 use super::{ArchiveError, LapMeta, StagedLap, lap_batch, stage_lap};
-use crate::analysis::store::{archive_thresholds, write_metrics};
+use crate::analysis::store::{archive_thresholds, write_part};
 use crate::analysis::{LapMetrics, Thresholds, lap_metrics};
 
 /// Jobs the channel holds before submits start queueing locally.
@@ -213,6 +213,12 @@ const RETRY_MAX: Duration = Duration::from_secs(8);
 /// How often the writer looks for synced laps to index while a sync is in flight.
 const SYNC_POLL: Duration = Duration::from_millis(2);
 
+/// A session's lap metrics are stored as a part once this many laps wait...
+const METRICS_PART_LAPS: usize = 64;
+
+/// ...or once the first of them has waited this long (and when the session ends).
+const METRICS_PART_AGE: Duration = Duration::from_secs(30);
+
 /// Staged lap files waiting for their sync: the writer encodes the next lap meanwhile.
 const COMMIT_QUEUE: usize = 8;
 
@@ -278,6 +284,8 @@ struct Worker {
     thresholds: Thresholds,
     /// Sector starts of each session seen, for lap metrics.
     sectors: HashMap<Uuid, Vec<f32>>,
+    /// Metrics of durable laps not stored yet, by session, with when the first came.
+    metrics: HashMap<Uuid, (Instant, Vec<(LapMeta, LapMetrics)>)>,
 }
 
 fn run(data: &Path, owner: Owner, index: Index, rx: Receiver<ArchiveJob>) -> WriterReport {
@@ -331,18 +339,26 @@ fn run(data: &Path, owner: Owner, index: Index, rx: Receiver<ArchiveJob>) -> Wri
             Thresholds::default()
         }),
         sectors: HashMap::new(),
+        metrics: HashMap::new(),
     };
     loop {
         worker.collect(false);
         worker.retry_due(false);
-        // Wait for the next job, but wake for a retry that is due and, while a lap is being
-        // synced, often enough to index it as soon as it is in place.
+        worker.store_old_metrics();
+        // Wait for the next job, but wake for a retry that is due, for metrics waiting to be
+        // stored and, while a lap is being synced, often enough to index it as soon as it is
+        // in place.
         let retry = worker
             .retry
             .front()
             .map(|p| p.due.saturating_duration_since(Instant::now()));
         let sync = (worker.in_flight > 0).then_some(SYNC_POLL);
-        let job = match retry.into_iter().chain(sync).min() {
+        let metrics = worker
+            .metrics
+            .values()
+            .map(|(since, _)| METRICS_PART_AGE.saturating_sub(since.elapsed()))
+            .min();
+        let job = match retry.into_iter().chain(sync).chain(metrics).min() {
             None => match rx.recv() {
                 Ok(job) => job,
                 Err(_) => break,
@@ -360,6 +376,7 @@ fn run(data: &Path, owner: Owner, index: Index, rx: Receiver<ArchiveJob>) -> Wri
     worker.collect(true);
     worker.retry_due(true);
     worker.collect(true);
+    worker.store_metrics(None);
     worker.commit_tx = None;
     if let Ok(handle) = committer {
         let _ = handle.join();
@@ -421,6 +438,35 @@ impl Worker {
                 }
             }
             job => self.apply(job, 0),
+        }
+    }
+
+    /// Stores the waiting lap metrics of one session (all with `None`) as a part of its metric
+    /// tables. Derived data: a failure is logged, and `analyze` measures those laps again.
+    fn store_metrics(&mut self, session: Option<Uuid>) {
+        let sessions: Vec<Uuid> = match session {
+            Some(s) => vec![s],
+            None => self.metrics.keys().copied().collect(),
+        };
+        for s in sessions {
+            if let Some((_, laps)) = self.metrics.remove(&s)
+                && let Err(e) = write_part(&self.data, &laps)
+            {
+                tracing::warn!(error = %e, session = %s, "lap metrics not stored");
+            }
+        }
+    }
+
+    /// Stores the parts whose first lap has waited [`METRICS_PART_AGE`].
+    fn store_old_metrics(&mut self) {
+        let old: Vec<Uuid> = self
+            .metrics
+            .iter()
+            .filter(|(_, (since, _))| since.elapsed() >= METRICS_PART_AGE)
+            .map(|(s, _)| *s)
+            .collect();
+        for s in old {
+            self.store_metrics(Some(s));
         }
     }
 
@@ -486,6 +532,8 @@ impl Worker {
     /// A session whose laps are all durable: finished, its write-ahead file removed; ended in
     /// an error, its write-ahead file kept (the lock goes with the handle).
     fn closed(&mut self, close: SessionClose) {
+        // Its metrics are stored before the session stops being live.
+        self.store_metrics(Some(close.id));
         if close.finished.is_some()
             && let Some(wal) = close.wal
             && let Err(e) = wal.remove()
@@ -532,11 +580,16 @@ impl Worker {
                 }
                 self.report.laps_written += 1;
                 self.report.rows_written += lap.rows as u64;
-                if let Some(m) = &lap.metrics
-                    && let Err(e) = write_metrics(&self.data, &lap.meta, m)
-                {
-                    // Derived data: the lap is safe, `analyze --recompute` rebuilds them.
-                    tracing::warn!(error = %e, "lap metrics not stored");
+                if let Some(m) = lap.metrics {
+                    let session = lap.meta.session;
+                    let entry = self
+                        .metrics
+                        .entry(session)
+                        .or_insert_with(|| (Instant::now(), Vec::new()));
+                    entry.1.push(((*lap.meta).clone(), *m));
+                    if entry.1.len() >= METRICS_PART_LAPS {
+                        self.store_metrics(Some(session));
+                    }
                 }
             }
             Err(e) => self.failed(Retry::IndexLap(lap, path), attempts, &e),

@@ -159,6 +159,15 @@ fn read_file(path: &Path) -> Result<Rows, IngestError> {
     Ok(rows)
 }
 
+/// Reads one Racing Coach file as the import does and returns its row count (for tools and
+/// the decoder tests).
+///
+/// # Errors
+/// As the import: the file named with what is wrong.
+pub fn read_rows(path: &Path) -> Result<usize, IngestError> {
+    read_file(path).map(|r| r.time.len())
+}
+
 fn append(path: &Path, batch: &RecordBatch, rows: &mut Rows) -> Result<(), IngestError> {
     let n = batch.num_rows();
     let numbers = |name: &str, required: bool| -> Result<Vec<f64>, IngestError> {
