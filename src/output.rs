@@ -823,6 +823,8 @@ pub fn print_analysis(
                         secs(s.theoretical_best_s),
                         s.braking_point_mad_m
                             .map_or_else(|| "-".into(), |m| format!("{m:.1}")),
+                        s.apex_speed_mad_mps
+                            .map_or_else(|| "-".into(), |m| format!("{:.1}", m * 3.6)),
                     ]
                 })
                 .collect();
@@ -838,6 +840,7 @@ pub fn print_analysis(
                     "Mean",
                     "Theoretical",
                     "Braking MAD m",
+                    "Apex MAD km/h",
                 ],
                 &summary,
             ));

@@ -317,6 +317,8 @@ fn analyze_reads_stored_metrics_filters_and_names_bad_files() {
         s["braking_point_mad_m"].as_f64().expect("mad") < 15.0,
         "{s}"
     );
+    let apex = s["apex_speed_mad_mps"].as_f64().expect("apex spread");
+    assert!(apex > 0.0 && apex < 3.0, "{s}");
 
     // Partition and column filters.
     let out = apexsim(

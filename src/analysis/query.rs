@@ -110,6 +110,8 @@ pub struct Summary {
     pub theoretical_best_s: Option<f64>,
     /// Median over braking places of the braking point's spread (MAD) across valid laps, m.
     pub braking_point_mad_m: Option<f32>,
+    /// Median over corners of the apex speed's spread (MAD) across valid laps, m/s.
+    pub apex_speed_mad_mps: Option<f32>,
 }
 
 /// What `analyze` found.
@@ -482,20 +484,8 @@ pub fn summarize(
         ])
         .sort(["track", "car_model"], SortMultipleOptions::default())
         .collect()?;
-    let zones = filtered(scan(data, "braking_zones")?, f)
-        .filter(col("valid"))
-        .select([
-            col("track"),
-            col("car_model"),
-            col("start_m"),
-            col("start_speed_mps"),
-        ])
-        .collect()?;
-    let (zt, zc) = (strs(&zones, "track")?, strs(&zones, "car_model")?);
-    let (zs, zv) = (
-        floats(&zones, "start_m")?,
-        floats(&zones, "start_speed_mps")?,
-    );
+    let zones = places(data, f, "braking_zones", "start_m", "start_speed_mps")?;
+    let apexes = places(data, f, "corners", "apex_m", "apex_speed_mps")?;
     let (track, car) = (strs(&df, "track")?, strs(&df, "car_model")?);
     let (n, valid) = (ints(&df, "laps")?, ints(&df, "valid_laps")?);
     let (best, mean, length) = (
@@ -522,25 +512,17 @@ pub fn summarize(
         });
         let theoretical =
             super::across::theoretical_best(clean.iter().map(|r| r.minisector_times_s.as_slice()));
-        let points: Vec<(f32, f32)> = (0..zones.height())
-            .filter(|&k| zt[k] == track[i] && zc[k] == car[i])
-            .map(|k| {
-                (
-                    zs[k].unwrap_or(f64::NAN) as f32,
-                    zv[k].unwrap_or(f64::NAN) as f32,
-                )
-            })
-            .collect();
-        let len_m = length[i].unwrap_or(0.0) as f32;
-        let mut mads: Vec<f32> = spreads(
-            &points,
-            th.match_window_m,
-            len_m.max(1.0),
-            clean.len().div_ceil(2).max(1),
-        )
-        .iter()
-        .map(|s| s.position_mad_m)
-        .collect();
+        let len_m = (length[i].unwrap_or(0.0) as f32).max(1.0);
+        let min_laps = clean.len().div_ceil(2).max(1);
+        let spread = |p: &Places| {
+            spreads(
+                &p.points(&track[i], &car[i]),
+                th.match_window_m,
+                len_m,
+                min_laps,
+            )
+        };
+        let median_of = |mut v: Vec<f32>| (!v.is_empty()).then(|| super::across::median(&mut v));
         out.push(Summary {
             track: track[i].clone(),
             car_model: car[i].clone(),
@@ -550,10 +532,55 @@ pub fn summarize(
             best_lap,
             mean_lap_s: mean[i],
             theoretical_best_s: theoretical,
-            braking_point_mad_m: (!mads.is_empty()).then(|| super::across::median(&mut mads)),
+            braking_point_mad_m: median_of(
+                spread(&zones).iter().map(|s| s.position_mad_m).collect(),
+            ),
+            apex_speed_mad_mps: median_of(spread(&apexes).iter().map(|s| s.value_mad).collect()),
         });
     }
     Ok(out)
+}
+
+/// Points of the valid laps from a metric table: where on the lap and a value there, with the
+/// track and car of each.
+struct Places {
+    track: Vec<String>,
+    car: Vec<String>,
+    at: Vec<Option<f64>>,
+    value: Vec<Option<f64>>,
+}
+
+impl Places {
+    fn points(&self, track: &str, car: &str) -> Vec<(f32, f32)> {
+        (0..self.at.len())
+            .filter(|&k| self.track[k] == track && self.car[k] == car)
+            .map(|k| {
+                (
+                    self.at[k].unwrap_or(f64::NAN) as f32,
+                    self.value[k].unwrap_or(f64::NAN) as f32,
+                )
+            })
+            .collect()
+    }
+}
+
+fn places(
+    data: &Path,
+    f: &LapFilter,
+    table: &str,
+    at: &str,
+    value: &str,
+) -> Result<Places, AnalysisError> {
+    let df = filtered(scan(data, table)?, f)
+        .filter(col("valid"))
+        .select([col("track"), col("car_model"), col(at), col(value)])
+        .collect()?;
+    Ok(Places {
+        track: strs(&df, "track")?,
+        car: strs(&df, "car_model")?,
+        at: floats(&df, at)?,
+        value: floats(&df, value)?,
+    })
 }
 
 /// Analyses the archive under `data`: measures the laps that lack metrics (all with
