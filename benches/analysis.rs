@@ -171,8 +171,8 @@ fn archive(c: &mut Criterion) {
     group.throughput(Throughput::Elements(laps));
     group.bench_function(format!("recompute_{laps}_laps"), |b| {
         b.iter(|| {
-            let (n, errors) = ensure_metrics(data, None, &th, true);
-            assert!(errors.is_empty() && n as u64 == laps);
+            let done = ensure_metrics(data, None, &th, true);
+            assert!(done.errors.is_empty() && done.computed as u64 == laps);
         })
     });
     group.bench_function(format!("stored_{laps}_laps"), |b| {

@@ -858,6 +858,12 @@ pub fn print_analysis(
                 a.query_s,
                 a.errors.len()
             ));
+            if a.waiting > 0 {
+                text.push_str(&format!(
+                    "{} lap(s) of live sessions wait for their writer to store their metrics (within 30 s)\n",
+                    a.waiting
+                ));
+            }
             for e in &a.errors {
                 text.push_str(&format!("error: {e}\n"));
             }

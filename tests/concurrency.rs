@@ -524,3 +524,87 @@ fn stray_temporary_files_of_writers_that_are_gone_are_removed_and_live_ones_kept
     assert!(mine.exists(), "a live writer's file is kept");
     assert!(!theirs.exists() && !old_format.exists() && !killed.exists());
 }
+
+/// Rows of the stored `laps` metrics of the archive, by (session, car, lap), read with the
+/// same query `analyze` uses.
+fn stored_metric_laps(data: &Path) -> Vec<(String, i32, i32)> {
+    let mut rows: Vec<(String, i32, i32)> =
+        apexsim::analysis::query::query_laps(data, &apexsim::analysis::query::LapFilter::default())
+            .expect("stored metrics")
+            .into_iter()
+            .map(|r| (r.session, r.car, r.lap))
+            .collect();
+    rows.sort();
+    rows
+}
+
+#[test]
+fn analyze_beside_a_live_race_leaves_its_laps_to_the_writer_and_lists_each_lap_once() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let content = tmp.path().join("content");
+    let data = tmp.path().join("data");
+    common::content_with_mini_oval(&content);
+    let (c, d) = (s(&content), s(&data));
+    let mut race = Child::spawn(&race_args(c, d, "5", "3", false));
+    assert!(
+        race.wait_for(Duration::from_secs(60), |l| l
+            .contains("lap=1 complete=true"))
+            .is_some(),
+        "a lap closed"
+    );
+    // While the race runs: its laps are not measured here (its writer stores them), nothing
+    // is compacted, and no lap is listed twice.
+    let mut rounds = 0;
+    let mut waited = 0;
+    while race.running() {
+        let (code, out, err) =
+            apexsim(&["--data", d, "analyze", "--recompute", "--format", "json"]);
+        assert_eq!(code, 0, "analyze: {err}");
+        let a: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+        waited += a["waiting"].as_u64().expect("waiting");
+        assert_eq!(a["computed"], 0, "a live session is left to its writer");
+        let rows = stored_metric_laps(&data);
+        let mut unique = rows.clone();
+        unique.dedup();
+        assert_eq!(rows, unique, "each lap listed once");
+        rounds += 1;
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(
+        rounds >= 2 && waited > 0,
+        "{rounds} rounds, {waited} laps waiting"
+    );
+    let (code, _, log) = race.finish();
+    assert_eq!(code, 0, "{log}");
+    // The finished race: its writer stored every lap's metrics once.
+    let laps = Index::open(&data).expect("index").laps(None).expect("laps");
+    assert_eq!(stored_metric_laps(&data).len(), laps.len());
+    let (code, out, err) = apexsim(&["--data", d, "analyze", "--format", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let a: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+    assert_eq!(
+        (a["computed"].as_u64(), a["waiting"].as_u64()),
+        (Some(0), Some(0))
+    );
+    // Now it may be rewritten as one file per table, still once per lap.
+    let (code, out, err) = apexsim(&["--data", d, "analyze", "--recompute", "--format", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let a: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+    assert_eq!(a["computed"].as_u64(), Some(laps.len() as u64));
+    let rows = stored_metric_laps(&data);
+    assert_eq!(rows.len(), laps.len());
+    let session = laps[0].session.simple().to_string();
+    let partition = data.join("metrics/laps/source=sim/track=mini_oval");
+    let date = std::fs::read_dir(&partition)
+        .expect("partition")
+        .flatten()
+        .next()
+        .expect("date")
+        .path();
+    let names: Vec<String> = std::fs::read_dir(date)
+        .expect("files")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, vec![format!("{session}.parquet")]);
+}

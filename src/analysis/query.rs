@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use super::across::spreads;
 use super::lap::METRIC_COLUMNS;
-use super::store::{remove_session_files, write_part, write_tables};
+use super::store::{remove_session_files, write_tables};
 use super::{LapMetrics, Thresholds, lap_metrics};
 use crate::archive::{ArchiveError, LapMeta, read_lap_columns};
 
@@ -125,6 +125,8 @@ pub struct Analysis {
     pub errors: Vec<String>,
     /// Laps measured now (missing metrics, or `--recompute`).
     pub computed: usize,
+    /// Laps of live sessions whose metrics their writer has not stored yet.
+    pub waiting: usize,
     /// Seconds spent measuring them.
     pub compute_s: f64,
     /// Seconds spent querying the stored metrics.
@@ -230,18 +232,28 @@ fn lap_key(file: &Path) -> Option<(Uuid, i32, i32)> {
     Some((session, car, lap))
 }
 
+/// What [`ensure_metrics`] did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Ensured {
+    /// Laps measured and stored.
+    pub computed: usize,
+    /// Laps of live sessions whose metrics their writer has not stored yet (left to it).
+    pub waiting: usize,
+    /// Lap files that could not be measured, named, with the reason.
+    pub errors: Vec<String>,
+}
+
 /// Measures the laps of the archive under `data` whose metrics are missing (every lap with
-/// `recompute`) and stores them. A session no process is writing any more is measured whole
-/// and stored as one file per table and partition (`<session>.parquet`, replacing its parts);
-/// the missing laps of a live session are stored as a new part, as the archive writer does.
-/// Returns how many laps were measured and the files that could not be (named, with the
-/// reason).
+/// `recompute`) and stores them: a session is measured whole and stored as one file per table
+/// and partition (`<session>.parquet`, replacing its parts). A session a live process is
+/// writing is left to it: its writer stores its laps' metrics in parts, and `analyze` reports
+/// the laps still waiting.
 pub fn ensure_metrics(
     data: &Path,
     track: Option<&str>,
     th: &Thresholds,
     recompute: bool,
-) -> (usize, Vec<String>) {
+) -> Ensured {
     let laps_root = data.join("laps");
     let mut groups: BTreeMap<(PathBuf, String), Vec<PathBuf>> = BTreeMap::new();
     for file in lap_files(&laps_root, track) {
@@ -259,8 +271,7 @@ pub fn ensure_metrics(
         stored_laps(data)
     };
     let index = crate::archive::index::Index::open(data).ok();
-    let mut computed = 0;
-    let mut errors = Vec::new();
+    let mut report = Ensured::default();
     for ((dir, session), files) in groups {
         let rel = dir.strip_prefix(&laps_root).unwrap_or(&dir).to_owned();
         let missing: Vec<PathBuf> = files
@@ -276,32 +287,32 @@ pub fn ensure_metrics(
             .zip(index.as_ref())
             .and_then(|(id, i)| i.session_sectors(id).ok())
             .unwrap_or_default();
-        let live = id.is_some_and(|id| crate::archive::wal::is_live(data, id));
-        let targets = if live { &missing } else { &files };
-        let mut good = Vec::with_capacity(targets.len());
-        for m in measure_all(targets, &sectors, th) {
+        if id.is_some_and(|id| crate::archive::wal::is_live(data, id)) {
+            // Its writer stores these laps' metrics (within METRICS_PART_AGE); storing them
+            // here too would list them twice.
+            report.waiting += missing.len();
+            continue;
+        }
+        let mut good = Vec::with_capacity(files.len());
+        for m in measure_all(&files, &sectors, th) {
             match m {
                 Ok(m) => good.push(m),
                 Err(e) => {
                     tracing::error!(error = %e, "lap not analysed");
-                    errors.push(e);
+                    report.errors.push(e);
                 }
             }
         }
-        computed += good.len();
-        let result = if live {
-            write_part(data, &good)
-        } else {
-            write_tables(data, &rel, &session, &good).map(|()| {
-                // The session's file now holds every lap: its parts go.
-                remove_session_files(data, &rel, &session, &format!("{session}.parquet"));
-            })
-        };
+        report.computed += good.len();
+        let result = write_tables(data, &rel, &session, &good).map(|()| {
+            // The session's file now holds every lap: its parts go.
+            remove_session_files(data, &rel, &session, &format!("{session}.parquet"));
+        });
         if let Err(e) = result {
-            errors.push(e.to_string());
+            report.errors.push(e.to_string());
         }
     }
-    (computed, errors)
+    report
 }
 
 fn scan(data: &Path, table: &str) -> PolarsResult<LazyFrame> {
@@ -595,7 +606,7 @@ pub fn analyze(
     recompute: bool,
 ) -> Result<Analysis, AnalysisError> {
     let started = Instant::now();
-    let (computed, errors) = ensure_metrics(data, f.track.as_deref(), th, recompute);
+    let ensured = ensure_metrics(data, f.track.as_deref(), th, recompute);
     let compute_s = started.elapsed().as_secs_f64();
     let started = Instant::now();
     let laps = query_laps(data, f)?;
@@ -603,8 +614,9 @@ pub fn analyze(
     Ok(Analysis {
         laps,
         summary,
-        errors,
-        computed,
+        errors: ensured.errors,
+        computed: ensured.computed,
+        waiting: ensured.waiting,
         compute_s,
         query_s: started.elapsed().as_secs_f64(),
     })
@@ -672,6 +684,7 @@ impl Analysis {
         self.summary.extend(other.summary);
         self.errors.extend(other.errors);
         self.computed += other.computed;
+        self.waiting += other.waiting;
         self.compute_s += other.compute_s;
         self.query_s += other.query_s;
     }
