@@ -322,3 +322,21 @@ fn bad_laps_are_named_errors() {
     assert!(e.to_string().contains("distance_m"), "{e}");
     assert!(lap_metrics(&c, 0.0, true, &[], &Thresholds::default()).is_err());
 }
+
+#[test]
+fn a_corner_taken_flat_has_no_throttle_point() {
+    let flat = |d: f32| {
+        let mut i = corner_at(800.0)(d);
+        i.throttle = 1.0;
+        i.brake = 0.0;
+        i
+    };
+    let m = metrics(&trace(0.5, flat), true);
+    assert_eq!(m.corners.len(), 1, "{:?}", m.corners);
+    assert_eq!(m.corners[0].throttle_m, None, "never lifted");
+    assert!(m.braking.is_empty());
+    // The lifted corner's throttle point is where the driver got back on it.
+    let lifted = metrics(&trace(0.5, corner_at(800.0)), true);
+    let back = lifted.corners[0].throttle_m.expect("back on throttle");
+    assert!((back - 920.0).abs() < 3.0, "{back}");
+}

@@ -128,8 +128,9 @@ pub struct Corner {
     pub exit_speed_mps: f32,
     /// Time from turn-in to exit, s.
     pub time_s: f32,
-    /// First point at or after the apex where the throttle reaches `throttle_on`, m (none when
-    /// it does not before the exit).
+    /// Back on the throttle: after the corner's lowest throttle, the first point where it
+    /// reaches `throttle_on` again, m (none when the driver never lifted below it in the
+    /// corner, or did not get back on it before the exit).
     pub throttle_m: Option<f32>,
     /// Lowest speed in the corner, m/s.
     pub min_speed_mps: f32,
@@ -816,11 +817,21 @@ fn corner(
         min_v = min_v.min(v[at.i]);
         last = at;
     }
-    let throttle_m = lap
+    // Back on the throttle: after the corner's lowest throttle, where it reaches
+    // `throttle_on` again. A corner taken without lifting below it has no such point.
+    let lowest = lap
         .walk(r)
-        .skip_while(|at| at.i != apex.i)
-        .find(|at| throttle[at.i] >= th.throttle_on)
-        .map(|at| wrap(at.d, lap.length));
+        .fold(None::<At>, |low, at| match low {
+            Some(l) if throttle[l.i] <= throttle[at.i] => Some(l),
+            _ => Some(at),
+        })
+        .filter(|l| throttle[l.i] < th.throttle_on);
+    let throttle_m = lowest.and_then(|low| {
+        lap.walk(r)
+            .skip_while(|at| at.i != low.i)
+            .find(|at| throttle[at.i] >= th.throttle_on)
+            .map(|at| wrap(at.d, lap.length))
+    });
     Corner {
         direction,
         turn_in_m: wrap(first.d, lap.length),
