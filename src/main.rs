@@ -309,24 +309,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The thresholds of `analyze` and `compare`: `--thresholds FILE`, else the archive's
+/// `thresholds.toml`, else the defaults; then each `--set`. A bad one is a usage error.
+fn thresholds(
+    file: Option<&Path>,
+    sets: &[String],
+    archive: &Path,
+) -> anyhow::Result<apexsim::analysis::Thresholds> {
+    match file {
+        Some(file) => apexsim::analysis::Thresholds::from_file(file),
+        None => apexsim::analysis::store::archive_thresholds(archive),
+    }
+    .and_then(|t| t.with_overrides(sets))
+    .map_err(|e| UsageError(e.to_string()).into())
+}
+
 /// `apexsim analyze`: thresholds (file, then `--set`), the analysis, the report; exit 1 when a
 /// lap file could not be analysed.
 fn analyze(args: apexsim::cli::AnalyzeArgs, data: &Path) -> anyhow::Result<()> {
     use apexsim::analysis::query::{LapFilter, analyze_paths};
-    use apexsim::analysis::store::archive_thresholds;
     let paths = if args.paths.is_empty() {
         vec![data.to_owned()]
     } else {
         args.paths.clone()
     };
-    let base = match &args.thresholds {
-        Some(file) => apexsim::analysis::Thresholds::from_file(file),
-        None => archive_thresholds(&paths[0]),
-    }
-    .map_err(|e| UsageError(e.to_string()))?;
-    let th = base
-        .with_overrides(&args.sets)
-        .map_err(|e| UsageError(e.to_string()))?;
+    let th = thresholds(args.thresholds.as_deref(), &args.sets, &paths[0])?;
     if args.format == apexsim::cli::TableFormat::Parquet && args.out.is_none() {
         return Err(UsageError("--format parquet needs --out FILE".into()).into());
     }
@@ -353,12 +360,7 @@ fn analyze(args: apexsim::cli::AnalyzeArgs, data: &Path) -> anyhow::Result<()> {
 /// `apexsim compare`: both laps found, measured and compared; the report, and the plot.
 fn compare(args: apexsim::cli::CompareArgs, data: &Path) -> anyhow::Result<()> {
     use apexsim::analysis::compare::{compare, load, resolve};
-    let th = match &args.thresholds {
-        Some(file) => apexsim::analysis::Thresholds::from_file(file),
-        None => apexsim::analysis::store::archive_thresholds(data),
-    }
-    .and_then(|t| t.with_overrides(&args.sets))
-    .map_err(|e| UsageError(e.to_string()))?;
+    let th = thresholds(args.thresholds.as_deref(), &args.sets, data)?;
     let index = apexsim::archive::index::Index::open(data).ok();
     let mut laps = Vec::new();
     for name in [&args.a, &args.b] {

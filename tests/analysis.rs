@@ -1,7 +1,7 @@
 //! The metric engine on synthetic traces: one test per edge case of each metric.
 
 use apexsim::analysis::across::{
-    braking_consistency, delta_by_distance, lap_distance, match_points, theoretical_best,
+    braking_points, consistency, delta_by_distance, lap_distance, match_points, theoretical_best,
 };
 use apexsim::analysis::lap::{moving_average, running_median};
 use apexsim::analysis::{DistanceClock, LapMetrics, MetricError, Thresholds, lap_metrics};
@@ -132,7 +132,7 @@ fn no_braking_at_all() {
     assert_eq!(m.stats.braking_share, 0.0);
     assert!(m.stats.full_throttle_share > 0.99);
     assert_eq!(m.stats.coasting_share, 0.0);
-    assert!(braking_consistency([&m, &m], 50.0, L).is_empty());
+    assert!(consistency([&m, &m], braking_points, 50.0, L).is_empty());
 }
 
 #[test]
@@ -293,7 +293,7 @@ fn comparisons_across_laps() {
         L,
     );
     assert_eq!(pairs, vec![(0, 0)]);
-    let spread = braking_consistency([&ms, &mf], 50.0, L);
+    let spread = consistency([&ms, &mf], braking_points, 50.0, L);
     assert_eq!(spread.len(), 1);
     assert!((spread[0].position_mad_m - 5.0).abs() < 1.0, "{spread:?}");
     assert!((lap_distance(5.0, L - 5.0, L) - 10.0).abs() < 1e-3);

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use apexsim::analysis::across::{braking_consistency, delta_by_distance, theoretical_best};
+use apexsim::analysis::across::{braking_points, consistency, delta_by_distance, theoretical_best};
 use apexsim::analysis::{DistanceClock, LapMetrics, Thresholds, lap_metrics};
 use apexsim::archive::index::Index;
 use apexsim::archive::{LapMeta, read_lap};
@@ -146,7 +146,7 @@ fn metrics_on_real_laps_hold_to_the_ground_truth() {
     );
 
     let length = laps[0].0.track_length_m;
-    let consistency = braking_consistency(clean.iter().copied(), 50.0, length);
+    let consistency = consistency(clean.iter().copied(), braking_points, 50.0, length);
     assert!(consistency.len() >= zones.iter().copied().min().unwrap_or(0).saturating_sub(1));
     for place in &consistency {
         assert!(
@@ -239,6 +239,29 @@ fn bad_files_are_named_and_the_rest_imported() {
     assert_eq!(ingested, 3);
 }
 
+/// `apexsim import racing-coach` of the fixtures into `data` (Formula 4, sectors at 30 % and
+/// 70 % of the lap), which must succeed.
+fn import_fixtures(data: &Path) {
+    let fx = fixtures();
+    let args = [
+        "import",
+        "racing-coach",
+        fx.to_str().expect("utf-8"),
+        "--track",
+        "Algarve",
+        "--car",
+        "Formula 4",
+        "--sectors",
+        "0.3,0.7",
+    ];
+    let out = apexsim(data, &args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn apexsim(data: &Path, args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_apexsim"))
         .arg("--data")
@@ -252,26 +275,7 @@ fn apexsim(data: &Path, args: &[&str]) -> std::process::Output {
 fn analyze_reads_stored_metrics_filters_and_names_bad_files() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
-    let fx = fixtures();
-    let out = apexsim(
-        &data,
-        &[
-            "import",
-            "racing-coach",
-            fx.to_str().expect("utf-8"),
-            "--track",
-            "Algarve",
-            "--car",
-            "Formula 4",
-            "--sectors",
-            "0.3,0.7",
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    import_fixtures(&data);
     // The import stored the metrics beside the laps: analyze measures nothing.
     for table in ["laps", "braking_zones", "corners"] {
         assert!(
@@ -451,24 +455,7 @@ fn parquet_rows(path: &Path) -> (i64, usize) {
 fn compare_reports_zones_corners_and_draws_plots() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
-    let fx = fixtures();
-    let out = apexsim(
-        &data,
-        &[
-            "import",
-            "racing-coach",
-            fx.to_str().expect("utf-8"),
-            "--track",
-            "Algarve",
-            "--sectors",
-            "0.3,0.7",
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    import_fixtures(&data);
     let out = apexsim(&data, &["analyze", "--format", "json"]);
     let a: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     let session = a["laps"][0]["session"].as_str().expect("session")[..8].to_owned();
@@ -558,26 +545,7 @@ fn compare_reports_zones_corners_and_draws_plots() {
 fn notebook_archive() {
     let data = Path::new(env!("CARGO_TARGET_TMPDIR")).join("notebook-archive");
     let _ = std::fs::remove_dir_all(&data);
-    let fx = fixtures();
-    let out = apexsim(
-        &data,
-        &[
-            "import",
-            "racing-coach",
-            fx.to_str().expect("utf-8"),
-            "--track",
-            "Algarve",
-            "--car",
-            "Formula 4",
-            "--sectors",
-            "0.3,0.7",
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    import_fixtures(&data);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_apexsim"))
         .arg("--data")
         .arg(&data)

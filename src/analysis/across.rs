@@ -168,33 +168,39 @@ pub fn spreads(points: &[(f32, f32)], window: f32, length: f32, min_laps: usize)
         .collect()
 }
 
-/// Braking-point consistency across laps: each braking place's start-distance spread and the
-/// spread of the speed there. A place must appear in at least half the laps.
-pub fn braking_consistency<'a>(
-    laps: impl IntoIterator<Item = &'a LapMetrics>,
-    window: f32,
-    length: f32,
-) -> Vec<Spread> {
-    let mut count = 0usize;
-    let mut points = Vec::new();
-    for lap in laps {
-        count += 1;
-        points.extend(lap.braking.iter().map(|z| (z.start_m, z.start_speed_mps)));
-    }
-    spreads(&points, window, length, count.div_ceil(2).max(1))
+/// Laps a place must appear in to count in a spread: half of them.
+pub fn places_need(laps: usize) -> usize {
+    laps.div_ceil(2).max(1)
 }
 
-/// Apex consistency across laps: each corner's apex-position and apex-speed spread.
-pub fn apex_consistency<'a>(
+/// Consistency across laps of one kind of point (`points` picks them from a lap's metrics:
+/// braking points with the speed there, apexes with the apex speed): each place's spread of
+/// position and value. A place must appear in at least half the laps.
+pub fn consistency<'a, P: IntoIterator<Item = (f32, f32)>>(
     laps: impl IntoIterator<Item = &'a LapMetrics>,
+    points: impl Fn(&'a LapMetrics) -> P,
     window: f32,
     length: f32,
 ) -> Vec<Spread> {
-    let mut count = 0usize;
-    let mut points = Vec::new();
+    let mut count = 0;
+    let mut all = Vec::new();
     for lap in laps {
         count += 1;
-        points.extend(lap.corners.iter().map(|c| (c.apex_m, c.apex_speed_mps)));
+        all.extend(points(lap));
     }
-    spreads(&points, window, length, count.div_ceil(2).max(1))
+    spreads(&all, window, length, places_need(count))
+}
+
+/// Braking points of a lap with the speed there, for [`consistency`].
+pub fn braking_points(m: &LapMetrics) -> impl Iterator<Item = (f32, f32)> + '_ {
+    m.braking.iter().map(|z| (z.start_m, z.start_speed_mps))
+}
+
+/// The time delta on a grid from [`delta_by_distance`] at `distance` (the first grid point at
+/// or after it; 0 on an empty grid).
+pub fn delta_at(grid: &[(f32, f32)], distance: f32) -> f32 {
+    let i = grid
+        .partition_point(|(x, _)| *x < distance)
+        .min(grid.len().saturating_sub(1));
+    grid.get(i).map_or(0.0, |g| g.1)
 }

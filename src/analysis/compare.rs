@@ -8,7 +8,7 @@ use apexsim_systems::record::LapColumns;
 use serde::Serialize;
 use thiserror::Error;
 
-use super::across::{delta_by_distance, match_points};
+use super::across::{delta_at, delta_by_distance, match_points};
 use super::lap::{DistanceClock, MetricError, sector_bounds};
 use super::{LapMetrics, Thresholds, lap_metrics};
 use crate::archive::index::Index;
@@ -230,12 +230,7 @@ pub fn compare(a: &Lap, b: &Lap, th: &Thresholds) -> Result<Comparison, CompareE
         });
     }
     let grid = delta_by_distance(&a.clock, &b.clock, th.grid_step_m);
-    let at = |d: f32| -> f32 {
-        let i = grid
-            .partition_point(|(x, _)| *x < d)
-            .min(grid.len().saturating_sub(1));
-        grid.get(i).map_or(0.0, |g| g.1)
-    };
+    let at = |d: f32| delta_at(&grid, d);
     // The change of the delta over a stretch of the lap, over the line when it wraps.
     let over = |from: f32, to: f32| -> f32 {
         if to >= from {

@@ -459,6 +459,15 @@ impl Lap<'_> {
         first.map(at(false)).chain(second.map(at(true)))
     }
 
+    /// The region's first sample (a region is never empty).
+    fn first(&self, r: Region) -> At {
+        At {
+            i: r.start,
+            t: f64::from(self.t[r.start]),
+            d: self.d[r.start],
+        }
+    }
+
     fn time_span(&self, r: Region) -> f64 {
         let end = f64::from(self.t[r.end]) + if r.wraps { self.period } else { 0.0 };
         end - f64::from(self.t[r.start])
@@ -741,14 +750,7 @@ fn braking_zone(
     lat: &[f32],
     th: &Thresholds,
 ) -> BrakingZone {
-    let first = lap.walk(r).next().map_or(
-        At {
-            i: r.start,
-            t: 0.0,
-            d: 0.0,
-        },
-        |a| a,
-    );
+    let first = lap.first(r);
     let (mut min_v, mut min_t, mut peak) = (v[first.i], first.t, 0.0f32);
     let mut last = first;
     let mut trail = 0.0f32;
@@ -799,14 +801,7 @@ fn corner(
     throttle: &[f32],
     th: &Thresholds,
 ) -> Corner {
-    let first = lap.walk(r).next().map_or(
-        At {
-            i: r.start,
-            t: 0.0,
-            d: 0.0,
-        },
-        |a| a,
-    );
+    let first = lap.first(r);
     let mut apex = first;
     let mut last = first;
     let mut min_v = v[first.i];

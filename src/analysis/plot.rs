@@ -11,6 +11,7 @@ use plotters::prelude::*;
 use plotters::style::{FontStyle, register_font};
 use thiserror::Error;
 
+use super::across::delta_at;
 use super::compare::{Comparison, Lap, sector_marks};
 
 /// The font every label is drawn with (DejaVu Sans, see `assets/fonts/LICENSE`).
@@ -276,14 +277,7 @@ fn track_map<DB: DrawingBackend>(
         )
         .build_cartesian_2d((cx - hw)..(cx + hw), (cy - hh)..(cy + hh))?;
     const STEP: f32 = 20.0;
-    let at = |dist: f32| -> f32 {
-        let i = c
-            .grid
-            .partition_point(|(g, _)| *g < dist)
-            .min(c.grid.len().saturating_sub(1));
-        c.grid.get(i).map_or(0.0, |g| g.1)
-    };
-    let slope = |dist: f32| at(dist + STEP) - at(dist);
+    let slope = |dist: f32| delta_at(&c.grid, dist + STEP) - delta_at(&c.grid, dist);
     let worst = (0..(d.last().copied().unwrap_or(0.0) / STEP) as u32)
         .map(|k| slope(k as f32 * STEP).abs())
         .fold(1e-3f32, f32::max);

@@ -524,7 +524,7 @@ pub fn summarize(
         let theoretical =
             super::across::theoretical_best(clean.iter().map(|r| r.minisector_times_s.as_slice()));
         let len_m = (length[i].unwrap_or(0.0) as f32).max(1.0);
-        let min_laps = clean.len().div_ceil(2).max(1);
+        let min_laps = super::across::places_need(clean.len());
         let spread = |p: &Places| {
             spreads(
                 &p.points(&track[i], &car[i]),

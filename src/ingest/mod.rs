@@ -303,7 +303,7 @@ pub fn read_recording(path: &Path, opts: &IngestOptions) -> Result<Recording, In
     let yaml = header.session_yaml(&bytes);
     let session = Uuid::new_v5(&NAMESPACE, &bytes);
     let mut info = session_info(yaml.as_deref(), &header, opts);
-    if let Some(length) = measured_length(&frames) {
+    if let Some(length) = measured_length(frames.iter().map(|f| (f.lap_dist_pct, f.lap_dist_m))) {
         info.track_length_m = length;
     }
     let (samples, spikes) = samples(&frames, &info);
@@ -464,13 +464,14 @@ fn parse_km(s: &str) -> Option<f32> {
     }
 }
 
-/// The lap length from `LapDist / LapDistPct` (the session info rounds it to 10 m): the median
-/// over samples well inside the lap.
-fn measured_length(frames: &[IbtFrame]) -> Option<f32> {
-    let mut ratios: Vec<f32> = frames
-        .iter()
-        .filter(|f| f.lap_dist_pct > 0.25 && f.lap_dist_pct < 0.95 && f.lap_dist_m > 0.0)
-        .map(|f| f.lap_dist_m / f.lap_dist_pct)
+/// The lap length from `(lap fraction, lap distance in metres)` samples (`LapDistPct`,
+/// `LapDist`; the session info rounds it to 10 m): the median ratio over samples well inside
+/// the lap, `None` with fewer than 10 of them.
+pub(crate) fn measured_length(samples: impl IntoIterator<Item = (f32, f32)>) -> Option<f32> {
+    let mut ratios: Vec<f32> = samples
+        .into_iter()
+        .filter(|(pct, m)| *pct > 0.25 && *pct < 0.95 && *m > 0.0)
+        .map(|(pct, m)| m / pct)
         .filter(|r| r.is_finite())
         .collect();
     if ratios.len() < 10 {

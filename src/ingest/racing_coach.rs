@@ -13,7 +13,6 @@
 //! iRacing ingest. A session already imported (same files, same bytes) is skipped.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -118,13 +117,9 @@ fn bad(path: &Path, problem: impl Into<String>) -> IngestError {
 /// Reads one Racing Coach file: the columns ApexSim uses, as numbers.
 ///
 /// # Errors
-/// [`IngestError`] naming the file: it cannot be opened, is not Parquet, lacks a required
-/// column, has a column of the wrong type, or has no rows.
-fn read_file(path: &Path) -> Result<Rows, IngestError> {
-    let file = File::open(path).map_err(|source| IngestError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
+/// [`IngestError`] naming the file (`path`, whose bytes these are): not Parquet, lacks a
+/// required column, has a column of the wrong type, or has no rows.
+fn read_file(path: &Path, file: bytes::Bytes) -> Result<Rows, IngestError> {
     let pq = |source| {
         IngestError::Archive(ArchiveError::Parquet {
             path: path.to_owned(),
@@ -165,7 +160,16 @@ fn read_file(path: &Path) -> Result<Rows, IngestError> {
 /// # Errors
 /// As the import: the file named with what is wrong.
 pub fn read_rows(path: &Path) -> Result<usize, IngestError> {
-    read_file(path).map(|r| r.time.len())
+    read_file(path, read_bytes(path)?).map(|r| r.time.len())
+}
+
+fn read_bytes(path: &Path) -> Result<bytes::Bytes, IngestError> {
+    std::fs::read(path)
+        .map(bytes::Bytes::from)
+        .map_err(|source| IngestError::Read {
+            path: path.to_owned(),
+            source,
+        })
 }
 
 fn append(path: &Path, batch: &RecordBatch, rows: &mut Rows) -> Result<(), IngestError> {
@@ -282,16 +286,12 @@ pub fn import(
         let mut all = Rows::default();
         let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
         for path in &files {
-            match std::fs::read(path)
-                .map_err(|source| IngestError::Read {
-                    path: path.clone(),
-                    source,
-                })
-                .and_then(|bytes| {
-                    let rows = read_file(path)?;
-                    hasher.update(&bytes);
-                    Ok(rows)
-                }) {
+            // Read once: the bytes are hashed for the session id and decoded.
+            match read_bytes(path).and_then(|bytes| {
+                let rows = read_file(path, bytes.clone())?;
+                hasher.update(&bytes);
+                Ok(rows)
+            }) {
                 Ok(rows) => merge(&mut all, rows),
                 Err(e) => {
                     tracing::error!(error = %e, "Racing Coach file not imported");
@@ -344,21 +344,14 @@ fn merge(all: &mut Rows, rows: Rows) {
     };
 }
 
-/// The lap length: the median of distance over fraction where both are known.
+/// The lap length, measured as the iRacing ingest measures it.
 fn track_length(rows: &Rows) -> Option<f32> {
-    let mut ratios: Vec<f64> = rows
-        .pct
-        .iter()
-        .zip(&rows.dist)
-        .filter(|(p, d)| **p > 0.1 && d.is_finite())
-        .map(|(p, d)| d / p)
-        .filter(|r| r.is_finite() && *r > 0.0)
-        .collect();
-    if ratios.is_empty() {
-        return None;
-    }
-    let mid = ratios.len() / 2;
-    Some(*ratios.select_nth_unstable_by(mid, f64::total_cmp).1 as f32)
+    super::measured_length(
+        rows.pct
+            .iter()
+            .zip(&rows.dist)
+            .map(|(p, d)| (*p as f32, *d as f32)),
+    )
 }
 
 fn import_session(
