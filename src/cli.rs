@@ -81,7 +81,73 @@ pub enum Command {
         /// Store the driver's name instead of a pseudonym.
         #[arg(long)]
         keep_driver_names: bool,
+        /// Upload every complete lap and its metrics to this Racing Coach server.
+        #[arg(long, value_name = "URL")]
+        upload: Option<String>,
     },
+    /// Racing Coach account of this device: log in (device authorization), log out, status.
+    #[command(subcommand)]
+    Coach(CoachCommand),
+    /// The upload outbox: laps waiting for or refused by a Racing Coach server.
+    #[command(subcommand)]
+    Outbox(OutboxCommand),
+}
+
+/// `apexsim coach ...`
+#[derive(Debug, Subcommand)]
+pub enum CoachCommand {
+    /// Logs this device in: shows a code to confirm in the browser, waits for it, and stores
+    /// the device token (readable only by you) for uploads to that server.
+    Login {
+        /// The Racing Coach server.
+        #[arg(long, value_name = "URL")]
+        server: String,
+        /// The name the device is registered under (default: "apexsim on <hostname>").
+        #[arg(long)]
+        device_name: Option<String>,
+    },
+    /// Forgets the token of a server (of every server without `--server`).
+    Logout {
+        /// The Racing Coach server.
+        #[arg(long, value_name = "URL")]
+        server: Option<String>,
+    },
+    /// Shows the servers this device is logged in to, each server's health, and the outbox.
+    Status {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+}
+
+/// `apexsim outbox ...`
+#[derive(Debug, Subcommand)]
+pub enum OutboxCommand {
+    /// Lists the laps waiting for upload or refused, with their last error.
+    Ls {
+        /// Delivered laps too.
+        #[arg(long)]
+        all: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Sends again now: one lap by its outbox id, or every waiting and refused lap.
+    Retry {
+        /// Outbox id (from `outbox ls`).
+        id: Option<i64>,
+        /// How long to keep delivering laps that fail again before leaving them in the outbox.
+        #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = parse_duration)]
+        wait: Duration,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+}
+
+/// A duration like `30s`, `5m` or `250ms`.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration like 30s or 5m: {e}"))
 }
 
 /// `apexsim track` commands.
@@ -118,6 +184,14 @@ pub struct IngestArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,
+    /// Upload every complete lap and its metrics to this Racing Coach server (recordings
+    /// archived before are queued too).
+    #[arg(long, value_name = "URL")]
+    pub upload: Option<String>,
+    /// After the ingest, how long to keep delivering laps that fail before leaving them in
+    /// the outbox (`apexsim outbox retry` sends them later).
+    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = parse_duration)]
+    pub upload_wait: Duration,
 }
 
 /// Output formats of `analyze`.

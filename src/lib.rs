@@ -7,7 +7,9 @@
 pub mod analysis;
 pub mod archive;
 pub mod cli;
+pub mod coach;
 pub mod content;
+pub mod events;
 pub mod ingest;
 pub mod net;
 pub mod output;

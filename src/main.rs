@@ -3,11 +3,16 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use apexsim::archive::index::Index;
 use apexsim::archive::writer::ArchiveWriter;
-use apexsim::cli::{ArchiveCommand, Cli, Command, ImportCommand, TrackCommand};
+use apexsim::cli::{
+    ArchiveCommand, Cli, CoachCommand, Command, ImportCommand, OutboxCommand, TrackCommand,
+};
+use apexsim::coach::credentials::{self, Credentials, normalize_url};
+use apexsim::coach::{CoachClient, Outbox, Pipeline, UploadOptions};
 use apexsim::content::Content;
 use apexsim::{output, race};
 use clap::Parser;
@@ -153,10 +158,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if files.is_empty() {
                 return Err(UsageError("no .ibt files found in the given paths".into()).into());
             }
-            let opts = apexsim::ingest::IngestOptions {
+            let mut opts = apexsim::ingest::IngestOptions {
                 keep_driver_names: args.keep_driver_names,
                 wal_sync: cli.wal_sync,
+                hooks: Default::default(),
             };
+            let upload = Upload::start(&cli.data, args.upload.as_deref(), args.upload_wait)?;
+            if let Some(u) = &upload {
+                opts.hooks = u.pipeline.hooks();
+            }
             let mut bar = output::Progress::new("ingest");
             let report =
                 apexsim::ingest::ingest(&files, &cli.data, &opts, |done, total, records| {
@@ -165,6 +175,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_context(|| format!("opening the archive in {}", cli.data.display()))?;
             bar.finish();
             output::print_ingest(&report, args.format).context("writing the ingest report")?;
+            if let Some(u) = upload {
+                // Recordings archived before are queued too: an upload is idempotent.
+                let outbox = Outbox::open(&cli.data).context("opening the outbox")?;
+                for f in &report.files {
+                    if let apexsim::ingest::FileOutcome::Skipped { session } = f.outcome {
+                        outbox
+                            .enqueue_session(session, &u.url)
+                            .context("queueing archived laps")?;
+                    }
+                }
+                u.finish(args.format)?;
+            }
             ingest_outcome(&report)?;
         }
         Command::Analyze(args) => analyze(args, &cli.data)?,
@@ -297,13 +319,234 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 anyhow::bail!("the race did not finish");
             }
         }
-        Command::Live { keep_driver_names } => {
-            let opts = apexsim::ingest::IngestOptions {
+        Command::Live {
+            keep_driver_names,
+            upload,
+        } => {
+            let mut opts = apexsim::ingest::IngestOptions {
                 keep_driver_names,
                 wal_sync: cli.wal_sync,
+                hooks: Default::default(),
             };
+            let upload = Upload::start(&cli.data, upload.as_deref(), Duration::from_secs(30))?;
+            if let Some(u) = &upload {
+                opts.hooks = u.pipeline.hooks();
+            }
             let report = apexsim::ingest::live::run(&cli.data, &opts)?;
             output::print_live(&report).context("writing the live report")?;
+            if let Some(u) = upload {
+                u.finish(apexsim::cli::Format::Table)?;
+            }
+        }
+        Command::Coach(cmd) => coach(cmd, &cli.data)?,
+        Command::Outbox(OutboxCommand::Ls { all, format }) => {
+            let outbox = Outbox::open(&cli.data)
+                .with_context(|| format!("opening the archive in {}", cli.data.display()))?;
+            let entries = outbox.list(all).context("listing the outbox")?;
+            let counts = outbox.counts(None).context("counting the outbox")?;
+            output::print_outbox(&entries, &counts, format).context("writing the outbox")?;
+        }
+        Command::Outbox(OutboxCommand::Retry { id, wait, format }) => {
+            let outbox = Outbox::open(&cli.data)
+                .with_context(|| format!("opening the archive in {}", cli.data.display()))?;
+            if let Some(id) = id
+                && outbox.get(id).context("reading the outbox")?.is_none()
+            {
+                return Err(
+                    UsageError(format!("no outbox entry {id} (see `apexsim outbox ls`)")).into(),
+                );
+            }
+            let reset = outbox.retry(id).context("resetting the outbox")?;
+            drop(outbox);
+            let opts = upload_options(None)?;
+            let runtime = runtime()?;
+            let report = runtime.block_on(async {
+                let stop = tokio_util::sync::CancellationToken::new();
+                let s = stop.clone();
+                tokio::spawn(async move {
+                    if tokio::signal::ctrl_c().await.is_ok() {
+                        tracing::warn!(
+                            "interrupted: finishing the lap in flight, the rest stays in the outbox"
+                        );
+                        s.cancel();
+                    }
+                });
+                apexsim::coach::upload::drain(&cli.data, opts, stop, wait).await
+            })?;
+            output::print_upload(&report, reset, format).context("writing the report")?;
+            upload_outcome(&report, true)?;
+        }
+    }
+    Ok(())
+}
+
+/// The upload options: the stored device tokens, and `url` (normalised) when the uploader
+/// serves one server only. A URL that is not http(s) is a usage error.
+fn upload_options(url: Option<&str>) -> anyhow::Result<UploadOptions> {
+    if let Some(u) = url {
+        CoachClient::new(u, None, apexsim::coach::client::DEFAULT_TIMEOUT)
+            .map_err(|e| UsageError(format!("--upload: {e}")))?;
+    }
+    let dir = credentials::config_dir()?;
+    let creds = Credentials::load(&dir).context("reading the stored device tokens")?;
+    Ok(UploadOptions {
+        url: url.map(normalize_url),
+        tokens: creds.tokens(),
+        ..UploadOptions::default()
+    })
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// The upload pipeline of `ingest --upload` and `live --upload`: runs beside the command on
+/// its own runtime. Ctrl-C while the command still archives gives the lap in flight its grace
+/// period and exits (the archive recovers what was being written); after it, it only stops
+/// the uploads.
+struct Upload {
+    runtime: tokio::runtime::Runtime,
+    pipeline: Pipeline,
+    url: String,
+    archiving: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Upload {
+    fn start(data: &Path, url: Option<&str>, drain: Duration) -> anyhow::Result<Option<Self>> {
+        let Some(url) = url else {
+            return Ok(None);
+        };
+        let opts = upload_options(Some(url))?;
+        let url = normalize_url(url);
+        let runtime = runtime()?;
+        let pipeline = runtime
+            .block_on(async { Pipeline::start(data, opts, drain, Vec::new()) })
+            .context("starting the uploader")?;
+        let archiving = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (stop, done, flag) = (
+            pipeline.stop_token(),
+            pipeline.done_token(),
+            archiving.clone(),
+        );
+        runtime.spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                tracing::warn!(
+                    "interrupted: finishing the upload in flight, the rest stays in the outbox"
+                );
+                stop.cancel();
+                if flag.load(std::sync::atomic::Ordering::SeqCst) {
+                    done.cancelled().await;
+                    std::process::exit(130);
+                }
+            }
+        });
+        Ok(Some(Self {
+            runtime,
+            pipeline,
+            url,
+            archiving,
+        }))
+    }
+
+    fn finish(self, format: apexsim::cli::Format) -> anyhow::Result<()> {
+        self.archiving
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        let report = self.runtime.block_on(self.pipeline.finish());
+        if let Some(upload) = &report.upload {
+            output::print_upload(upload, 0, format).context("writing the upload report")?;
+            upload_outcome(upload, false)?;
+        }
+        Ok(())
+    }
+}
+
+/// Refused laps fail the command; laps still waiting fail it only when delivering them was
+/// the command's job (`outbox retry`).
+fn upload_outcome(r: &apexsim::coach::UploadReport, all_due: bool) -> anyhow::Result<()> {
+    if r.refused > 0 {
+        anyhow::bail!(
+            "{} lap(s) refused by the server; `apexsim outbox ls` shows why",
+            r.refused
+        );
+    }
+    if all_due && r.waiting > 0 {
+        anyhow::bail!(
+            "{} lap(s) still waiting in the outbox (server unreachable?)",
+            r.waiting
+        );
+    }
+    Ok(())
+}
+
+/// `apexsim coach login|logout|status`.
+fn coach(cmd: CoachCommand, data: &Path) -> anyhow::Result<()> {
+    let dir = credentials::config_dir()?;
+    match cmd {
+        CoachCommand::Login {
+            server,
+            device_name,
+        } => {
+            let client = CoachClient::new(&server, None, apexsim::coach::client::DEFAULT_TIMEOUT)
+                .map_err(|e| UsageError(format!("--server: {e}")))?;
+            let name = device_name.unwrap_or_else(credentials::device_name);
+            let token = runtime()?
+                .block_on(credentials::device_login(&client, &name, |auth| {
+                    if let Err(e) = output::print_device_code(auth) {
+                        tracing::warn!(error = %e, "cannot print the code");
+                    }
+                }))
+                .with_context(|| format!("logging in to {}", client.base()))?;
+            let mut creds = Credentials::load(&dir)?;
+            creds.servers.insert(
+                normalize_url(&server),
+                credentials::ServerCredentials {
+                    token: token.access_token,
+                    device_name: token.device_name,
+                    saved_at: jiff::Timestamp::now().to_string(),
+                },
+            );
+            creds.save(&dir)?;
+            output::print_logged_in(client.base(), &Credentials::path(&dir))
+                .context("writing the result")?;
+        }
+        CoachCommand::Logout { server } => {
+            let mut creds = Credentials::load(&dir)?;
+            let removed = match &server {
+                Some(s) => usize::from(creds.servers.remove(&normalize_url(s)).is_some()),
+                None => std::mem::take(&mut creds.servers).len(),
+            };
+            creds.save(&dir)?;
+            output::print_logged_out(removed).context("writing the result")?;
+        }
+        CoachCommand::Status { format } => {
+            let creds = Credentials::load(&dir)?;
+            let runtime = runtime()?;
+            let mut servers = Vec::new();
+            for (url, c) in &creds.servers {
+                let health = match CoachClient::new(url, None, Duration::from_secs(5)) {
+                    Ok(client) => match runtime.block_on(client.health()) {
+                        Ok(h) => h.status,
+                        Err(e) => format!("unreachable: {e}"),
+                    },
+                    Err(e) => e.to_string(),
+                };
+                servers.push(output::CoachServer {
+                    url: url.clone(),
+                    device_name: c.device_name.clone(),
+                    token: output::masked(&c.token),
+                    saved_at: c.saved_at.clone(),
+                    health,
+                });
+            }
+            let counts = Outbox::open(data)
+                .and_then(|o| o.counts(None))
+                .context("counting the outbox")?;
+            output::print_coach_status(&Credentials::path(&dir), &servers, &counts, format)
+                .context("writing the status")?;
         }
     }
     Ok(())

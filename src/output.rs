@@ -643,7 +643,11 @@ pub fn print_serve(r: &crate::net::server::ServeReport, format: Format) -> io::R
         r.sim.archive.laps_written,
         r.cpu_seconds.unwrap_or(f64::NAN),
         r.sim.archive.errors.len()
-    ))
+    ))?;
+    match &r.upload {
+        Some(u) => print_upload(u, 0, format),
+        None => Ok(()),
+    }
 }
 
 /// Prints what the bots measured.
@@ -993,4 +997,187 @@ mod tests {
         );
         assert_eq!(t, "Pos  Name\n--- -----\n  1  Ann\n 10  Bo\n");
     }
+}
+
+/// `ingest --upload` and `outbox retry`: what the uploader did.
+pub fn print_upload(
+    r: &crate::coach::UploadReport,
+    reset: usize,
+    format: Format,
+) -> io::Result<()> {
+    if format == Format::Json {
+        #[derive(Serialize)]
+        struct Out<'a> {
+            upload: &'a crate::coach::UploadReport,
+            reset: usize,
+        }
+        return emit_json(&Out { upload: r, reset });
+    }
+    let mut text = format!(
+        "upload: {} delivered, {} waiting in the outbox, {} refused",
+        r.delivered, r.waiting, r.failed
+    );
+    if r.retried > 0 {
+        text.push_str(&format!(", {} attempts to retry", r.retried));
+    }
+    if r.interrupted > 0 {
+        text.push_str(&format!(", {} interrupted", r.interrupted));
+    }
+    text.push_str(&format!(" ({:.1} MB sent)\n", r.bytes_sent as f64 / 1e6));
+    for e in &r.errors {
+        text.push_str(&format!("  {e}\n"));
+    }
+    emit(&text)
+}
+
+/// `apexsim outbox ls`.
+pub fn print_outbox(
+    entries: &[crate::coach::outbox::Entry],
+    counts: &crate::coach::outbox::Counts,
+    format: Format,
+) -> io::Result<()> {
+    if format == Format::Json {
+        #[derive(Serialize)]
+        struct Out<'a> {
+            entries: &'a [crate::coach::outbox::Entry],
+            counts: &'a crate::coach::outbox::Counts,
+        }
+        return emit_json(&Out { entries, counts });
+    }
+    let now = crate::coach::outbox::now_ms();
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|e| {
+            let next = if matches!(
+                e.state,
+                crate::coach::outbox::State::Pending | crate::coach::outbox::State::LapSent
+            ) && e.next_at_ms > now
+            {
+                format!("in {:.0} s", (e.next_at_ms - now) as f64 / 1e3)
+            } else {
+                String::new()
+            };
+            vec![
+                e.id.to_string(),
+                e.state.as_str().into(),
+                e.session.to_string()[..8].to_owned(),
+                e.car.to_string(),
+                e.lap.to_string(),
+                e.attempts.to_string(),
+                next,
+                e.url.clone(),
+                e.last_error.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    let mut text = table(
+        &[
+            "ID",
+            "STATE",
+            "SESSION",
+            "CAR",
+            "LAP",
+            "ATTEMPTS",
+            "NEXT",
+            "SERVER",
+            "LAST ERROR",
+        ],
+        &rows,
+    );
+    text.push_str(&format!(
+        "{} pending, {} lap sent, {} delivered, {} refused\n",
+        counts.pending, counts.lap_sent, counts.done, counts.failed
+    ));
+    emit(&text)
+}
+
+/// The device login's code, for the user to confirm.
+pub fn print_device_code(a: &crate::coach::api::DeviceAuthorizationResponse) -> io::Result<()> {
+    emit(&format!(
+        "To log this device in, open {}\nand enter the code {} (valid {} minutes). Waiting...\n",
+        a.verification_uri,
+        a.user_code,
+        (a.expires_in + 59) / 60
+    ))
+}
+
+/// `coach login` succeeded.
+pub fn print_logged_in(server: &str, file: &std::path::Path) -> io::Result<()> {
+    emit(&format!(
+        "Logged in to {server}; the device token is in {} (readable only by you).\n",
+        file.display()
+    ))
+}
+
+/// `coach logout`.
+pub fn print_logged_out(removed: usize) -> io::Result<()> {
+    emit(&format!("Removed {removed} stored device token(s).\n"))
+}
+
+/// A server in `coach status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct CoachServer {
+    /// Its URL.
+    pub url: String,
+    /// The device's name there.
+    pub device_name: String,
+    /// The token, masked.
+    pub token: String,
+    /// When it was stored.
+    pub saved_at: String,
+    /// What its health endpoint said.
+    pub health: String,
+}
+
+/// A token shown without giving it away: its first four characters.
+pub fn masked(token: &str) -> String {
+    let head: String = token.chars().take(4).collect();
+    format!("{head}…")
+}
+
+/// `apexsim coach status`.
+pub fn print_coach_status(
+    file: &std::path::Path,
+    servers: &[CoachServer],
+    counts: &crate::coach::outbox::Counts,
+    format: Format,
+) -> io::Result<()> {
+    if format == Format::Json {
+        #[derive(Serialize)]
+        struct Out<'a> {
+            credentials: &'a std::path::Path,
+            servers: &'a [CoachServer],
+            outbox: &'a crate::coach::outbox::Counts,
+        }
+        return emit_json(&Out {
+            credentials: file,
+            servers,
+            outbox: counts,
+        });
+    }
+    let mut text = if servers.is_empty() {
+        format!(
+            "Not logged in to any Racing Coach server ({}).\n",
+            file.display()
+        )
+    } else {
+        let rows: Vec<Vec<String>> = servers
+            .iter()
+            .map(|s| {
+                vec![
+                    s.url.clone(),
+                    s.device_name.clone(),
+                    s.token.clone(),
+                    s.saved_at.clone(),
+                    s.health.clone(),
+                ]
+            })
+            .collect();
+        table(&["SERVER", "DEVICE", "TOKEN", "SINCE", "HEALTH"], &rows)
+    };
+    text.push_str(&format!(
+        "outbox: {} pending, {} lap sent, {} delivered, {} refused\n",
+        counts.pending, counts.lap_sent, counts.done, counts.failed
+    ));
+    emit(&text)
 }

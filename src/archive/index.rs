@@ -74,6 +74,29 @@ CREATE TABLE laps (
 -- Where the track's sectors start, as fractions of the lap, comma-separated ('' = one sector).
 ALTER TABLE sessions ADD COLUMN sectors TEXT NOT NULL DEFAULT '';
 "#,
+    r#"
+-- Laps to upload to a Racing Coach server (crate::coach::outbox): one row per lap and server,
+-- written in the transaction that indexes the lap. No foreign key: a pruned lap's row stays
+-- and says why it cannot be sent.
+CREATE TABLE outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    url TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    car INTEGER NOT NULL,
+    lap INTEGER NOT NULL,
+    lap_id TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_at_ms INTEGER NOT NULL DEFAULT 0,
+    lease_until_ms INTEGER,
+    server_lap_id TEXT,
+    last_error TEXT,
+    created_at_ms INTEGER NOT NULL,
+    updated_at_ms INTEGER NOT NULL,
+    UNIQUE (url, session_id, car, lap)
+);
+CREATE INDEX idx_outbox_due ON outbox(state, next_at_ms);
+"#,
 ];
 
 /// Whether SQLite reported the database busy or locked by another connection.
@@ -370,8 +393,24 @@ impl Index {
     /// # Errors
     /// [`ArchiveError::Sqlite`].
     pub fn put_lap(&self, meta: &LapMeta, file: &Path, rows: usize) -> Result<(), ArchiveError> {
-        self.conn
-            .execute(
+        self.put_lap_queued(meta, file, rows, None).map(|_| ())
+    }
+
+    /// Indexes an archived lap file and, when `upload` names a Racing Coach server and the lap
+    /// is complete, puts it in the upload outbox, in one transaction: a lap is never indexed
+    /// without its upload recorded. Returns whether it was queued (now or before).
+    ///
+    /// # Errors
+    /// [`ArchiveError::Sqlite`].
+    pub fn put_lap_queued(
+        &self,
+        meta: &LapMeta,
+        file: &Path,
+        rows: usize,
+        upload: Option<&str>,
+    ) -> Result<bool, ArchiveError> {
+        let tx = self.conn.unchecked_transaction().map_err(self.sql())?;
+        tx.execute(
                 "INSERT OR REPLACE INTO laps (session_id, car, driver, lap, lap_time_s, complete, valid, file, rows)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 params![
@@ -387,7 +426,34 @@ impl Index {
                 ],
             )
             .map_err(self.sql())?;
-        Ok(())
+        let queued = match upload {
+            Some(url) if meta.complete => {
+                crate::coach::outbox::enqueue(&tx, url, meta.session, meta.car, meta.lap)
+                    .map_err(self.sql())?;
+                true
+            }
+            _ => false,
+        };
+        tx.commit().map_err(self.sql())?;
+        Ok(queued)
+    }
+
+    /// The connection, for the outbox's queries.
+    pub(crate) fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// One session.
+    ///
+    /// # Errors
+    /// [`ArchiveError::Sqlite`].
+    pub fn session(&self, id: Uuid) -> Result<Option<SessionRow>, ArchiveError> {
+        Ok(self.query_sessions(Some(id))?.pop())
     }
 
     /// Every session, newest first.
@@ -395,15 +461,19 @@ impl Index {
     /// # Errors
     /// [`ArchiveError::Sqlite`].
     pub fn sessions(&self) -> Result<Vec<SessionRow>, ArchiveError> {
+        self.query_sessions(None)
+    }
+
+    fn query_sessions(&self, id: Option<Uuid>) -> Result<Vec<SessionRow>, ArchiveError> {
         let mut stmt = self
             .conn
             .prepare(
                 "SELECT id, source, track, car_model, lap_limit, seed, started_at, finished_at, sectors
-                 FROM sessions ORDER BY started_at DESC, id",
+                 FROM sessions WHERE ?1 IS NULL OR id = ?1 ORDER BY started_at DESC, id",
             )
             .map_err(self.sql())?;
         let rows = stmt
-            .query_map([], |r| {
+            .query_map(params![id.map(|s| s.to_string())], |r| {
                 let id: String = r.get(0)?;
                 Ok(SessionRow {
                     id: Uuid::parse_str(&id).unwrap_or_default(),

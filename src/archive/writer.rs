@@ -28,6 +28,8 @@ use super::wal::Wal;
 use super::{ArchiveError, LapMeta, StagedLap, lap_batch, stage_lap};
 use crate::analysis::store::{archive_thresholds, write_part};
 use crate::analysis::{LapMetrics, Thresholds, lap_metrics};
+use crate::events::{Event, EventBus, LapArchived, LapMetricsReady, SessionEnded};
+use std::sync::Arc;
 
 /// Jobs the channel holds before submits start queueing locally.
 pub const CHANNEL_CAPACITY: usize = 256;
@@ -88,6 +90,16 @@ pub struct WriterReport {
     pub errors: Vec<String>,
 }
 
+/// What the writer tells others beyond the archive.
+#[derive(Debug, Clone, Default)]
+pub struct WriterHooks {
+    /// Where complete laps are uploaded: each is put in the outbox in the transaction that
+    /// indexes it.
+    pub upload: Option<String>,
+    /// Where sessions, laps and metrics are published once durable.
+    pub bus: Option<EventBus>,
+}
+
 /// Handle to the writer thread.
 pub struct ArchiveWriter {
     data: PathBuf,
@@ -106,6 +118,15 @@ impl ArchiveWriter {
     /// [`ArchiveError`] when the data directory or the index cannot be opened, or recovery
     /// fails.
     pub fn start(data: &Path) -> Result<Self, ArchiveError> {
+        Self::start_with(data, WriterHooks::default())
+    }
+
+    /// As [`ArchiveWriter::start`], with the writer's events published on a bus and complete
+    /// laps queued for upload.
+    ///
+    /// # Errors
+    /// As [`ArchiveWriter::start`].
+    pub fn start_with(data: &Path, hooks: WriterHooks) -> Result<Self, ArchiveError> {
         let index = Index::open(data)?;
         let owner = Owner::acquire(data)?;
         let cleaned = super::lock::clean_stray(data);
@@ -117,7 +138,7 @@ impl ArchiveWriter {
         let dir = data.to_owned();
         let thread = std::thread::Builder::new()
             .name("apexsim-archive".into())
-            .spawn(move || run(&dir, owner, index, rx))
+            .spawn(move || run(&dir, owner, index, rx, hooks))
             .map_err(|source| ArchiveError::Io {
                 path: PathBuf::from("<archive thread>"),
                 source,
@@ -286,9 +307,16 @@ struct Worker {
     sectors: HashMap<Uuid, Vec<f32>>,
     /// Metrics of durable laps not stored yet, by session, with when the first came.
     metrics: HashMap<Uuid, (Instant, Vec<(LapMeta, LapMetrics)>)>,
+    hooks: WriterHooks,
 }
 
-fn run(data: &Path, owner: Owner, index: Index, rx: Receiver<ArchiveJob>) -> WriterReport {
+fn run(
+    data: &Path,
+    owner: Owner,
+    index: Index,
+    rx: Receiver<ArchiveJob>,
+    hooks: WriterHooks,
+) -> WriterReport {
     let (commit_tx, commit_rx) = sync_channel::<Commit>(COMMIT_QUEUE);
     let (done_tx, done_rx) = channel();
     let committer = std::thread::Builder::new()
@@ -340,6 +368,7 @@ fn run(data: &Path, owner: Owner, index: Index, rx: Receiver<ArchiveJob>) -> Wri
         }),
         sectors: HashMap::new(),
         metrics: HashMap::new(),
+        hooks,
     };
     loop {
         worker.collect(false);
@@ -489,7 +518,13 @@ impl Worker {
             ArchiveJob::Templates(t) => self.index.put_templates(t, unix_now()),
             ArchiveJob::Session(s) => {
                 self.sectors.insert(s.id, s.sectors.clone());
-                self.index.put_session(s)
+                let put = self.index.put_session(s);
+                if put.is_ok()
+                    && let Some(bus) = &self.hooks.bus
+                {
+                    bus.publish(Event::SessionStart(Arc::new(s.clone())));
+                }
+                put
             }
             ArchiveJob::Close(close) => {
                 let waiting = self
@@ -534,6 +569,12 @@ impl Worker {
     fn closed(&mut self, close: SessionClose) {
         // Its metrics are stored before the session stops being live.
         self.store_metrics(Some(close.id));
+        if let Some(bus) = &self.hooks.bus {
+            bus.publish(Event::SessionEnd(Arc::new(SessionEnded {
+                id: close.id,
+                finished: close.finished.is_some(),
+            })));
+        }
         if close.finished.is_some()
             && let Some(wal) = close.wal
             && let Err(e) = wal.remove()
@@ -573,8 +614,25 @@ impl Worker {
 
     fn index_lap(&mut self, lap: LapWork, path: PathBuf, attempts: u32) {
         let rel = path.strip_prefix(&self.data).unwrap_or(&path).to_owned();
-        match self.index.put_lap(&lap.meta, &rel, lap.rows) {
-            Ok(()) => {
+        match self
+            .index
+            .put_lap_queued(&lap.meta, &rel, lap.rows, self.hooks.upload.as_deref())
+        {
+            Ok(queued) => {
+                if let Some(bus) = &self.hooks.bus {
+                    bus.publish(Event::LapCompleted(Arc::new(LapArchived {
+                        meta: (*lap.meta).clone(),
+                        file: rel.clone(),
+                        rows: lap.rows,
+                        queued_for_upload: queued,
+                    })));
+                    if let Some(m) = &lap.metrics {
+                        bus.publish(Event::MetricsExtracted(Arc::new(LapMetricsReady {
+                            meta: (*lap.meta).clone(),
+                            metrics: (**m).clone(),
+                        })));
+                    }
+                }
                 if attempts > 0 {
                     tracing::info!(file = %rel.display(), attempts, "lap archived after retrying");
                 }

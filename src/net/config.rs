@@ -39,6 +39,9 @@ pub struct ServerSection {
     pub fault_injection: bool,
     /// How long a shutdown waits for racing sessions to finish their current lap, in seconds.
     pub drain_seconds: f64,
+    /// Racing Coach server every complete lap of every race is uploaded to, with its metrics
+    /// (the device token from `apexsim coach login` on this machine is sent).
+    pub upload_url: Option<String>,
 }
 
 impl Default for ServerSection {
@@ -50,6 +53,7 @@ impl Default for ServerSection {
             session_timeout_seconds: 300,
             fault_injection: false,
             drain_seconds: 8.0,
+            upload_url: None,
         }
     }
 }
@@ -242,6 +246,10 @@ impl ServerConfig {
             && (0.0..=60.0).contains(&self.server.drain_seconds))
         {
             return Err("server.drain_seconds must be within 0..=60".into());
+        }
+        if let Some(url) = &self.server.upload_url {
+            crate::coach::CoachClient::new(url, None, crate::coach::client::DEFAULT_TIMEOUT)
+                .map_err(|e| format!("server.upload_url: {e}"))?;
         }
         if self.auth.require_token && self.auth.tokens.iter().all(String::is_empty) {
             return Err("auth.require_token is set but auth.tokens is empty".into());

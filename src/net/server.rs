@@ -78,6 +78,8 @@ pub struct ServeReport {
     pub cpu_seconds: Option<f64>,
     /// Wall seconds served.
     pub wall_seconds: f64,
+    /// What the uploader did, with `server.upload_url`.
+    pub upload: Option<crate::coach::UploadReport>,
 }
 
 /// Shared between the connection tasks and the HTTP handlers.
@@ -140,7 +142,30 @@ pub fn serve(
     )?;
     let idle = Duration::from_millis(config.network.heartbeat_timeout_ms * 2);
     let server_config = tls::quic_server_config(&identity, idle)?;
-    let writer = ArchiveWriter::start(&data)?;
+    // Races' laps go to the Racing Coach server when one is configured.
+    let pipeline = match &config.server.upload_url {
+        Some(url) => {
+            let tokens = crate::coach::credentials::config_dir()
+                .ok()
+                .and_then(|d| crate::coach::credentials::Credentials::load(&d).ok())
+                .map(|c| c.tokens())
+                .unwrap_or_default();
+            let opts = crate::coach::UploadOptions {
+                url: Some(crate::coach::credentials::normalize_url(url)),
+                tokens,
+                ..Default::default()
+            };
+            let drain = Duration::from_secs_f64(config.server.drain_seconds);
+            Some(runtime.block_on(async {
+                crate::coach::Pipeline::start(&data, opts, drain, Vec::new())
+            })?)
+        }
+        None => None,
+    };
+    let writer = ArchiveWriter::start_with(
+        &data,
+        pipeline.as_ref().map(|p| p.hooks()).unwrap_or_default(),
+    )?;
     let metrics = Metrics::new();
     let archive_ms = metrics.archive_write_duration_ms.clone();
     let recorder = Recorder::start(writer, wal_sync, move |d| {
@@ -240,6 +265,11 @@ pub fn serve(
         // The simulation thread ends once every session is drained and archived.
         let sim_done = tokio::task::spawn_blocking(move || sim_thread.join());
         let report = sim_done.await.ok().and_then(Result::ok);
+        // Every lap is archived (and queued): deliver what is due within the drain window.
+        let upload = match pipeline {
+            Some(p) => p.finish().await.upload,
+            None => None,
+        };
         let _ = stop_tx.send(true);
         // Let the connection tasks deliver the last frames, then close every connection.
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -247,9 +277,9 @@ pub fn serve(
         let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
         accept.abort();
         let _ = http_task.await;
-        Ok::<_, ServeError>((listening, report))
+        Ok::<_, ServeError>((listening, report, upload))
     });
-    let (listening, report) = result?;
+    let (listening, report, upload) = result?;
     let sim = report.unwrap_or_else(|| SimReport {
         ticks: 0,
         sessions_finished: 0,
@@ -267,6 +297,7 @@ pub fn serve(
             .zip(cpu_start)
             .map(|(end, start)| end - start),
         wall_seconds: started.elapsed().as_secs_f64(),
+        upload,
     })
 }
 

@@ -1,0 +1,270 @@
+//! From the archive to the API: a lap's rows to `TelemetryFrame`s in the units the API names,
+//! its metrics to `LapMetrics`, its session to a `SessionFrame`, and the stable ids that make
+//! an upload idempotent. Pure functions of the lap; the uploader calls them.
+//!
+//! Channels the archive does not record (clutch, vertical acceleration, roll and pitch, GPS,
+//! tyres, weather) are sent as 0 or empty, since the API requires them.
+
+use apexsim_systems::record::LapColumns;
+use uuid::Uuid;
+
+use super::api;
+use crate::analysis::LapMetrics;
+use crate::archive::index::SessionRow;
+use crate::archive::{LapMeta, Source};
+
+/// Namespace of the ids ApexSim gives laps and sessions on a Racing Coach server.
+const NAMESPACE: Uuid = Uuid::from_u128(0x6a1c_05e1_7d3b_4c8e_9f21_a7c3_5e0b_d412);
+
+/// Steering wheel angle at full lock, rad, for the API's `steering_angle`: the archive keeps
+/// steering as a fraction of the lock (-1 left ..= 1 right), not the wheel's angle.
+pub const STEERING_LOCK_RAD: f64 = std::f64::consts::PI;
+
+/// Samples per second of a lap's `tick` column: the simulation's tick, or iRacing's 60 Hz
+/// telemetry sample.
+fn ticks_per_second(source: Source) -> f64 {
+    match source {
+        Source::Sim => f64::from(apexsim_systems::TICK_HZ),
+        Source::Iracing => 60.0,
+    }
+}
+
+/// The lap's id on the server: the same for every upload of the same lap, so a retry after a
+/// lost response updates the lap instead of adding a second one.
+pub fn lap_id(session: Uuid, car: u8, lap: u16) -> Uuid {
+    let mut name = [0u8; 19];
+    name[..16].copy_from_slice(session.as_bytes());
+    name[16] = car;
+    name[17..].copy_from_slice(&lap.to_be_bytes());
+    Uuid::new_v5(&NAMESPACE, &name)
+}
+
+/// The session's id on the server: one per car of an archive session (a Racing Coach session
+/// is one driver in one car).
+pub fn session_id(session: Uuid, car: u8) -> Uuid {
+    let mut name = [0u8; 17];
+    name[..16].copy_from_slice(session.as_bytes());
+    name[16] = car;
+    Uuid::new_v5(&NAMESPACE, &name)
+}
+
+/// A stable positive id for a name the API wants as a number (track, car): FNV-1a, 31 bits.
+pub fn name_id(name: &str) -> i64 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in name.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    i64::from(h & 0x7fff_ffff)
+}
+
+fn rfc3339(unix_s: f64) -> Option<String> {
+    let nanos = (unix_s * 1e9).round();
+    if !nanos.is_finite() {
+        return None;
+    }
+    jiff::Timestamp::from_nanosecond(nanos as i128)
+        .ok()
+        .map(|t| t.to_string())
+}
+
+/// The session frame of a lap.
+pub fn session_frame(session: &SessionRow, meta: &LapMeta) -> api::SessionFrame {
+    api::SessionFrame {
+        timestamp: rfc3339(session.started_at as f64),
+        session_id: Some(session_id(meta.session, meta.car)),
+        track_id: name_id(&meta.track),
+        track_name: meta.track.clone(),
+        track_config_name: None,
+        track_type: Some("road course".into()),
+        car_id: name_id(&meta.car_model),
+        car_name: meta.car_model.clone(),
+        car_class_id: name_id(&meta.car_model),
+        series_id: 0,
+        session_type: match meta.source {
+            Source::Sim if session.lap_limit.is_some() => "Race",
+            Source::Sim => "Practice",
+            Source::Iracing => "Offline Testing",
+        }
+        .into(),
+    }
+}
+
+/// A finite number, or 0.
+fn num(v: f32) -> f64 {
+    if v.is_finite() { f64::from(v) } else { 0.0 }
+}
+
+/// The lap's rows as frames. `last_lap_s` and `best_lap_s` are the car's previous lap and best
+/// lap before this one (0 when none).
+pub fn frames(
+    session: &SessionRow,
+    meta: &LapMeta,
+    c: &LapColumns,
+    last_lap_s: f64,
+    best_lap_s: f64,
+) -> Vec<api::TelemetryFrame> {
+    let rate = ticks_per_second(meta.source);
+    let length = f64::from(meta.track_length_m);
+    let n = c.len();
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let session_time = c.tick[i] as f64 / rate;
+        let distance = num(c.distance_m[i]);
+        let speed = num(c.speed_mps[i]);
+        let yaw = num(c.yaw_rad[i]);
+        // Yaw rate from the neighbours (central difference, unwrapped).
+        let (a, b) = (i.saturating_sub(1), (i + 1).min(n - 1));
+        let dt = f64::from(c.lap_time_s[b]) - f64::from(c.lap_time_s[a]);
+        let yaw_rate = if b > a && dt > 0.0 {
+            let mut dy = f64::from(c.yaw_rad[b]) - f64::from(c.yaw_rad[a]);
+            dy = (dy + std::f64::consts::PI).rem_euclid(std::f64::consts::TAU)
+                - std::f64::consts::PI;
+            let r = dy / dt;
+            if r.is_finite() { r } else { 0.0 }
+        } else {
+            0.0
+        };
+        out.push(api::TelemetryFrame {
+            timestamp: rfc3339(session.started_at as f64 + session_time),
+            session_time,
+            lap_number: i64::from(meta.lap),
+            lap_distance_pct: if length > 0.0 {
+                (distance / length).clamp(0.0, 1.0)
+            } else {
+                0.0
+            },
+            lap_distance: distance,
+            current_lap_time: num(c.lap_time_s[i]),
+            last_lap_time: last_lap_s,
+            best_lap_time: best_lap_s,
+            speed,
+            rpm: num(c.rpm[i]),
+            gear: num(c.gear[i]).round() as i64,
+            throttle: num(c.throttle[i]).clamp(0.0, 1.0),
+            brake: num(c.brake[i]).clamp(0.0, 1.0),
+            clutch: 0.0,
+            steering_angle: -num(c.steering[i]) * STEERING_LOCK_RAD,
+            lateral_acceleration: num(c.lat_accel_mps2[i]),
+            longitudinal_acceleration: num(c.long_accel_mps2[i]),
+            vertical_acceleration: 0.0,
+            yaw_rate,
+            roll_rate: 0.0,
+            pitch_rate: 0.0,
+            velocity_x: speed * yaw.cos(),
+            velocity_y: speed * yaw.sin(),
+            velocity_z: 0.0,
+            yaw,
+            pitch: 0.0,
+            roll: 0.0,
+            latitude: 0.0,
+            longitude: 0.0,
+            altitude: 0.0,
+            tire_temps: Default::default(),
+            tire_wear: Default::default(),
+            brake_line_pressure: Default::default(),
+            track_temp: 0.0,
+            track_wetness: 0,
+            air_temp: 0.0,
+            session_flags: 0,
+            track_surface: 3,
+            on_pit_road: false,
+        });
+    }
+    out
+}
+
+/// The index of the first sample at or past `d` metres (the last sample when none is).
+fn at_distance(c: &LapColumns, d: f32) -> usize {
+    c.distance_m
+        .iter()
+        .position(|&x| x >= d)
+        .unwrap_or(c.len().saturating_sub(1))
+}
+
+/// The lap's metrics as the API has them. Steering and the throttle speed are read from the
+/// lap's rows between the corner's turn-in and exit.
+pub fn lap_metrics(meta: &LapMeta, m: &LapMetrics, c: &LapColumns) -> api::LapMetrics {
+    let braking_zones = m
+        .braking
+        .iter()
+        .map(|z| api::BrakingMetrics {
+            braking_point_distance: num(z.start_m),
+            braking_point_speed: num(z.start_speed_mps),
+            end_distance: num(z.end_m),
+            max_brake_pressure: num(z.peak_brake),
+            braking_duration: num(z.duration_s),
+            minimum_speed: num(z.min_speed_mps),
+            initial_deceleration: num(z.initial_decel_mps2),
+            average_deceleration: num(z.avg_decel_mps2),
+            braking_efficiency: if z.initial_decel_mps2 > 0.0 {
+                num(z.avg_decel_mps2 / z.initial_decel_mps2).clamp(0.0, 1.0)
+            } else {
+                0.0
+            },
+            has_trail_braking: z.trail_brake_m > 0.0,
+            trail_brake_distance: num(z.trail_brake_m),
+            trail_brake_percentage: num(z.trail_brake_share),
+        })
+        .collect();
+    let corners: Vec<api::CornerMetrics> = m
+        .corners
+        .iter()
+        .map(|k| {
+            let (a, b) = (at_distance(c, k.turn_in_m), at_distance(c, k.exit_m));
+            let span = if a <= b { a..=b } else { b..=a };
+            let max_steer = c
+                .steering
+                .get(span)
+                .into_iter()
+                .flatten()
+                .map(|s| f64::from(s.abs()))
+                .filter(|s| s.is_finite())
+                .fold(0.0, f64::max);
+            let (throttle_d, throttle_v) = match k.throttle_m {
+                Some(d) => (num(d), num(c.speed_mps[at_distance(c, d)])),
+                None => (num(k.turn_in_m), num(k.turn_in_speed_mps)),
+            };
+            let mut corner_distance = f64::from(k.exit_m - k.turn_in_m);
+            if corner_distance < 0.0 {
+                corner_distance += f64::from(meta.track_length_m);
+            }
+            api::CornerMetrics {
+                turn_in_distance: num(k.turn_in_m),
+                apex_distance: num(k.apex_m),
+                exit_distance: num(k.exit_m),
+                throttle_application_distance: throttle_d,
+                turn_in_speed: num(k.turn_in_speed_mps),
+                apex_speed: num(k.apex_speed_mps),
+                exit_speed: num(k.exit_speed_mps),
+                throttle_application_speed: throttle_v,
+                max_lateral_g: num(k.apex_lat_g),
+                time_in_corner: num(k.time_s),
+                corner_distance: if corner_distance.is_finite() {
+                    corner_distance
+                } else {
+                    0.0
+                },
+                max_steering_angle: max_steer * STEERING_LOCK_RAD,
+                speed_loss: num(k.speed_lost_mps),
+                speed_gain: num(k.speed_gained_mps),
+            }
+        })
+        .collect();
+    let average_corner_speed = if corners.is_empty() {
+        0.0
+    } else {
+        corners.iter().map(|k| k.apex_speed).sum::<f64>() / corners.len() as f64
+    };
+    api::LapMetrics {
+        lap_number: i64::from(meta.lap),
+        lap_time: meta.lap_time_s.filter(|t| t.is_finite()),
+        total_corners: corners.len() as i64,
+        total_braking_zones: m.braking.len() as i64,
+        braking_zones,
+        corners,
+        average_corner_speed,
+        max_speed: num(m.stats.top_speed_mps),
+        min_speed: num(m.stats.min_speed_mps),
+    }
+}

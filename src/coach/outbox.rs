@@ -1,0 +1,423 @@
+//! The durable upload outbox: a table in the archive's SQLite index (`outbox`, migration 3).
+//!
+//! A lap enters it in the transaction that indexes the lap ([`crate::archive::index::Index::
+//! put_lap_queued`]), so no lap is archived without its upload recorded, whatever happens to
+//! the process after. Each row goes `pending` → `lap_sent` (the server accepted the lap) →
+//! `done` (and its metrics); a network error or 5xx sets `next_at_ms` by exponential backoff
+//! with jitter; any other 4xx sets it `failed` with the server's words, until `apexsim outbox
+//! retry`. An uploader claims rows with a lease, so processes sharing the data directory never
+//! send the same row at once, and a process that dies leaves its rows to the next after the
+//! lease. The lap's id on the server is stable ([`super::mapping::lap_id`]): a retry after a
+//! lost response cannot create a second lap.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
+use uuid::Uuid;
+
+use crate::archive::ArchiveError;
+use crate::archive::index::Index;
+
+/// Where a row stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// Not sent, or sent without an answer.
+    Pending,
+    /// The server accepted the lap; its metrics are not sent yet.
+    LapSent,
+    /// Lap and metrics delivered.
+    Done,
+    /// The server refused it (4xx): kept with the error until retried by hand.
+    Failed,
+}
+
+impl State {
+    /// Name in the table and in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::LapSent => "lap_sent",
+            Self::Done => "done",
+            Self::Failed => "failed",
+        }
+    }
+
+    fn parse(s: &str) -> Self {
+        match s {
+            "lap_sent" => Self::LapSent,
+            "done" => Self::Done,
+            "failed" => Self::Failed,
+            _ => Self::Pending,
+        }
+    }
+}
+
+/// One lap to upload.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Entry {
+    /// Row id (`apexsim outbox retry ID`).
+    pub id: i64,
+    /// The server.
+    pub url: String,
+    /// Session.
+    pub session: Uuid,
+    /// Car index.
+    pub car: u8,
+    /// Lap number.
+    pub lap: u16,
+    /// The lap's id on the server.
+    pub lap_id: Uuid,
+    /// Where it stands.
+    pub state: State,
+    /// Attempts since it was queued or last retried by hand.
+    pub attempts: u32,
+    /// Unix milliseconds before which it is not tried again.
+    pub next_at_ms: i64,
+    /// The id the server gave the lap, once accepted.
+    pub server_lap_id: Option<String>,
+    /// The last failure.
+    pub last_error: Option<String>,
+    /// Unix milliseconds it was queued.
+    pub created_at_ms: i64,
+}
+
+/// Rows by state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct Counts {
+    /// Waiting to be sent (or retried).
+    pub pending: u64,
+    /// Lap accepted, metrics waiting.
+    pub lap_sent: u64,
+    /// Delivered.
+    pub done: u64,
+    /// Refused, kept for `outbox retry`.
+    pub failed: u64,
+}
+
+impl Counts {
+    /// Rows still to deliver by themselves.
+    pub fn waiting(&self) -> u64 {
+        self.pending + self.lap_sent
+    }
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Queues a lap for `url` inside the caller's transaction; a lap already queued for that
+/// server is left as it is.
+///
+/// # Errors
+/// SQLite's.
+pub(crate) fn enqueue(
+    tx: &Transaction<'_>,
+    url: &str,
+    session: Uuid,
+    car: u8,
+    lap: u16,
+) -> Result<bool, rusqlite::Error> {
+    let now = now_ms();
+    let n = tx.execute(
+        "INSERT OR IGNORE INTO outbox (url, session_id, car, lap, lap_id, created_at_ms, updated_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+        params![
+            url,
+            session.to_string(),
+            car,
+            lap,
+            super::mapping::lap_id(session, car, lap).to_string(),
+            now
+        ],
+    )?;
+    Ok(n > 0)
+}
+
+const COLUMNS: &str = "id, url, session_id, car, lap, lap_id, state, attempts, next_at_ms, \
+                       server_lap_id, last_error, created_at_ms";
+
+fn entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
+    let uuid = |s: String| Uuid::parse_str(&s).unwrap_or_default();
+    Ok(Entry {
+        id: r.get(0)?,
+        url: r.get(1)?,
+        session: uuid(r.get(2)?),
+        car: r.get(3)?,
+        lap: r.get(4)?,
+        lap_id: uuid(r.get(5)?),
+        state: State::parse(&r.get::<_, String>(6)?),
+        attempts: r.get(7)?,
+        next_at_ms: r.get(8)?,
+        server_lap_id: r.get(9)?,
+        last_error: r.get(10)?,
+        created_at_ms: r.get(11)?,
+    })
+}
+
+/// The outbox of one data directory.
+pub struct Outbox {
+    index: Index,
+}
+
+impl Outbox {
+    /// Opens the archive's index (creating and migrating it as needed).
+    ///
+    /// # Errors
+    /// [`ArchiveError`] when the index cannot be opened.
+    pub fn open(data: &Path) -> Result<Self, ArchiveError> {
+        Ok(Self {
+            index: Index::open(data)?,
+        })
+    }
+
+    /// The index it lives in.
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+
+    fn sql(&self) -> impl Fn(rusqlite::Error) -> ArchiveError + '_ {
+        |source| ArchiveError::Sqlite {
+            path: self.index.path().to_owned(),
+            source,
+        }
+    }
+
+    /// Queues every complete lap of a session already in the archive for `url` (a recording
+    /// ingested before without `--upload`). Returns how many were new to the outbox.
+    ///
+    /// # Errors
+    /// [`ArchiveError::Sqlite`].
+    pub fn enqueue_session(&self, session: Uuid, url: &str) -> Result<usize, ArchiveError> {
+        let laps = self.index.laps(Some(session))?;
+        let tx = self
+            .index
+            .conn()
+            .unchecked_transaction()
+            .map_err(self.sql())?;
+        let mut added = 0;
+        for l in laps.iter().filter(|l| l.complete) {
+            if enqueue(&tx, url, l.session, l.car, l.lap).map_err(self.sql())? {
+                added += 1;
+            }
+        }
+        tx.commit().map_err(self.sql())?;
+        Ok(added)
+    }
+
+    /// Claims up to `limit` rows that are due (for `url`, or any server with `None`), in the
+    /// order they were queued, leasing them for `lease`: no other uploader takes them until
+    /// the lease ends or they are settled.
+    ///
+    /// # Errors
+    /// [`ArchiveError::Sqlite`].
+    pub fn claim(
+        &self,
+        url: Option<&str>,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<Entry>, ArchiveError> {
+        let now = now_ms();
+        let conn = self.index.conn();
+        // IMMEDIATE: the select and the lease are one write, so two processes cannot claim the
+        // same row.
+        let tx =
+            Transaction::new_unchecked(conn, TransactionBehavior::Immediate).map_err(self.sql())?;
+        let claimed = {
+            let mut stmt = tx
+                .prepare(&format!(
+                    "SELECT {COLUMNS} FROM outbox
+                     WHERE state IN ('pending', 'lap_sent') AND next_at_ms <= ?1
+                       AND (lease_until_ms IS NULL OR lease_until_ms <= ?1)
+                       AND (?2 IS NULL OR url = ?2)
+                     ORDER BY id LIMIT ?3"
+                ))
+                .map_err(self.sql())?;
+            let rows = stmt
+                .query_map(params![now, url, limit as i64], entry)
+                .map_err(self.sql())?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(self.sql())?
+        };
+        let until = now + lease.as_millis() as i64;
+        for e in &claimed {
+            tx.execute(
+                "UPDATE outbox SET lease_until_ms = ?2 WHERE id = ?1",
+                params![e.id, until],
+            )
+            .map_err(self.sql())?;
+        }
+        tx.commit().map_err(self.sql())?;
+        Ok(claimed)
+    }
+
+    /// The server accepted the lap (as `server_lap_id`): only its metrics are left.
+    ///
+    /// # Errors
+    /// [`ArchiveError::Sqlite`].
+    pub fn lap_sent(&self, id: i64, server_lap_id: &str) -> Result<(), ArchiveError> {
+        self.update(
+            "UPDATE outbox SET state = 'lap_sent', server_lap_id = ?2, last_error = NULL,
+             updated_at_ms = ?3 WHERE id = ?1",
+            params![id, server_lap_id, now_ms()],
+        )
+    }
+
+    /// Lap and metrics delivered; `note` says what was left out, if anything.
+    ///
+    /// # Errors
+    /// [`ArchiveError::Sqlite`].
+    pub fn done(&self, id: i64, note: Option<&str>) -> Result<(), ArchiveError> {
+        self.update(
+            "UPDATE outbox SET state = 'done', lease_until_ms = NULL, last_error = ?2,
+             updated_at_ms = ?3 WHERE id = ?1",
+            params![id, note, now_ms()],
+        )
+    }
+
+    /// A transient failure: tried again at `next_at_ms`.
+    ///
+    /// # Errors
+    /// [`ArchiveError::Sqlite`].
+    pub fn retry_later(
+        &self,
+        id: i64,
+        attempts: u32,
+        next_at_ms: i64,
+        error: &str,
+    ) -> Result<(), ArchiveError> {
+        self.update(
+            "UPDATE outbox SET attempts = ?2, next_at_ms = ?3, lease_until_ms = NULL,
+             last_error = ?4, updated_at_ms = ?5 WHERE id = ?1",
+            params![id, attempts, next_at_ms, error, now_ms()],
+        )
+    }
+
+    /// Refused: set aside with the error until retried by hand.
+    ///
+    /// # Errors
+    /// [`ArchiveError::Sqlite`].
+    pub fn fail(&self, id: i64, attempts: u32, error: &str) -> Result<(), ArchiveError> {
+        self.update(
+            "UPDATE outbox SET state = 'failed', attempts = ?2, lease_until_ms = NULL,
+             last_error = ?3, updated_at_ms = ?4 WHERE id = ?1",
+            params![id, attempts, error, now_ms()],
+        )
+    }
+
+    /// Gives a claimed row back untouched (shutdown before it was sent).
+    ///
+    /// # Errors
+    /// [`ArchiveError::Sqlite`].
+    pub fn release(&self, id: i64) -> Result<(), ArchiveError> {
+        self.update(
+            "UPDATE outbox SET lease_until_ms = NULL WHERE id = ?1",
+            params![id],
+        )
+    }
+
+    fn update(&self, sql: &str, p: impl rusqlite::Params) -> Result<(), ArchiveError> {
+        self.index.conn().execute(sql, p).map_err(self.sql())?;
+        Ok(())
+    }
+
+    /// Makes rows due now with their attempts reset: one row by id, or every failed and
+    /// waiting row. Returns how many; a delivered row is not sent again.
+    ///
+    /// # Errors
+    /// [`ArchiveError::Sqlite`].
+    pub fn retry(&self, id: Option<i64>) -> Result<usize, ArchiveError> {
+        self.index
+            .conn()
+            .execute(
+                "UPDATE outbox SET
+                    state = CASE WHEN server_lap_id IS NULL THEN 'pending' ELSE 'lap_sent' END,
+                    attempts = 0, next_at_ms = 0, lease_until_ms = NULL, updated_at_ms = ?2
+                 WHERE state != 'done' AND (?1 IS NULL OR id = ?1)",
+                params![id, now_ms()],
+            )
+            .map_err(self.sql())
+    }
+
+    /// One row.
+    ///
+    /// # Errors
+    /// [`ArchiveError::Sqlite`].
+    pub fn get(&self, id: i64) -> Result<Option<Entry>, ArchiveError> {
+        self.index
+            .conn()
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM outbox WHERE id = ?1"),
+                params![id],
+                entry,
+            )
+            .optional()
+            .map_err(self.sql())
+    }
+
+    /// Rows in the order they were queued; with `all`, delivered ones too.
+    ///
+    /// # Errors
+    /// [`ArchiveError::Sqlite`].
+    pub fn list(&self, all: bool) -> Result<Vec<Entry>, ArchiveError> {
+        let mut stmt = self
+            .index
+            .conn()
+            .prepare(&format!(
+                "SELECT {COLUMNS} FROM outbox WHERE ?1 OR state != 'done' ORDER BY id"
+            ))
+            .map_err(self.sql())?;
+        let rows = stmt.query_map(params![all], entry).map_err(self.sql())?;
+        rows.collect::<Result<_, _>>().map_err(self.sql())
+    }
+
+    /// Rows by state (for `url`, or every server).
+    ///
+    /// # Errors
+    /// [`ArchiveError::Sqlite`].
+    pub fn counts(&self, url: Option<&str>) -> Result<Counts, ArchiveError> {
+        let mut stmt = self
+            .index
+            .conn()
+            .prepare(
+                "SELECT state, COUNT(*) FROM outbox WHERE ?1 IS NULL OR url = ?1 GROUP BY state",
+            )
+            .map_err(self.sql())?;
+        let rows = stmt
+            .query_map(params![url], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+            })
+            .map_err(self.sql())?;
+        let mut c = Counts::default();
+        for row in rows {
+            let (state, n) = row.map_err(self.sql())?;
+            let n = n as u64;
+            match State::parse(&state) {
+                State::Pending => c.pending += n,
+                State::LapSent => c.lap_sent += n,
+                State::Done => c.done += n,
+                State::Failed => c.failed += n,
+            }
+        }
+        Ok(c)
+    }
+
+    /// When the next waiting row (for `url`) is due, in Unix milliseconds.
+    ///
+    /// # Errors
+    /// [`ArchiveError::Sqlite`].
+    pub fn next_due(&self, url: Option<&str>) -> Result<Option<i64>, ArchiveError> {
+        self.index
+            .conn()
+            .query_row(
+                "SELECT MIN(MAX(next_at_ms, COALESCE(lease_until_ms, 0))) FROM outbox
+                 WHERE state IN ('pending', 'lap_sent') AND (?1 IS NULL OR url = ?1)",
+                params![url],
+                |r| r.get(0),
+            )
+            .map_err(self.sql())
+    }
+}
