@@ -361,6 +361,9 @@ async fn run_handler(
     cancel: CancellationToken,
 ) -> u64 {
     let mut handled = 0;
+    // One registration with the token for the handler's life, not one per event.
+    let cancelled = cancel.cancelled();
+    tokio::pin!(cancelled);
     loop {
         tokio::select! {
             biased;
@@ -375,7 +378,7 @@ async fn run_handler(
                 }
                 Err(RecvError::Closed) => return handled,
             },
-            () = cancel.cancelled() => break,
+            () = &mut cancelled => break,
         }
     }
     // Drain what was published before the shutdown.

@@ -387,11 +387,19 @@ fn upload_options(url: Option<&str>) -> anyhow::Result<UploadOptions> {
         CoachClient::new(u, None, apexsim::coach::client::DEFAULT_TIMEOUT)
             .map_err(|e| UsageError(format!("--upload: {e}")))?;
     }
-    let dir = credentials::config_dir()?;
-    let creds = Credentials::load(&dir).context("reading the stored device tokens")?;
+    // Without a configuration directory there are no stored tokens: upload without one.
+    let tokens = match credentials::config_dir() {
+        Ok(dir) => Credentials::load(&dir)
+            .context("reading the stored device tokens")?
+            .tokens(),
+        Err(e) => {
+            tracing::warn!(error = %e, "uploading without a device token");
+            Default::default()
+        }
+    };
     Ok(UploadOptions {
         url: url.map(normalize_url),
-        tokens: creds.tokens(),
+        tokens,
         ..UploadOptions::default()
     })
 }
@@ -456,6 +464,13 @@ impl Upload {
         self.archiving
             .store(false, std::sync::atomic::Ordering::SeqCst);
         let report = self.runtime.block_on(self.pipeline.finish());
+        tracing::info!(
+            published = report.events.published,
+            dropped = report.events.dropped,
+            lagged = report.events.lagged,
+            handled = report.handled,
+            "event bus"
+        );
         if let Some(upload) = &report.upload {
             output::print_upload(upload, 0, format).context("writing the upload report")?;
             upload_outcome(upload, false)?;

@@ -1085,8 +1085,8 @@ pub fn print_outbox(
         &rows,
     );
     text.push_str(&format!(
-        "{} pending, {} lap sent, {} delivered, {} refused\n",
-        counts.pending, counts.lap_sent, counts.done, counts.failed
+        "{} pending, {} lap sent, {} being sent, {} delivered, {} refused\n",
+        counts.pending, counts.lap_sent, counts.in_flight, counts.done, counts.failed
     ));
     emit(&text)
 }

@@ -188,6 +188,8 @@ struct Fake {
     reject_laps: BTreeSet<i64>,
     /// Store the next lap, then answer only after the client gave up.
     lose_next_response: bool,
+    /// Store every lap, then answer after this long.
+    slow_laps: Option<Duration>,
     /// Token polls so far.
     polls: u32,
 }
@@ -219,6 +221,8 @@ impl Server {
             .route(api::DEVICE_AUTHORIZE, post(authorize))
             .route(api::DEVICE_TOKEN, post(token))
             .route(api::HEALTH, get(health))
+            // Laps are megabytes of JSON; FastAPI sets no limit.
+            .layer(axum::extract::DefaultBodyLimit::max(256 << 20))
             .with_state((state.clone(), spec, url.clone()));
         runtime.spawn(async move {
             let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
@@ -316,11 +320,15 @@ async fn upload_lap(
         }
         // Idempotent by the client's lap id: a second upload replaces the first.
         s.laps.insert(lap_id.clone(), (lap, frames, lap_time));
-        std::mem::take(&mut s.lose_next_response)
+        if std::mem::take(&mut s.lose_next_response) {
+            // Stored, but the answer comes after the client gave up.
+            Some(Duration::from_secs(3))
+        } else {
+            s.slow_laps
+        }
     };
-    if lose {
-        // Stored, but the answer comes after the client gave up.
-        tokio::time::sleep(Duration::from_secs(3)).await;
+    if let Some(wait) = lose {
+        tokio::time::sleep(wait).await;
     }
     axum::Json(api::LapUploadResponse {
         status: "success".into(),
@@ -1007,4 +1015,186 @@ fn the_device_login_stores_a_private_token_that_uploads_send() {
             .expect("file")
             .contains("device-token")
     );
+}
+
+/// Archives Tsukuba's two laps with their uploads queued for `url` (not delivered).
+fn queued_archive(data: &Path, config: &Path, url: &str) {
+    let (code, out, err) = run(
+        data,
+        config,
+        &[
+            "ingest",
+            fixture(TSUKUBA).to_str().expect("utf-8"),
+            "--upload",
+            "http://127.0.0.1:9",
+            "--upload-wait",
+            "0s",
+        ],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    let conn = rusqlite::Connection::open(data.join("apexsim.db")).expect("db");
+    conn.execute("UPDATE outbox SET url = ?1, next_at_ms = 0", [url])
+        .expect("update");
+}
+
+/// `apexsim outbox retry --wait WAIT` as a running process.
+fn retry_process(data: &Path, config: &Path, wait: &str) -> common::Child {
+    common::Child::spawn_env(
+        &[
+            "--data",
+            data.to_str().expect("utf-8"),
+            "outbox",
+            "retry",
+            "--wait",
+            wait,
+        ],
+        &[("APEXSIM_CONFIG_DIR", config.to_str().expect("utf-8"))],
+    )
+}
+
+#[test]
+fn ctrl_c_finishes_the_upload_in_flight_and_leaves_the_rest_queued() {
+    let server = Server::start();
+    server.with(|s| s.slow_laps = Some(Duration::from_secs(2)));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (data, config) = (dir.path().join("data"), dir.path().join("config"));
+    queued_archive(&data, &config, &server.url);
+    let child = retry_process(&data, &config, "60s");
+    // The first lap is on its way: interrupt.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while server.with(|s| s.log.is_empty()) {
+        assert!(std::time::Instant::now() < deadline, "no upload started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let interrupted = std::time::Instant::now();
+    child.interrupt();
+    let (code, out, log) = child.finish();
+    let took = interrupted.elapsed();
+    assert!(took < Duration::from_secs(8), "stopped after {took:?}");
+    // The lap in flight was delivered with its metrics; the other still waits, untouched.
+    assert_eq!(
+        code, 1,
+        "laps still waiting fail `outbox retry`\n{out}\n{log}"
+    );
+    assert!(out.contains("1 delivered, 1 waiting"), "{out}");
+    let ob = outbox(&data, &config);
+    assert_eq!(ob["counts"]["done"], 1);
+    assert_eq!(ob["counts"]["pending"], 1);
+    let pending: Vec<&Value> = ob["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|e| e["state"] == "pending")
+        .collect();
+    assert_eq!(pending[0]["attempts"], 0, "{}", pending[0]);
+    assert_eq!(server.with(|s| (s.laps.len(), s.metrics.len())), (1, 1));
+}
+
+#[test]
+fn two_processes_sharing_an_outbox_send_each_lap_once() {
+    let server = Server::start();
+    server.with(|s| s.slow_laps = Some(Duration::from_millis(400)));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (data, config) = (dir.path().join("data"), dir.path().join("config"));
+    queued_archive(&data, &config, &server.url);
+    let (a, b) = (
+        retry_process(&data, &config, "5s"),
+        retry_process(&data, &config, "5s"),
+    );
+    let (code_a, out_a, log_a) = a.finish();
+    let (code_b, out_b, log_b) = b.finish();
+    assert_eq!(
+        (code_a, code_b),
+        (0, 0),
+        "{out_a}\n{log_a}\n{out_b}\n{log_b}"
+    );
+    server.with(|s| {
+        let posts = s
+            .log
+            .iter()
+            .filter(|(r, _)| matches!(r, Req::Lap { .. }))
+            .count();
+        assert_eq!(posts, 2, "{:?}", s.log);
+        assert_eq!(s.laps.len(), 2);
+        assert!(s.metrics.values().all(|&n| n == 1), "{:?}", s.metrics);
+    });
+    assert_eq!(outbox(&data, &config)["counts"]["done"], 2);
+}
+
+#[test]
+fn the_race_server_uploads_its_races_laps() {
+    let coach = Server::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (content, data, config) = (
+        dir.path().join("content"),
+        dir.path().join("data"),
+        dir.path().join("config"),
+    );
+    common::content_with_mini_oval(&content);
+    let mut server = common::Child::spawn_env(
+        &[
+            "--content",
+            content.to_str().expect("utf-8"),
+            "--data",
+            data.to_str().expect("utf-8"),
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--http-port",
+            "0",
+        ],
+        &[
+            ("APEXSIM_SERVER_UPLOAD_URL", coach.url.as_str()),
+            ("APEXSIM_CONFIG_DIR", config.to_str().expect("utf-8")),
+        ],
+    );
+    let line = server
+        .wait_for(Duration::from_secs(30), |l| l.contains(" serving "))
+        .unwrap_or_else(|| panic!("the server did not start:\n{}", server.log.join("\n")));
+    let quic: std::net::SocketAddr = common::log_field(&line, "quic").expect("address");
+    let quic = std::net::SocketAddr::from(([127, 0, 0, 1], quic.port()));
+    let cert = data.join("certs/server.crt");
+    let (code, out, log) = common::Child::spawn(&[
+        "--content",
+        content.to_str().expect("utf-8"),
+        "drive",
+        "--server",
+        &quic.to_string(),
+        "--cert",
+        cert.to_str().expect("utf-8"),
+        "--format",
+        "json",
+        "--bots",
+        "1",
+        "--ai",
+        "1",
+        "--laps",
+        "1",
+        "--track",
+        "mini_oval",
+    ])
+    .finish();
+    assert_eq!(code, 0, "{out}\n{log}");
+    // The two cars' complete laps reach the coach while the server runs.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while coach.with(|s| s.metrics.len()) < 2 {
+        if std::time::Instant::now() > deadline {
+            let log = server.poll_log().join("\n");
+            panic!("not uploaded: {:?}\n{log}", coach.with(|s| s.log.clone()));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    server.terminate();
+    let (code, out, log) = server.finish();
+    assert_eq!(code, 0, "{log}");
+    assert!(out.contains("upload: 2 delivered"), "{out}");
+    coach.with(|s| {
+        assert!(s.invalid.is_empty(), "{:?}", s.invalid);
+        let laps: Vec<i64> = s.laps.values().map(|l| l.0).collect();
+        assert_eq!(
+            laps,
+            vec![1, 1],
+            "lap 1 of each car; the out-laps are not complete"
+        );
+    });
 }

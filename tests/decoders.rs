@@ -490,3 +490,74 @@ proptest! {
         prop_assert!(used <= parquet_bound(bytes.len()), "{used} bytes for {}", bytes.len());
     }
 }
+
+/// Allocation bound of an HTTP body decode: the decoded values and messages are at most a few
+/// times the body.
+fn http_bound(len: usize) -> usize {
+    64 * 1024 + 16 * len
+}
+
+/// A real answer of each kind the client reads.
+fn http_bodies() -> Vec<Vec<u8>> {
+    vec![
+        br#"{"status":"success","message":"1555 frames","lap_id":"74e928d6-ee76-59ce-8caa-cce13019b891"}"#.to_vec(),
+        br#"{"status":"success","message":"stored","lap_metrics_id":"m-1"}"#.to_vec(),
+        br#"{"device_code":"d","user_code":"WXYZ2345","verification_uri":"http://x/device","expires_in":60,"interval":5}"#.to_vec(),
+        br#"{"access_token":"t","token_type":"Bearer","device_name":"rig"}"#.to_vec(),
+        br#"{"detail":[{"loc":["body","lap","frames",0,"speed"],"msg":"field required","type":"missing"}]}"#.to_vec(),
+        br#"{"detail":"authorization_pending"}"#.to_vec(),
+    ]
+}
+
+/// Every decode the client does of a response body with this status.
+fn decode_all(status: u16, body: &[u8]) {
+    use apexsim::coach::api;
+    use apexsim::coach::client::decode;
+    let u = || String::from("http://x");
+    let _ = decode::<api::LapUploadResponse>(u(), status, body);
+    let _ = decode::<api::MetricsUploadResponse>(u(), status, body);
+    let _ = decode::<api::DeviceAuthorizationResponse>(u(), status, body);
+    let _ = decode::<api::DeviceTokenResponse>(u(), status, body);
+    let _ = decode::<api::HealthCheckResponse>(u(), status, body);
+    let detail = apexsim::coach::client::error_detail(body);
+    assert!(
+        detail.len() <= 4 * body.len() + 512,
+        "{} for {}",
+        detail.len(),
+        body.len()
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn http_bodies_decode_without_panic_or_unbounded_allocation(
+        status in prop_oneof![Just(200u16), Just(400u16), Just(422u16), Just(500u16), 100u16..600],
+        bytes in proptest::collection::vec(any::<u8>(), 0..4096),
+    ) {
+        let ((), used) = allocated(|| decode_all(status, &bytes));
+        prop_assert!(used <= http_bound(bytes.len()), "{used} bytes for {}", bytes.len());
+    }
+
+    #[test]
+    fn mutated_real_http_bodies_decode_without_panic(
+        which in 0usize..6,
+        status in prop_oneof![Just(200u16), Just(422u16), Just(503u16)],
+        mutations in proptest::collection::vec(mutation(256), 1..4),
+    ) {
+        let bytes = apply(http_bodies()[which].clone(), &mutations);
+        let ((), used) = allocated(|| decode_all(status, &bytes));
+        prop_assert!(used <= http_bound(bytes.len()), "{used} bytes for {}", bytes.len());
+    }
+
+    #[test]
+    fn a_credentials_file_of_any_bytes_is_an_error_or_credentials(
+        bytes in proptest::collection::vec(any::<u8>(), 0..2048),
+    ) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(apexsim::coach::credentials::Credentials::path(dir.path()), &bytes).expect("write");
+        let (_, used) = allocated(|| apexsim::coach::credentials::Credentials::load(dir.path()).ok());
+        prop_assert!(used <= http_bound(bytes.len()), "{used} bytes for {}", bytes.len());
+    }
+}

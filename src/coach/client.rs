@@ -275,22 +275,51 @@ impl CoachClient {
 /// Most bytes of an error body kept in an error message.
 const DETAIL_MAX: usize = 400;
 
-async fn read<R: DeserializeOwned>(url: String, resp: reqwest::Response) -> Result<R, CoachError> {
-    let status = resp.status();
-    let bytes = resp.bytes().await.map_err(|source| CoachError::Network {
-        url: url.clone(),
-        source,
-    })?;
-    if status.is_success() {
-        return serde_json::from_slice(&bytes).map_err(|e| CoachError::Decode {
+/// Largest response body read: the API's answers are a few hundred bytes; more is not the API.
+pub const MAX_RESPONSE_BYTES: usize = 1 << 20;
+
+async fn read<R: DeserializeOwned>(
+    url: String,
+    mut resp: reqwest::Response,
+) -> Result<R, CoachError> {
+    let status = resp.status().as_u16();
+    let mut body = Vec::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+                    return Err(CoachError::Decode {
+                        url,
+                        problem: format!(
+                            "HTTP {status}: response longer than {MAX_RESPONSE_BYTES} bytes"
+                        ),
+                    });
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => break,
+            Err(source) => return Err(CoachError::Network { url, source }),
+        }
+    }
+    decode(url, status, &body)
+}
+
+/// A response as the API's type: a 2xx body decoded as `R`, any other status as
+/// [`CoachError::Status`] with what the body says.
+///
+/// # Errors
+/// [`CoachError::Decode`] for a 2xx body that is not `R`; [`CoachError::Status`].
+pub fn decode<R: DeserializeOwned>(url: String, status: u16, body: &[u8]) -> Result<R, CoachError> {
+    if (200..300).contains(&status) {
+        return serde_json::from_slice(body).map_err(|e| CoachError::Decode {
             url,
             problem: e.to_string(),
         });
     }
     Err(CoachError::Status {
         url,
-        status: status.as_u16(),
-        detail: error_detail(&bytes),
+        status,
+        detail: error_detail(body),
     })
 }
 

@@ -90,6 +90,8 @@ pub struct Counts {
     pub pending: u64,
     /// Lap accepted, metrics waiting.
     pub lap_sent: u64,
+    /// Being sent by an uploader (its lease has not ended), not counted as waiting.
+    pub in_flight: u64,
     /// Delivered.
     pub done: u64,
     /// Refused, kept for `outbox retry`.
@@ -325,7 +327,9 @@ impl Outbox {
     }
 
     /// Makes rows due now with their attempts reset: one row by id, or every failed and
-    /// waiting row. Returns how many; a delivered row is not sent again.
+    /// waiting row. Returns how many; a delivered row is not sent again. Retrying every row
+    /// leaves the rows another uploader is sending to it; a row named by id is taken back at
+    /// once (its lap id makes a second send harmless).
     ///
     /// # Errors
     /// [`ArchiveError::Sqlite`].
@@ -335,7 +339,8 @@ impl Outbox {
             .execute(
                 "UPDATE outbox SET
                     state = CASE WHEN server_lap_id IS NULL THEN 'pending' ELSE 'lap_sent' END,
-                    attempts = 0, next_at_ms = 0, lease_until_ms = NULL, updated_at_ms = ?2
+                    attempts = 0, next_at_ms = 0, updated_at_ms = ?2,
+                    lease_until_ms = CASE WHEN ?1 IS NULL THEN lease_until_ms END
                  WHERE state != 'done' AND (?1 IS NULL OR id = ?1)",
                 params![id, now_ms()],
             )
@@ -383,19 +388,25 @@ impl Outbox {
             .index
             .conn()
             .prepare(
-                "SELECT state, COUNT(*) FROM outbox WHERE ?1 IS NULL OR url = ?1 GROUP BY state",
+                "SELECT state, COALESCE(lease_until_ms, 0) > ?2 AS leased, COUNT(*) FROM outbox
+                 WHERE ?1 IS NULL OR url = ?1 GROUP BY state, leased",
             )
             .map_err(self.sql())?;
         let rows = stmt
-            .query_map(params![url], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+            .query_map(params![url, now_ms()], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, bool>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
             })
             .map_err(self.sql())?;
         let mut c = Counts::default();
         for row in rows {
-            let (state, n) = row.map_err(self.sql())?;
+            let (state, leased, n) = row.map_err(self.sql())?;
             let n = n as u64;
             match State::parse(&state) {
+                State::Pending | State::LapSent if leased => c.in_flight += n,
                 State::Pending => c.pending += n,
                 State::LapSent => c.lap_sent += n,
                 State::Done => c.done += n,

@@ -83,7 +83,8 @@ impl Default for UploadOptions {
             timeout: super::client::DEFAULT_TIMEOUT,
             retry: RetryPolicy::default(),
             grace: Duration::from_secs(10),
-            lease: Duration::from_secs(10 * 60),
+            // Longer than a lap and its metrics can take (two requests of `timeout`).
+            lease: Duration::from_secs(3 * 60),
         }
     }
 }

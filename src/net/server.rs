@@ -305,7 +305,8 @@ fn rand_seed() -> u64 {
     Uuid::new_v4().as_u64_pair().0
 }
 
-async fn shutdown_signal() {
+/// Completes on SIGINT (Ctrl-C) or, on Unix, SIGTERM.
+pub async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

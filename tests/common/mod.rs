@@ -197,11 +197,20 @@ impl Child {
 
     /// Sends SIGTERM (a graceful stop).
     pub fn terminate(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends SIGINT (Ctrl-C).
+    pub fn interrupt(&self) {
+        self.signal("INT");
+    }
+
+    fn signal(&self, name: &str) {
         let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([&format!("-{name}"), &self.child.id().to_string()])
             .status()
-            .expect("kill -TERM");
-        assert!(status.success(), "kill -TERM failed");
+            .expect("kill");
+        assert!(status.success(), "kill -{name} failed");
     }
 
     /// Kills the process (SIGKILL on Unix) and reaps it.
