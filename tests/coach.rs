@@ -1017,6 +1017,17 @@ fn the_device_login_stores_a_private_token_that_uploads_send() {
     );
 }
 
+/// A coach server answering laps after `delay`, and an archive of Tsukuba's two laps queued
+/// for it (not delivered): the server, the directory, its data and configuration.
+fn slow_server_and_queue(delay: Duration) -> (Server, tempfile::TempDir, PathBuf, PathBuf) {
+    let server = Server::start();
+    server.with(|s| s.slow_laps = Some(delay));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (data, config) = (dir.path().join("data"), dir.path().join("config"));
+    queued_archive(&data, &config, &server.url);
+    (server, dir, data, config)
+}
+
 /// Archives Tsukuba's two laps with their uploads queued for `url` (not delivered).
 fn queued_archive(data: &Path, config: &Path, url: &str) {
     let (code, out, err) = run(
@@ -1054,11 +1065,7 @@ fn retry_process(data: &Path, config: &Path, wait: &str) -> common::Child {
 
 #[test]
 fn ctrl_c_finishes_the_upload_in_flight_and_leaves_the_rest_queued() {
-    let server = Server::start();
-    server.with(|s| s.slow_laps = Some(Duration::from_secs(2)));
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (data, config) = (dir.path().join("data"), dir.path().join("config"));
-    queued_archive(&data, &config, &server.url);
+    let (server, _dir, data, config) = slow_server_and_queue(Duration::from_secs(2));
     let child = retry_process(&data, &config, "60s");
     // The first lap is on its way: interrupt.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -1092,11 +1099,7 @@ fn ctrl_c_finishes_the_upload_in_flight_and_leaves_the_rest_queued() {
 
 #[test]
 fn two_processes_sharing_an_outbox_send_each_lap_once() {
-    let server = Server::start();
-    server.with(|s| s.slow_laps = Some(Duration::from_millis(400)));
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (data, config) = (dir.path().join("data"), dir.path().join("config"));
-    queued_archive(&data, &config, &server.url);
+    let (server, _dir, data, config) = slow_server_and_queue(Duration::from_millis(400));
     let (a, b) = (
         retry_process(&data, &config, "5s"),
         retry_process(&data, &config, "5s"),
@@ -1131,28 +1134,15 @@ fn the_race_server_uploads_its_races_laps() {
         dir.path().join("config"),
     );
     common::content_with_mini_oval(&content);
-    let mut server = common::Child::spawn_env(
-        &[
-            "--content",
-            content.to_str().expect("utf-8"),
-            "--data",
-            data.to_str().expect("utf-8"),
-            "serve",
-            "--bind",
-            "127.0.0.1:0",
-            "--http-port",
-            "0",
-        ],
+    let served = common::Served::start(
+        &content,
+        &data,
         &[
             ("APEXSIM_SERVER_UPLOAD_URL", coach.url.as_str()),
             ("APEXSIM_CONFIG_DIR", config.to_str().expect("utf-8")),
         ],
     );
-    let line = server
-        .wait_for(Duration::from_secs(30), |l| l.contains(" serving "))
-        .unwrap_or_else(|| panic!("the server did not start:\n{}", server.log.join("\n")));
-    let quic: std::net::SocketAddr = common::log_field(&line, "quic").expect("address");
-    let quic = std::net::SocketAddr::from(([127, 0, 0, 1], quic.port()));
+    let (mut server, quic) = (served.child, served.quic);
     let cert = data.join("certs/server.crt");
     let (code, out, log) = common::Child::spawn(&[
         "--content",

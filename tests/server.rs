@@ -16,7 +16,7 @@ use apexsim::net::protocol::{
     self, ClientMessage, FaultKind, PlayerInput, ServerMessage, SessionState, code,
 };
 use apexsim::net::tls::{Trust, parse_fingerprint};
-use common::{Child, content_with_mini_oval, log_field};
+use common::{Child, content_with_mini_oval};
 
 struct Server {
     child: Child,
@@ -35,35 +35,15 @@ impl Server {
         let content = dir.path().join("content");
         let data = dir.path().join("data");
         content_with_mini_oval(&content);
-        let mut child = Child::spawn_env(
-            &[
-                "--content",
-                content.to_str().expect("utf-8"),
-                "--data",
-                data.to_str().expect("utf-8"),
-                "serve",
-                "--bind",
-                "127.0.0.1:0",
-                "--http-port",
-                "0",
-            ],
-            env,
-        );
-        let line = child
-            .wait_for(Duration::from_secs(30), |l| l.contains(" serving "))
-            .unwrap_or_else(|| panic!("the server did not start:\n{}", child.log.join("\n")));
-        let port = |key: &str| {
-            let addr: SocketAddr = log_field(&line, key).expect("address in the log");
-            SocketAddr::from(([127, 0, 0, 1], addr.port()))
-        };
+        let served = common::Served::start(&content, &data, env);
         Self {
-            quic: port("quic"),
-            http: port("http"),
-            fingerprint: log_field(&line, "fingerprint").expect("fingerprint"),
+            quic: served.quic,
+            http: served.http,
+            fingerprint: served.fingerprint,
+            child: served.child,
             cert: data.join("certs/server.crt"),
             content,
             data,
-            child,
             _dir: dir,
         }
     }

@@ -243,3 +243,50 @@ pub fn log_field<T: std::str::FromStr>(line: &str, key: &str) -> Option<T> {
         .parse()
         .ok()
 }
+
+/// `apexsim serve` on loopback ports the system picks, over `content` and `data`.
+pub struct Served {
+    /// The server process.
+    pub child: Child,
+    /// Its QUIC address.
+    pub quic: std::net::SocketAddr,
+    /// Its HTTP address.
+    pub http: std::net::SocketAddr,
+    /// Its certificate's SHA-256 fingerprint.
+    pub fingerprint: String,
+}
+
+impl Served {
+    /// Starts the server and waits (30 s at most) until it logs that it serves.
+    pub fn start(content: &Path, data: &Path, env: &[(&str, &str)]) -> Self {
+        let mut child = Child::spawn_env(
+            &[
+                "--content",
+                content.to_str().expect("utf-8"),
+                "--data",
+                data.to_str().expect("utf-8"),
+                "serve",
+                "--bind",
+                "127.0.0.1:0",
+                "--http-port",
+                "0",
+            ],
+            env,
+        );
+        let line = child
+            .wait_for(std::time::Duration::from_secs(30), |l| {
+                l.contains(" serving ")
+            })
+            .unwrap_or_else(|| panic!("the server did not start:\n{}", child.log.join("\n")));
+        let port = |key: &str| {
+            let addr: std::net::SocketAddr = log_field(&line, key).expect("address in the log");
+            std::net::SocketAddr::from(([127, 0, 0, 1], addr.port()))
+        };
+        Self {
+            quic: port("quic"),
+            http: port("http"),
+            fingerprint: log_field(&line, "fingerprint").expect("fingerprint"),
+            child,
+        }
+    }
+}
