@@ -69,7 +69,9 @@ pub struct SessionFrame {
     pub session_type: String,
 }
 
-/// `TelemetryFrame`: one sample, in the units the API names (m, m/s, m/s², rad, 0..1).
+/// `TelemetryFrame`: one sample, in the units the API names (m, m/s, m/s², rad, 0..1). The
+/// channels recorded as `f32` are sent as `f32`, so each is written with the digits it has
+/// (`30.1`, not `30.100000381469727`): a lap's JSON is a third smaller and faster to encode.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TelemetryFrame {
     /// Wall-clock time of the sample (RFC 3339).
@@ -80,59 +82,59 @@ pub struct TelemetryFrame {
     /// Lap number.
     pub lap_number: i64,
     /// Fraction of the lap completed, 0..1 (the API calls it a percentage).
-    pub lap_distance_pct: f64,
+    pub lap_distance_pct: f32,
     /// Metres from the start/finish line.
-    pub lap_distance: f64,
+    pub lap_distance: f32,
     /// Seconds into the lap.
-    pub current_lap_time: f64,
+    pub current_lap_time: f32,
     /// The previous lap's time in seconds (0 when none).
     pub last_lap_time: f64,
     /// The best lap time so far in seconds (0 when none).
     pub best_lap_time: f64,
     /// m/s.
-    pub speed: f64,
+    pub speed: f32,
     /// rev/min.
-    pub rpm: f64,
+    pub rpm: f32,
     /// Gear (-1 reverse, 0 neutral).
     pub gear: i64,
     /// 0..1.
-    pub throttle: f64,
+    pub throttle: f32,
     /// 0..1.
-    pub brake: f64,
+    pub brake: f32,
     /// 0..1.
-    pub clutch: f64,
+    pub clutch: f32,
     /// Steering wheel angle, rad (positive left).
-    pub steering_angle: f64,
+    pub steering_angle: f32,
     /// m/s².
-    pub lateral_acceleration: f64,
+    pub lateral_acceleration: f32,
     /// m/s².
-    pub longitudinal_acceleration: f64,
+    pub longitudinal_acceleration: f32,
     /// m/s².
-    pub vertical_acceleration: f64,
+    pub vertical_acceleration: f32,
     /// rad/s.
-    pub yaw_rate: f64,
+    pub yaw_rate: f32,
     /// rad/s.
-    pub roll_rate: f64,
+    pub roll_rate: f32,
     /// rad/s.
-    pub pitch_rate: f64,
+    pub pitch_rate: f32,
     /// m/s.
-    pub velocity_x: f64,
+    pub velocity_x: f32,
     /// m/s.
-    pub velocity_y: f64,
+    pub velocity_y: f32,
     /// m/s.
-    pub velocity_z: f64,
+    pub velocity_z: f32,
     /// rad.
-    pub yaw: f64,
+    pub yaw: f32,
     /// rad.
-    pub pitch: f64,
+    pub pitch: f32,
     /// rad.
-    pub roll: f64,
+    pub roll: f32,
     /// Degrees.
     pub latitude: f64,
     /// Degrees.
     pub longitude: f64,
     /// Metres.
-    pub altitude: f64,
+    pub altitude: f32,
     /// Per tyre (LF, RF, LR, RR), per position (left, middle, right), °C.
     pub tire_temps: BTreeMap<String, BTreeMap<String, f64>>,
     /// Per tyre and position, wear in percent.
@@ -140,11 +142,11 @@ pub struct TelemetryFrame {
     /// Per wheel, bar.
     pub brake_line_pressure: BTreeMap<String, f64>,
     /// °C.
-    pub track_temp: f64,
+    pub track_temp: f32,
     /// Wetness level.
     pub track_wetness: i64,
     /// °C.
-    pub air_temp: f64,
+    pub air_temp: f32,
     /// Session flags bit field.
     pub session_flags: i64,
     /// Track surface type (iRacing's `irsdk_TrkLoc`: 3 = on track).

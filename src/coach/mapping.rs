@@ -92,7 +92,12 @@ pub fn session_frame(session: &SessionRow, meta: &LapMeta) -> api::SessionFrame 
 
 /// A finite number, or 0.
 fn num(v: f32) -> f64 {
-    if v.is_finite() { f64::from(v) } else { 0.0 }
+    f64::from(fin(v))
+}
+
+/// A finite number, or 0, kept as `f32`.
+fn fin(v: f32) -> f32 {
+    if v.is_finite() { v } else { 0.0 }
 }
 
 /// The lap's rows as frames. `last_lap_s` and `best_lap_s` are the car's previous lap and best
@@ -105,23 +110,23 @@ pub fn frames(
     best_lap_s: f64,
 ) -> Vec<api::TelemetryFrame> {
     let rate = ticks_per_second(meta.source);
-    let length = f64::from(meta.track_length_m);
+    let length = meta.track_length_m;
+    let lock = STEERING_LOCK_RAD as f32;
     let n = c.len();
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
         let session_time = c.tick[i] as f64 / rate;
-        let distance = num(c.distance_m[i]);
-        let speed = num(c.speed_mps[i]);
-        let yaw = num(c.yaw_rad[i]);
+        let distance = fin(c.distance_m[i]);
+        let speed = fin(c.speed_mps[i]);
+        let yaw = fin(c.yaw_rad[i]);
         // Yaw rate from the neighbours (central difference, unwrapped).
         let (a, b) = (i.saturating_sub(1), (i + 1).min(n - 1));
         let dt = f64::from(c.lap_time_s[b]) - f64::from(c.lap_time_s[a]);
         let yaw_rate = if b > a && dt > 0.0 {
-            let mut dy = f64::from(c.yaw_rad[b]) - f64::from(c.yaw_rad[a]);
-            dy = (dy + std::f64::consts::PI).rem_euclid(std::f64::consts::TAU)
+            let dy = f64::from(c.yaw_rad[b]) - f64::from(c.yaw_rad[a]);
+            let dy = (dy + std::f64::consts::PI).rem_euclid(std::f64::consts::TAU)
                 - std::f64::consts::PI;
-            let r = dy / dt;
-            if r.is_finite() { r } else { 0.0 }
+            fin((dy / dt) as f32)
         } else {
             0.0
         };
@@ -135,18 +140,18 @@ pub fn frames(
                 0.0
             },
             lap_distance: distance,
-            current_lap_time: num(c.lap_time_s[i]),
+            current_lap_time: fin(c.lap_time_s[i]),
             last_lap_time: last_lap_s,
             best_lap_time: best_lap_s,
             speed,
-            rpm: num(c.rpm[i]),
-            gear: num(c.gear[i]).round() as i64,
-            throttle: num(c.throttle[i]).clamp(0.0, 1.0),
-            brake: num(c.brake[i]).clamp(0.0, 1.0),
+            rpm: fin(c.rpm[i]),
+            gear: fin(c.gear[i]).round() as i64,
+            throttle: fin(c.throttle[i]).clamp(0.0, 1.0),
+            brake: fin(c.brake[i]).clamp(0.0, 1.0),
             clutch: 0.0,
-            steering_angle: -num(c.steering[i]) * STEERING_LOCK_RAD,
-            lateral_acceleration: num(c.lat_accel_mps2[i]),
-            longitudinal_acceleration: num(c.long_accel_mps2[i]),
+            steering_angle: -fin(c.steering[i]) * lock,
+            lateral_acceleration: fin(c.lat_accel_mps2[i]),
+            longitudinal_acceleration: fin(c.long_accel_mps2[i]),
             vertical_acceleration: 0.0,
             yaw_rate,
             roll_rate: 0.0,
