@@ -163,7 +163,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 wal_sync: cli.wal_sync,
                 hooks: Default::default(),
             };
-            let upload = Upload::start(&cli.data, args.upload.as_deref(), args.upload_wait)?;
+            let upload = Upload::start(&cli.data, args.upload.as_deref(), args.upload_wait, true)?;
             if let Some(u) = &upload {
                 opts.hooks = u.pipeline.hooks();
             }
@@ -328,7 +328,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 wal_sync: cli.wal_sync,
                 hooks: Default::default(),
             };
-            let upload = Upload::start(&cli.data, upload.as_deref(), Duration::from_secs(30))?;
+            // Ctrl-C is how a live session ends: the live loop archives it, then the uploads
+            // stop after the lap in flight and the rest waits in the outbox.
+            let upload =
+                Upload::start(&cli.data, upload.as_deref(), Duration::from_secs(30), false)?;
             if let Some(u) = &upload {
                 opts.hooks = u.pipeline.hooks();
             }
@@ -364,12 +367,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let stop = tokio_util::sync::CancellationToken::new();
                 let s = stop.clone();
                 tokio::spawn(async move {
-                    if tokio::signal::ctrl_c().await.is_ok() {
-                        tracing::warn!(
-                            "interrupted: finishing the lap in flight, the rest stays in the outbox"
-                        );
-                        s.cancel();
-                    }
+                    apexsim::net::server::shutdown_signal().await;
+                    tracing::warn!(
+                        "interrupted: finishing the lap in flight, the rest stays in the outbox"
+                    );
+                    s.cancel();
                 });
                 apexsim::coach::upload::drain(&cli.data, opts, stop, wait).await
             })?;
@@ -413,9 +415,9 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 /// The upload pipeline of `ingest --upload` and `live --upload`: runs beside the command on
-/// its own runtime. Ctrl-C while the command still archives gives the lap in flight its grace
-/// period and exits (the archive recovers what was being written); after it, it only stops
-/// the uploads.
+/// its own runtime. Ctrl-C stops the uploads (the lap in flight gets its grace period); with
+/// `exit_on_interrupt`, while the command still archives, the process then exits (the archive
+/// recovers what was being written, as after any interrupted ingest).
 struct Upload {
     runtime: tokio::runtime::Runtime,
     pipeline: Pipeline,
@@ -424,7 +426,12 @@ struct Upload {
 }
 
 impl Upload {
-    fn start(data: &Path, url: Option<&str>, drain: Duration) -> anyhow::Result<Option<Self>> {
+    fn start(
+        data: &Path,
+        url: Option<&str>,
+        drain: Duration,
+        exit_on_interrupt: bool,
+    ) -> anyhow::Result<Option<Self>> {
         let Some(url) = url else {
             return Ok(None);
         };
@@ -441,15 +448,14 @@ impl Upload {
             archiving.clone(),
         );
         runtime.spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                tracing::warn!(
-                    "interrupted: finishing the upload in flight, the rest stays in the outbox"
-                );
-                stop.cancel();
-                if flag.load(std::sync::atomic::Ordering::SeqCst) {
-                    done.cancelled().await;
-                    std::process::exit(130);
-                }
+            apexsim::net::server::shutdown_signal().await;
+            tracing::warn!(
+                "interrupted: finishing the upload in flight, the rest stays in the outbox"
+            );
+            stop.cancel();
+            if exit_on_interrupt && flag.load(std::sync::atomic::Ordering::SeqCst) {
+                done.cancelled().await;
+                std::process::exit(130);
             }
         });
         Ok(Some(Self {
