@@ -1188,3 +1188,21 @@ fn the_race_server_uploads_its_races_laps() {
         );
     });
 }
+
+#[test]
+fn pruning_a_session_sets_its_waiting_uploads_aside() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (data, config) = (dir.path().join("data"), dir.path().join("config"));
+    queued_archive(&data, &config, "http://127.0.0.1:9");
+    // The recording is from 2025: older than a day.
+    let (code, out, err) = run(&data, &config, &["archive", "prune", "--older-than", "24h"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let ob = outbox(&data, &config);
+    assert_eq!(ob["counts"]["failed"], 2, "{ob}");
+    for e in ob["entries"].as_array().expect("entries") {
+        assert_eq!(
+            e["last_error"], "pruned from the archive before it was uploaded",
+            "{e}"
+        );
+    }
+}

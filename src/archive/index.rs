@@ -646,13 +646,27 @@ impl Index {
     /// # Errors
     /// [`ArchiveError::Sqlite`].
     pub fn delete_session(&self, id: Uuid) -> Result<(), ArchiveError> {
-        self.conn
-            .execute(
-                "DELETE FROM sessions WHERE id = ?1",
-                params![id.to_string()],
-            )
-            .map_err(self.sql())?;
-        Ok(())
+        let tx = self.conn.unchecked_transaction().map_err(self.sql())?;
+        tx.execute(
+            "DELETE FROM sessions WHERE id = ?1",
+            params![id.to_string()],
+        )
+        .map_err(self.sql())?;
+        // Its delivered uploads are history; one still waiting can no longer be sent, and
+        // says so in `outbox ls`.
+        tx.execute(
+            "DELETE FROM outbox WHERE session_id = ?1 AND state = 'done'",
+            params![id.to_string()],
+        )
+        .map_err(self.sql())?;
+        tx.execute(
+            "UPDATE outbox SET state = 'failed', lease_until_ms = NULL,
+             last_error = 'pruned from the archive before it was uploaded'
+             WHERE session_id = ?1",
+            params![id.to_string()],
+        )
+        .map_err(self.sql())?;
+        tx.commit().map_err(self.sql())
     }
 
     /// The journal mode in effect (`"wal"` once opened).
