@@ -1142,7 +1142,7 @@ fn the_race_server_uploads_its_races_laps() {
             ("APEXSIM_CONFIG_DIR", config.to_str().expect("utf-8")),
         ],
     );
-    let (mut server, quic) = (served.child, served.quic);
+    let (mut server, quic, http) = (served.child, served.quic, served.http);
     let cert = data.join("certs/server.crt");
     let (code, out, log) = common::Child::spawn(&[
         "--content",
@@ -1174,6 +1174,21 @@ fn the_race_server_uploads_its_races_laps() {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    // The server's metrics count from the event bus.
+    let metric = |name: &str| {
+        let text = common::http_get(http, "/metrics").1;
+        apexsim::net::metrics::scrape_value(&text, name).unwrap_or(0.0)
+    };
+    // (The uploader publishes its outcome just after the server answered.)
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while metric("apexsim_lap_uploads_total{outcome=\"delivered\"}") < 2.0 {
+        assert!(std::time::Instant::now() < deadline, "uploads not counted");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        metric("apexsim_laps_archived_total") >= 4.0,
+        "out-laps and lap 1 of both cars"
+    );
     server.terminate();
     let (code, out, log) = server.finish();
     assert_eq!(code, 0, "{log}");

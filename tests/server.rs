@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -16,7 +15,7 @@ use apexsim::net::protocol::{
     self, ClientMessage, FaultKind, PlayerInput, ServerMessage, SessionState, code,
 };
 use apexsim::net::tls::{Trust, parse_fingerprint};
-use common::{Child, content_with_mini_oval};
+use common::{Child, content_with_mini_oval, http_get};
 
 struct Server {
     child: Child,
@@ -88,26 +87,6 @@ impl Server {
         let (code, out, log) = self.child.finish();
         (code, out, log, self.data, self._dir)
     }
-}
-
-fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = std::net::TcpStream::connect(addr).expect("connect http");
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .expect("write");
-    let mut text = String::new();
-    s.read_to_string(&mut text).expect("read");
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
-    (status, body)
 }
 
 fn metric(text: &str, series: &str) -> f64 {

@@ -273,3 +273,95 @@ pub fn lap_metrics(meta: &LapMeta, m: &LapMetrics, c: &LapColumns) -> api::LapMe
         min_speed: num(m.stats.min_speed_mps),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use apexsim_systems::record::LapSample;
+
+    fn session() -> SessionRow {
+        SessionRow {
+            id: Uuid::from_u128(7),
+            source: "sim".into(),
+            track: "oval".into(),
+            car_model: "gt3".into(),
+            lap_limit: Some(3),
+            seed: Some(1),
+            started_at: 1_764_000_000,
+            finished_at: None,
+            sectors: Vec::new(),
+        }
+    }
+
+    fn meta() -> LapMeta {
+        LapMeta {
+            source: Source::Sim,
+            session: Uuid::from_u128(7),
+            car: 2,
+            car_model: "gt3".into(),
+            driver: "d".into(),
+            track: "oval".into(),
+            track_length_m: 1000.0,
+            lap: 3,
+            lap_time_s: Some(60.0),
+            complete: true,
+            valid: true,
+            date: crate::archive::Date::from_unix(0),
+        }
+    }
+
+    #[test]
+    fn ids_are_stable_and_distinct() {
+        let s = Uuid::from_u128(7);
+        assert_eq!(lap_id(s, 2, 3), lap_id(s, 2, 3));
+        assert_ne!(lap_id(s, 2, 3), lap_id(s, 2, 4));
+        assert_ne!(lap_id(s, 2, 3), lap_id(s, 3, 3));
+        assert_ne!(session_id(s, 2), session_id(s, 3));
+        assert_eq!(name_id("oval"), name_id("oval"));
+        assert!(name_id("oval") >= 0 && name_id("oval") != name_id("grand_circuit"));
+    }
+
+    #[test]
+    fn rows_become_frames_in_the_apis_units() {
+        let mut c = LapColumns::default();
+        for i in 0..3u64 {
+            c.push(&LapSample {
+                tick: 2400 + i * 24,
+                lap_time_s: i as f32 * 0.1,
+                distance_m: 250.0 + i as f32,
+                speed_mps: 30.0,
+                throttle: 1.5,
+                brake: -0.5,
+                steering: 0.5,
+                gear: f32::NAN,
+                rpm: f32::NAN,
+                // The third sample is past +π, so wrapped to just above -π.
+                yaw_rad: {
+                    let y = std::f32::consts::PI - 0.05 + i as f32 * 0.05;
+                    if y > std::f32::consts::PI {
+                        y - std::f32::consts::TAU
+                    } else {
+                        y
+                    }
+                },
+                ..LapSample::default()
+            });
+        }
+        let f = frames(&session(), &meta(), &c, 61.0, 59.5);
+        assert_eq!(f.len(), 3);
+        // 240 Hz ticks: tick 2400 is 10 s into the session, dated from its start.
+        assert_eq!(f[0].session_time, 10.0);
+        assert_eq!(f[0].timestamp.as_deref(), Some("2025-11-24T16:00:10Z"));
+        assert_eq!(f[0].lap_distance_pct, 0.25);
+        assert_eq!((f[0].last_lap_time, f[0].best_lap_time), (61.0, 59.5));
+        // Pedals clamped to 0..1, NaN channels sent as 0, steering right is negative.
+        assert_eq!(
+            (f[0].throttle, f[0].brake, f[0].gear, f[0].rpm),
+            (1.0, 0.0, 0, 0.0)
+        );
+        assert!((f[0].steering_angle + STEERING_LOCK_RAD as f32 / 2.0).abs() < 1e-6);
+        // Yaw rate across the ±π seam: 0.05 rad per 0.1 s, unwrapped.
+        assert!((f[1].yaw_rate - 0.5).abs() < 1e-3, "{}", f[1].yaw_rate);
+        assert_eq!(f[0].lap_number, 3);
+    }
+}

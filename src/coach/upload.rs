@@ -506,3 +506,29 @@ pub async fn drain(
     finish.cancel();
     Ok(uploader.run(stop, finish, drain).await)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_exponentially_with_jitter_up_to_the_cap() {
+        let p = RetryPolicy {
+            first: Duration::from_secs(2),
+            max: Duration::from_secs(60),
+        };
+        for attempt in 1..=12u32 {
+            let base = (2u64 << (attempt - 1)).min(60);
+            let d = p.delay(attempt).as_secs_f64();
+            // Jitter adds up to as much again.
+            assert!(
+                d >= base as f64 && d < 2.0 * base as f64 + 1e-9,
+                "attempt {attempt}: {d} s for a base of {base} s"
+            );
+        }
+        // Two clients retrying at once do not retry in step.
+        let spread: std::collections::BTreeSet<u128> =
+            (0..20).map(|_| p.delay(3).as_micros()).collect();
+        assert!(spread.len() > 10, "{spread:?}");
+    }
+}

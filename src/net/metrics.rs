@@ -42,6 +42,11 @@ pub struct Metrics {
     pub session_faults: IntCounter,
     /// Process CPU time (user + system) in seconds, read from `/proc/self/stat`.
     pub process_cpu_seconds: prometheus::Gauge,
+    /// Laps durable in the archive (from the event bus).
+    pub laps_archived: IntCounter,
+    /// Upload attempts of laps to the Racing Coach server, by outcome (delivered, retry,
+    /// refused).
+    pub lap_uploads: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -144,6 +149,17 @@ impl Metrics {
                 "apexsim_violation_disconnects_total",
                 "Connections closed for protocol violations",
             ),
+            laps_archived: counter(
+                &r,
+                "apexsim_laps_archived_total",
+                "Laps durable in the archive",
+            ),
+            lap_uploads: counter_vec(
+                &r,
+                "apexsim_lap_uploads_total",
+                "Lap uploads to the Racing Coach server, by outcome",
+                "outcome",
+            ),
             refused_connections: counter_vec(
                 &r,
                 "apexsim_refused_connections_total",
@@ -214,6 +230,40 @@ pub fn scrape_value(text: &str, series: &str) -> Option<f64> {
         })
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
+}
+
+/// Counts archived laps and upload outcomes from the event bus into the server's metrics.
+pub struct MetricsHandler(pub Metrics);
+
+#[async_trait::async_trait]
+impl crate::events::EventHandler for MetricsHandler {
+    fn name(&self) -> &'static str {
+        "metrics"
+    }
+
+    fn kinds(&self) -> &[crate::events::EventKind] {
+        use crate::events::EventKind;
+        &[
+            EventKind::LapCompleted,
+            EventKind::LapUploadSucceeded,
+            EventKind::LapUploadFailed,
+        ]
+    }
+
+    async fn handle(&self, event: crate::events::Event, _ctx: &crate::events::HandlerContext) {
+        use crate::events::Event;
+        match event {
+            Event::LapCompleted(_) => self.0.laps_archived.inc(),
+            Event::LapUploadSucceeded(_) => {
+                self.0.lap_uploads.with_label_values(&["delivered"]).inc();
+            }
+            Event::LapUploadFailed(u) => {
+                let outcome = if u.will_retry { "retry" } else { "refused" };
+                self.0.lap_uploads.with_label_values(&[outcome]).inc();
+            }
+            _ => {}
+        }
+    }
 }
 
 #[cfg(test)]

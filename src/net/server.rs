@@ -142,31 +142,31 @@ pub fn serve(
     )?;
     let idle = Duration::from_millis(config.network.heartbeat_timeout_ms * 2);
     let server_config = tls::quic_server_config(&identity, idle)?;
-    // Races' laps go to the Racing Coach server when one is configured.
-    let pipeline = match &config.server.upload_url {
-        Some(url) => {
-            let tokens = crate::coach::credentials::config_dir()
-                .ok()
-                .and_then(|d| crate::coach::credentials::Credentials::load(&d).ok())
-                .map(|c| c.tokens())
-                .unwrap_or_default();
-            let opts = crate::coach::UploadOptions {
-                url: Some(crate::coach::credentials::normalize_url(url)),
-                tokens,
-                ..Default::default()
-            };
-            let drain = Duration::from_secs_f64(config.server.drain_seconds);
-            Some(runtime.block_on(async {
-                crate::coach::Pipeline::start(&data, opts, drain, Vec::new())
-            })?)
-        }
-        None => None,
-    };
-    let writer = ArchiveWriter::start_with(
-        &data,
-        pipeline.as_ref().map(|p| p.hooks()).unwrap_or_default(),
-    )?;
+    // The event bus at the world's async edge: the writer publishes on it, the metrics count
+    // from it, and races' laps go to the Racing Coach server when one is configured.
     let metrics = Metrics::new();
+    let pipeline = {
+        let tokens = crate::coach::credentials::config_dir()
+            .ok()
+            .and_then(|d| crate::coach::credentials::Credentials::load(&d).ok())
+            .map(|c| c.tokens())
+            .unwrap_or_default();
+        let opts = crate::coach::UploadOptions {
+            url: config
+                .server
+                .upload_url
+                .as_deref()
+                .map(crate::coach::credentials::normalize_url),
+            tokens,
+            ..Default::default()
+        };
+        let drain = Duration::from_secs_f64(config.server.drain_seconds);
+        let handler: Arc<dyn crate::events::EventHandler> =
+            Arc::new(super::metrics::MetricsHandler(metrics.clone()));
+        runtime
+            .block_on(async { crate::coach::Pipeline::start(&data, opts, drain, vec![handler]) })?
+    };
+    let writer = ArchiveWriter::start_with(&data, pipeline.hooks())?;
     let archive_ms = metrics.archive_write_duration_ms.clone();
     let recorder = Recorder::start(writer, wal_sync, move |d| {
         archive_ms.observe(d.as_secs_f64() * 1e3);
@@ -266,10 +266,7 @@ pub fn serve(
         let sim_done = tokio::task::spawn_blocking(move || sim_thread.join());
         let report = sim_done.await.ok().and_then(Result::ok);
         // Every lap is archived (and queued): deliver what is due within the drain window.
-        let upload = match pipeline {
-            Some(p) => p.finish().await.upload,
-            None => None,
-        };
+        let upload = pipeline.finish().await.upload;
         let _ = stop_tx.send(true);
         // Let the connection tasks deliver the last frames, then close every connection.
         tokio::time::sleep(Duration::from_millis(100)).await;
