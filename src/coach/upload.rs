@@ -387,8 +387,7 @@ impl Uploader {
             let e = entry.clone();
             tokio::task::spawn_blocking(move || prepare(&data, &outbox, &e, &thresholds))
                 .await
-                .map_err(|e| Failure::Transient(format!("preparing the lap: {e}")))?
-                .map_err(Failure::Refused)?
+                .map_err(|e| Failure::Transient(format!("preparing the lap: {e}")))??
         };
         let server_lap_id = match (entry.state, &entry.server_lap_id, prepared.lap_json) {
             (State::LapSent, Some(id), _) => id.clone(),
@@ -436,29 +435,31 @@ fn outcome(e: &Entry, attempts: u32) -> UploadOutcome {
 }
 
 /// Reads the lap from the archive and builds what is sent: the lap's JSON body (unless it was
-/// accepted already) and its metrics. An error means the lap cannot be sent at all.
+/// accepted already) and its metrics. The index being busy is worth another try later; a lap
+/// gone from the archive, or a file that does not read, is not.
 fn prepare(
     data: &Path,
     outbox: &Mutex<Outbox>,
     e: &Entry,
     thresholds: &Thresholds,
-) -> Result<Prepared, String> {
+) -> Result<Prepared, Failure> {
     let (laps, session) = {
+        let transient = |x: ArchiveError| Failure::Transient(x.to_string());
         let o = outbox
             .lock()
-            .map_err(|_| "outbox lock poisoned".to_owned())?;
-        let laps = o.index().laps(Some(e.session)).map_err(|x| x.to_string())?;
-        let session = o.index().session(e.session).map_err(|x| x.to_string())?;
+            .map_err(|_| Failure::Transient("outbox lock poisoned".into()))?;
+        let laps = o.index().laps(Some(e.session)).map_err(transient)?;
+        let session = o.index().session(e.session).map_err(transient)?;
         (laps, session)
     };
+    let gone = |what: String| Failure::Refused(format!("{what} is no longer in the archive"));
     let row = laps
         .iter()
         .find(|l| l.car == e.car && l.lap == e.lap)
-        .ok_or_else(|| format!("lap {} of car {} is no longer in the archive", e.lap, e.car))?;
-    let session =
-        session.ok_or_else(|| format!("session {} is no longer in the archive", e.session))?;
-    let (meta, columns) =
-        crate::archive::read_lap(&data.join(&row.file)).map_err(|x| x.to_string())?;
+        .ok_or_else(|| gone(format!("lap {} of car {}", e.lap, e.car)))?;
+    let session = session.ok_or_else(|| gone(format!("session {}", e.session)))?;
+    let (meta, columns) = crate::archive::read_lap(&data.join(&row.file))
+        .map_err(|x| Failure::Refused(x.to_string()))?;
     let car_laps = || laps.iter().filter(|l| l.car == e.car && l.complete);
     let last = car_laps()
         .find(|l| l.lap + 1 == e.lap)
@@ -488,7 +489,7 @@ fn prepare(
             },
             session: mapping::session_frame(&session, &meta),
         };
-        Some(serde_json::to_vec(&body).map_err(|x| x.to_string())?)
+        Some(serde_json::to_vec(&body).map_err(|x| Failure::Refused(x.to_string()))?)
     };
     Ok(Prepared { lap_json, metrics })
 }
