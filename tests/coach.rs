@@ -871,7 +871,7 @@ fn a_lost_response_does_not_make_a_second_lap() {
         ))
         .expect("drain");
     assert_eq!(report.delivered, 2, "{report:?}");
-    assert_eq!(report.retried, 1, "{report:?}");
+    assert!(report.retried >= 1, "{report:?}");
     server.with(|s| {
         // The first lap was posted twice under the same id, and stored once.
         let posts: Vec<&str> = s
@@ -882,11 +882,11 @@ fn a_lost_response_does_not_make_a_second_lap() {
                 _ => None,
             })
             .collect();
-        // The retry waits its backoff while the next lap goes ahead.
-        assert_eq!(posts.len(), 3, "{posts:?}");
-        assert_eq!(
-            posts.iter().filter(|&&p| p == posts[0]).count(),
-            2,
+        // The retry waits its backoff while the next lap goes ahead (a loaded machine may
+        // make more requests time out: each is retried under the same id).
+        assert!(posts.len() >= 3, "{posts:?}");
+        assert!(
+            posts.iter().filter(|&&p| p == posts[0]).count() >= 2,
             "{posts:?}"
         );
         assert_eq!(s.laps.len(), 2);
