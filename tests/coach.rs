@@ -170,6 +170,7 @@ impl Spec {
 enum Req {
     Lap { lap_id: String, lap: i64 },
     Metrics { lap_id: String },
+    Lookup { lap_id: String, found: bool },
     Authorize,
     Token,
 }
@@ -178,8 +179,8 @@ enum Req {
 struct Fake {
     /// Every request, in order, with its `X-Device-Token`.
     log: Vec<(Req, Option<String>)>,
-    /// Laps stored, by id: lap number, frames, lap time.
-    laps: BTreeMap<String, (i64, usize, Option<f64>)>,
+    /// Laps stored, by id: lap number, frames, lap time, session id.
+    laps: BTreeMap<String, (i64, usize, Option<f64>, String)>,
     /// Metrics stored, by lap id: how many times.
     metrics: BTreeMap<String, u32>,
     /// Bodies that broke the schema, metrics for unknown laps.
@@ -220,6 +221,10 @@ impl Server {
             .route(api::UPLOAD_METRICS, post(upload_metrics))
             .route(api::DEVICE_AUTHORIZE, post(authorize))
             .route(api::DEVICE_TOKEN, post(token))
+            .route(
+                "/api/v1/sessions/{session_id}/laps/{lap_id}",
+                get(session_lap),
+            )
             .route(api::HEALTH, get(health))
             // Laps are megabytes of JSON; FastAPI sets no limit.
             .layer(axum::extract::DefaultBodyLimit::max(256 << 20))
@@ -319,7 +324,12 @@ async fn upload_lap(
                 .into_response();
         }
         // Idempotent by the client's lap id: a second upload replaces the first.
-        s.laps.insert(lap_id.clone(), (lap, frames, lap_time));
+        let session = v["session"]["session_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        s.laps
+            .insert(lap_id.clone(), (lap, frames, lap_time, session));
         if std::mem::take(&mut s.lose_next_response) {
             // Stored, but the answer comes after the client gave up.
             Some(Duration::from_secs(3))
@@ -428,6 +438,37 @@ async fn token(
         device_name: "test rig".into(),
     })
     .into_response()
+}
+
+async fn session_lap(
+    State((state, _, _)): State<AppState>,
+    axum::extract::Path((session_id, lap_id)): axum::extract::Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let mut s = state.lock().expect("state");
+    let found = s
+        .laps
+        .get(&lap_id)
+        .filter(|l| l.3 == session_id)
+        .map(|l| l.0);
+    s.log.push((
+        Req::Lookup {
+            lap_id: lap_id.clone(),
+            found: found.is_some(),
+        },
+        token_of(&headers),
+    ));
+    match found {
+        Some(lap) => {
+            axum::Json(json!({"lap_id": lap_id, "session_id": session_id, "lap_number": lap}))
+                .into_response()
+        }
+        None => (
+            StatusCode::NOT_FOUND,
+            axum::Json(json!({"detail": "Lap not found"})),
+        )
+            .into_response(),
+    }
 }
 
 async fn health() -> Response {
@@ -745,7 +786,7 @@ fn an_ingest_uploads_every_lap_then_its_metrics_in_order() {
         // Every row of each lap is a frame; the lap time is the archive's.
         for &(session, car, lap, rows, time) in &laps {
             let id = apexsim::coach::mapping::lap_id(session, car, lap).to_string();
-            let (_, frames, lap_time) = s.laps[&id];
+            let (_, frames, lap_time, _) = s.laps[&id];
             assert_eq!(frames as u64, rows);
             // serde_json parses floats to within an ulp.
             assert!((lap_time.expect("timed") - time.expect("timed")).abs() < 1e-9);
@@ -804,13 +845,31 @@ fn laps_wait_while_the_server_is_down_and_arrive_exactly_once_after() {
     let (code, out, err) = run(&data, &config, &["outbox", "retry"]);
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("upload: 2 delivered"), "{out}");
-    let requests = server.with(|s| {
+    let uploads = |s: &Fake| {
+        s.log
+            .iter()
+            .filter(|(r, _)| matches!(r, Req::Lap { .. } | Req::Metrics { .. }))
+            .count()
+    };
+    server.with(|s| {
         assert!(s.invalid.is_empty(), "{:?}", s.invalid);
         assert_eq!(s.laps.len(), 2);
         assert!(s.metrics.values().all(|&n| n == 1), "{:?}", s.metrics);
-        s.log.len()
+        // The attempts that failed may have reached a server: each lap was looked up first.
+        let lookups: Vec<&Req> = s
+            .log
+            .iter()
+            .map(|(r, _)| r)
+            .filter(|r| matches!(r, Req::Lookup { .. }))
+            .collect();
+        assert_eq!(lookups.len(), 2, "{lookups:?}");
+        assert!(
+            lookups
+                .iter()
+                .all(|r| matches!(r, Req::Lookup { found: false, .. }))
+        );
+        assert_eq!(uploads(s), 4);
     });
-    assert_eq!(requests, 4);
     // Again, and a second ingest of the same recording: nothing more is sent.
     let (code, _, _) = run(&data, &config, &["outbox", "retry"]);
     assert_eq!(code, 0);
@@ -820,7 +879,7 @@ fn laps_wait_while_the_server_is_down_and_arrive_exactly_once_after() {
         &["ingest", file.to_str().expect("utf-8"), "--upload", &url],
     );
     assert_eq!(code, 0, "{out}\n{err}");
-    assert_eq!(server.with(|s| s.log.len()), 4);
+    assert_eq!(server.with(|s| uploads(s)), 4);
     assert_eq!(outbox(&data, &config)["counts"]["done"], 2);
 }
 
@@ -873,7 +932,7 @@ fn a_lost_response_does_not_make_a_second_lap() {
     assert_eq!(report.delivered, 2, "{report:?}");
     assert!(report.retried >= 1, "{report:?}");
     server.with(|s| {
-        // The first lap was posted twice under the same id, and stored once.
+        // The first lap's answer was lost; it was stored once.
         let posts: Vec<&str> = s
             .log
             .iter()
@@ -882,12 +941,16 @@ fn a_lost_response_does_not_make_a_second_lap() {
                 _ => None,
             })
             .collect();
-        // The retry waits its backoff while the next lap goes ahead (a loaded machine may
-        // make more requests time out: each is retried under the same id).
-        assert!(posts.len() >= 3, "{posts:?}");
+        // Before sending the first lap again, the uploader asked and found it stored: each lap
+        // was posted once.
+        assert_eq!(posts.len(), 2, "{posts:?}");
+        assert_ne!(posts[0], posts[1]);
         assert!(
-            posts.iter().filter(|&&p| p == posts[0]).count() >= 2,
-            "{posts:?}"
+            s.log.iter().any(
+                |(r, _)| matches!(r, Req::Lookup { lap_id, found: true } if lap_id == posts[0])
+            ),
+            "{:?}",
+            s.log
         );
         assert_eq!(s.laps.len(), 2);
         assert!(s.metrics.values().all(|&n| n == 1), "{:?}", s.metrics);

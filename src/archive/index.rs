@@ -90,6 +90,7 @@ CREATE TABLE outbox (
     next_at_ms INTEGER NOT NULL DEFAULT 0,
     lease_until_ms INTEGER,
     server_lap_id TEXT,
+    maybe_sent INTEGER NOT NULL DEFAULT 0,
     last_error TEXT,
     created_at_ms INTEGER NOT NULL,
     updated_at_ms INTEGER NOT NULL,

@@ -16,6 +16,11 @@ pub const UPLOAD_METRICS: &str = "/api/v1/metrics/lap";
 pub const DEVICE_AUTHORIZE: &str = "/api/v1/auth/device/authorize";
 /// `POST /api/v1/auth/device/token`: poll for the device's token.
 pub const DEVICE_TOKEN: &str = "/api/v1/auth/device/token";
+/// `GET /api/v1/sessions/{session_id}/laps/{lap_id}`: one lap (the uploader asks whether a
+/// lap whose answer was lost is there).
+pub fn session_lap(session_id: Uuid, lap_id: Uuid) -> String {
+    format!("/api/v1/sessions/{session_id}/laps/{lap_id}")
+}
 /// `GET /api/v1/health`: the server and its database.
 pub const HEALTH: &str = "/api/v1/health";
 /// The header that carries a device token.

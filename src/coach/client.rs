@@ -253,6 +253,28 @@ impl CoachClient {
         }
     }
 
+    /// `GET /api/v1/sessions/{session_id}/laps/{lap_id}`: whether the server has the lap
+    /// (200) or not (404).
+    ///
+    /// # Errors
+    /// [`CoachError`] for any other answer.
+    pub async fn has_lap(&self, session_id: Uuid, lap_id: Uuid) -> Result<bool, CoachError> {
+        let url = format!("{}{}", self.base, api::session_lap(session_id, lap_id));
+        let mut req = self.http.get(&url);
+        if let Some(token) = &self.token {
+            req = req.header(api::DEVICE_TOKEN_HEADER, token);
+        }
+        let resp = req.send().await.map_err(|source| CoachError::Network {
+            url: url.clone(),
+            source,
+        })?;
+        match read::<serde_json::Value>(url, resp).await {
+            Ok(_) => Ok(true),
+            Err(CoachError::Status { status: 404, .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// `GET /api/v1/health`.
     ///
     /// # Errors

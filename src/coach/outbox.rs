@@ -77,6 +77,9 @@ pub struct Entry {
     pub next_at_ms: i64,
     /// The id the server gave the lap, once accepted.
     pub server_lap_id: Option<String>,
+    /// Whether an attempt may have reached the server without its answer reaching us (a
+    /// timeout, a dropped connection, a 5xx): the lap is looked up before it is sent again.
+    pub maybe_sent: bool,
     /// The last failure.
     pub last_error: Option<String>,
     /// Unix milliseconds it was queued.
@@ -141,7 +144,7 @@ pub(crate) fn enqueue(
 }
 
 const COLUMNS: &str = "id, url, session_id, car, lap, lap_id, state, attempts, next_at_ms, \
-                       server_lap_id, last_error, created_at_ms";
+                       server_lap_id, last_error, created_at_ms, maybe_sent";
 
 fn entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
     let uuid = |s: String| Uuid::parse_str(&s).unwrap_or_default();
@@ -158,6 +161,7 @@ fn entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
         server_lap_id: r.get(9)?,
         last_error: r.get(10)?,
         created_at_ms: r.get(11)?,
+        maybe_sent: r.get(12)?,
     })
 }
 
@@ -263,7 +267,7 @@ impl Outbox {
     pub fn lap_sent(&self, id: i64, server_lap_id: &str) -> Result<(), ArchiveError> {
         self.update(
             "UPDATE outbox SET state = 'lap_sent', server_lap_id = ?2, last_error = NULL,
-             updated_at_ms = ?3 WHERE id = ?1",
+             maybe_sent = 0, updated_at_ms = ?3 WHERE id = ?1",
             params![id, server_lap_id, now_ms()],
         )
     }
@@ -280,7 +284,8 @@ impl Outbox {
         )
     }
 
-    /// A transient failure: tried again at `next_at_ms`.
+    /// A transient failure: tried again at `next_at_ms`; `maybe_sent` when the lap may have
+    /// reached the server (it stays set until the lap is known to be there).
     ///
     /// # Errors
     /// [`ArchiveError::Sqlite`].
@@ -290,11 +295,12 @@ impl Outbox {
         attempts: u32,
         next_at_ms: i64,
         error: &str,
+        maybe_sent: bool,
     ) -> Result<(), ArchiveError> {
         self.update(
             "UPDATE outbox SET attempts = ?2, next_at_ms = ?3, lease_until_ms = NULL,
-             last_error = ?4, updated_at_ms = ?5 WHERE id = ?1",
-            params![id, attempts, next_at_ms, error, now_ms()],
+             last_error = ?4, updated_at_ms = ?5, maybe_sent = maybe_sent OR ?6 WHERE id = ?1",
+            params![id, attempts, next_at_ms, error, now_ms(), maybe_sent],
         )
     }
 

@@ -333,8 +333,11 @@ impl Uploader {
                 self.report.retried += 1;
                 let next = now_ms() + self.opts.retry.delay(attempts).as_millis() as i64;
                 let e = error.clone();
+                // A lap not accepted before this attempt may have reached the server all the
+                // same (only the lap's own state matters, so it is harmless after the metrics).
+                let maybe_sent = entry.state == State::Pending;
                 let settle = self
-                    .db(move |o| o.retry_later(id, attempts, next, &e))
+                    .db(move |o| o.retry_later(id, attempts, next, &e, maybe_sent))
                     .await;
                 self.note(error.clone());
                 (
@@ -389,7 +392,23 @@ impl Uploader {
                 .await
                 .map_err(|e| Failure::Transient(format!("preparing the lap: {e}")))??
         };
+        // An earlier attempt may have stored the lap without its answer reaching us: if the
+        // server has it, only the metrics are left. (A server that cannot say falls back on the
+        // stable lap id: the lap is sent again under the same id.)
+        let known = entry.state == State::Pending
+            && entry.maybe_sent
+            && client
+                .has_lap(mapping::session_id(entry.session, entry.car), entry.lap_id)
+                .await
+                .unwrap_or(false);
+        if known {
+            let (id, lap_id) = (entry.id, entry.lap_id.to_string());
+            self.db(move |o| o.lap_sent(id, &lap_id))
+                .await
+                .map_err(|e| Failure::Transient(format!("outbox: {e}")))?;
+        }
         let server_lap_id = match (entry.state, &entry.server_lap_id, prepared.lap_json) {
+            _ if known => entry.lap_id.to_string(),
             (State::LapSent, Some(id), _) => id.clone(),
             (_, _, Some(json)) => {
                 *attempts += 1;
