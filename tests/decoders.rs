@@ -519,6 +519,8 @@ fn decode_all(status: u16, body: &[u8]) {
     let _ = decode::<api::DeviceAuthorizationResponse>(u(), status, body);
     let _ = decode::<api::DeviceTokenResponse>(u(), status, body);
     let _ = decode::<api::HealthCheckResponse>(u(), status, body);
+    // The lap lookup takes any JSON body.
+    let _ = decode::<serde_json::Value>(u(), status, body);
     let detail = apexsim::coach::client::error_detail(body);
     assert!(
         detail.len() <= 4 * body.len() + 512,
