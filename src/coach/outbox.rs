@@ -316,13 +316,17 @@ impl Outbox {
         )
     }
 
-    /// Gives a claimed row back untouched (shutdown before it was sent).
+    /// Gives back a claimed row whose delivery was cut short (a stop past the grace period):
+    /// a lap not yet accepted may have reached the server, so it is looked up before it is
+    /// sent again.
     ///
     /// # Errors
     /// [`ArchiveError::Sqlite`].
     pub fn release(&self, id: i64) -> Result<(), ArchiveError> {
         self.update(
-            "UPDATE outbox SET lease_until_ms = NULL WHERE id = ?1",
+            "UPDATE outbox SET lease_until_ms = NULL,
+             maybe_sent = CASE WHEN state = 'pending' THEN 1 ELSE maybe_sent END
+             WHERE id = ?1",
             params![id],
         )
     }
