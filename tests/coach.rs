@@ -656,7 +656,12 @@ fn the_models_match_the_openapi_file_field_by_field() {
         ),
         (
             "LapUploadResponse",
-            json!({"status": "s", "message": "m", "lap_id": "l"}),
+            serde_json::to_value(api::LapUploadResponse {
+                status: "s".into(),
+                message: "m".into(),
+                lap_id: "l".into(),
+            })
+            .expect("json"),
         ),
         (
             "DeviceAuthorizationRequest",

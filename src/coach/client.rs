@@ -163,6 +163,15 @@ impl CoachClient {
         if !query.is_empty() {
             req = req.query(query);
         }
+        self.call(url, req).await
+    }
+
+    /// Sends a request with the device token, and reads the answer as `R`.
+    async fn call<R: DeserializeOwned>(
+        &self,
+        url: String,
+        mut req: reqwest::RequestBuilder,
+    ) -> Result<R, CoachError> {
         if let Some(token) = &self.token {
             req = req.header(api::DEVICE_TOKEN_HEADER, token);
         }
@@ -260,15 +269,8 @@ impl CoachClient {
     /// [`CoachError`] for any other answer.
     pub async fn has_lap(&self, session_id: Uuid, lap_id: Uuid) -> Result<bool, CoachError> {
         let url = format!("{}{}", self.base, api::session_lap(session_id, lap_id));
-        let mut req = self.http.get(&url);
-        if let Some(token) = &self.token {
-            req = req.header(api::DEVICE_TOKEN_HEADER, token);
-        }
-        let resp = req.send().await.map_err(|source| CoachError::Network {
-            url: url.clone(),
-            source,
-        })?;
-        match read::<serde_json::Value>(url, resp).await {
+        let req = self.http.get(&url);
+        match self.call::<serde_json::Value>(url, req).await {
             Ok(_) => Ok(true),
             Err(CoachError::Status { status: 404, .. }) => Ok(false),
             Err(e) => Err(e),
@@ -281,16 +283,8 @@ impl CoachClient {
     /// [`CoachError`].
     pub async fn health(&self) -> Result<api::HealthCheckResponse, CoachError> {
         let url = format!("{}{}", self.base, api::HEALTH);
-        let resp = self
-            .http
-            .get(&url)
-            .send()
-            .await
-            .map_err(|source| CoachError::Network {
-                url: url.clone(),
-                source,
-            })?;
-        read(url, resp).await
+        let req = self.http.get(&url);
+        self.call(url, req).await
     }
 }
 

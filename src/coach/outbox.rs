@@ -284,8 +284,8 @@ impl Outbox {
         )
     }
 
-    /// A transient failure: tried again at `next_at_ms`; `maybe_sent` when the lap may have
-    /// reached the server (it stays set until the lap is known to be there).
+    /// A transient failure: tried again at `next_at_ms`. A lap not accepted yet may have
+    /// reached the server all the same: it is looked up before it is sent again.
     ///
     /// # Errors
     /// [`ArchiveError::Sqlite`].
@@ -295,12 +295,12 @@ impl Outbox {
         attempts: u32,
         next_at_ms: i64,
         error: &str,
-        maybe_sent: bool,
     ) -> Result<(), ArchiveError> {
         self.update(
             "UPDATE outbox SET attempts = ?2, next_at_ms = ?3, lease_until_ms = NULL,
-             last_error = ?4, updated_at_ms = ?5, maybe_sent = maybe_sent OR ?6 WHERE id = ?1",
-            params![id, attempts, next_at_ms, error, now_ms(), maybe_sent],
+             last_error = ?4, updated_at_ms = ?5, maybe_sent = maybe_sent OR state = 'pending'
+             WHERE id = ?1",
+            params![id, attempts, next_at_ms, error, now_ms()],
         )
     }
 
@@ -325,8 +325,7 @@ impl Outbox {
     pub fn release(&self, id: i64) -> Result<(), ArchiveError> {
         self.update(
             "UPDATE outbox SET lease_until_ms = NULL,
-             maybe_sent = CASE WHEN state = 'pending' THEN 1 ELSE maybe_sent END
-             WHERE id = ?1",
+             maybe_sent = maybe_sent OR state = 'pending' WHERE id = ?1",
             params![id],
         )
     }

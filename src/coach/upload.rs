@@ -316,53 +316,42 @@ impl Uploader {
         let mut attempts = entry.attempts;
         let result = self.send(&entry, &mut attempts).await;
         let id = entry.id;
-        let (settle, outcome) = match result {
+        let (settle, error, will_retry) = match result {
             Ok(note) => {
                 self.report.delivered += 1;
-                let n = note.clone();
                 (
-                    self.db(move |o| o.done(id, n.as_deref())).await,
-                    UploadOutcome {
-                        error: None,
-                        will_retry: false,
-                        ..outcome(&entry, attempts)
-                    },
+                    self.db(move |o| o.done(id, note.as_deref())).await,
+                    None,
+                    false,
                 )
             }
             Err(Failure::Transient(error)) => {
                 self.report.retried += 1;
                 let next = now_ms() + self.opts.retry.delay(attempts).as_millis() as i64;
                 let e = error.clone();
-                // A lap not accepted before this attempt may have reached the server all the
-                // same (only the lap's own state matters, so it is harmless after the metrics).
-                let maybe_sent = entry.state == State::Pending;
                 let settle = self
-                    .db(move |o| o.retry_later(id, attempts, next, &e, maybe_sent))
+                    .db(move |o| o.retry_later(id, attempts, next, &e))
                     .await;
                 self.note(error.clone());
-                (
-                    settle,
-                    UploadOutcome {
-                        error: Some(error),
-                        will_retry: true,
-                        ..outcome(&entry, attempts)
-                    },
-                )
+                (settle, Some(error), true)
             }
             Err(Failure::Refused(error)) => {
                 self.report.refused += 1;
                 let e = error.clone();
                 let settle = self.db(move |o| o.fail(id, attempts, &e)).await;
                 self.note(error.clone());
-                (
-                    settle,
-                    UploadOutcome {
-                        error: Some(error),
-                        will_retry: false,
-                        ..outcome(&entry, attempts)
-                    },
-                )
+                (settle, Some(error), false)
             }
+        };
+        let outcome = UploadOutcome {
+            entry: entry.id,
+            lap_id: entry.lap_id,
+            session: entry.session,
+            car: entry.car,
+            lap: entry.lap,
+            attempts,
+            error,
+            will_retry,
         };
         if let Err(e) = settle {
             self.note(format!("outbox: {e}"));
@@ -437,19 +426,6 @@ impl Uploader {
             }
             Err(why) => Ok(Some(format!("lap sent without metrics: {why}"))),
         }
-    }
-}
-
-fn outcome(e: &Entry, attempts: u32) -> UploadOutcome {
-    UploadOutcome {
-        entry: e.id,
-        lap_id: e.lap_id,
-        session: e.session,
-        car: e.car,
-        lap: e.lap,
-        attempts,
-        error: None,
-        will_retry: false,
     }
 }
 
