@@ -118,14 +118,7 @@ fn per_lap(c: &mut Criterion) {
     let th = Thresholds::default();
     let dt = (lap.lap_time_s[lap.len() - 1] - lap.lap_time_s[0]) / (lap.len() - 1) as f32;
     let window = ((th.pedal_smoothing_s / dt).round() as usize) | 1;
-    let detect = Detect {
-        on: th.brake_on,
-        off: th.brake_off,
-        min_duration_s: th.brake_min_duration_s,
-        merge_gap_s: th.brake_merge_gap_s,
-        merge_gap_m: 0.0,
-        split_ratio: None,
-    };
+    let detect = Detect::braking(&th);
     let engine = |lap: &LapColumns| {
         let smooth = moving_average(&lap.brake, window);
         regions(&smooth, &lap.lap_time_s, &lap.distance_m, &detect, None)

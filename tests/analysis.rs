@@ -1,7 +1,8 @@
 //! The metric engine on synthetic traces: one test per edge case of each metric.
 
 use apexsim::analysis::across::{
-    braking_points, consistency, delta_by_distance, lap_distance, match_points, theoretical_best,
+    braking_points, consistency, delta_by_distance, lap_distance, lap_offset, match_points,
+    theoretical_best,
 };
 use apexsim::analysis::lap::{moving_average, running_median};
 use apexsim::analysis::{DistanceClock, LapMetrics, MetricError, Thresholds, lap_metrics};
@@ -297,6 +298,10 @@ fn comparisons_across_laps() {
     assert_eq!(spread.len(), 1);
     assert!((spread[0].position_mad_m - 5.0).abs() < 1.0, "{spread:?}");
     assert!((lap_distance(5.0, L - 5.0, L) - 10.0).abs() < 1e-3);
+    // Signed, the short way round: just past the line is after just before it.
+    assert!((lap_offset(L - 5.0, 5.0, L) - 10.0).abs() < 1e-3);
+    assert!((lap_offset(5.0, L - 5.0, L) + 10.0).abs() < 1e-3);
+    assert!((lap_offset(100.0, 130.0, L) - 30.0).abs() < 1e-3);
     assert!(match_points(&[5.0], &[L - 5.0], 50.0, L) == vec![(0, 0)]);
 }
 

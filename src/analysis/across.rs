@@ -9,8 +9,15 @@ use super::lap::{DistanceClock, LapMetrics};
 /// Distance between two points of a lap of `length` metres, the short way round (a point just
 /// before the line is close to one just after it).
 pub fn lap_distance(a: f32, b: f32, length: f32) -> f32 {
-    let d = (a - b).abs() % length;
-    d.min(length - d)
+    lap_offset(a, b, length).abs()
+}
+
+/// How far `to` lies past `from` on a lap of `length` metres, the short way round: negative
+/// when `to` comes before `from` (a point just past the line is a little after one just
+/// before it).
+pub fn lap_offset(from: f32, to: f32, length: f32) -> f32 {
+    let d = (to - from).rem_euclid(length);
+    if d > length / 2.0 { d - length } else { d }
 }
 
 /// The time delta of lap `b` against lap `a` on a common distance grid (every `step` metres

@@ -8,7 +8,7 @@ use apexsim_systems::record::LapColumns;
 use serde::Serialize;
 use thiserror::Error;
 
-use super::across::{delta_at, delta_by_distance, match_points};
+use super::across::{delta_at, delta_by_distance, lap_offset, match_points};
 use super::lap::{DistanceClock, MetricError, sector_bounds};
 use super::{LapMetrics, Thresholds, lap_metrics};
 use crate::archive::index::Index;
@@ -272,10 +272,7 @@ pub fn compare(a: &Lap, b: &Lap, th: &Thresholds) -> Result<Comparison, CompareE
         .iter()
         .map(|&(i, j)| {
             let (x, y) = (&za[i], &zb[j]);
-            let mut later = y.start_m - x.start_m;
-            if later.abs() > la / 2.0 {
-                later -= la.copysign(later);
-            }
+            let later = lap_offset(x.start_m, y.start_m, la);
             let from = if later >= 0.0 { x.start_m } else { y.start_m };
             // The end further on from the earlier braking point (ends may be past the line).
             let to = if (x.end_m - from).rem_euclid(la) >= (y.end_m - from).rem_euclid(la) {

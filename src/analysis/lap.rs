@@ -492,6 +492,22 @@ pub struct Detect {
     pub split_ratio: Option<f32>,
 }
 
+impl Detect {
+    /// How braking zones are found: the smoothed brake above `brake_on` (reaching it), until
+    /// below `brake_off`, gaps under `brake_merge_gap_s` merged, shorter than
+    /// `brake_min_duration_s` dropped.
+    pub fn braking(th: &Thresholds) -> Self {
+        Self {
+            on: th.brake_on,
+            off: th.brake_off,
+            min_duration_s: th.brake_min_duration_s,
+            merge_gap_s: th.brake_merge_gap_s,
+            merge_gap_m: 0.0,
+            split_ratio: None,
+        }
+    }
+}
+
 /// Regions where `signal` is above `off` and reaches `on`, merged across short gaps, split at
 /// deep dips between two peaks, and at least `min_duration_s` long. With `circular` (the lap's
 /// line-to-line time and length), a region touching the end of the lap and one touching its
@@ -648,20 +664,7 @@ pub fn lap_metrics(
     };
 
     let circular = period.map(|p| (p, length));
-    let zones = regions(
-        &brake,
-        t,
-        d,
-        &Detect {
-            on: th.brake_on,
-            off: th.brake_off,
-            min_duration_s: th.brake_min_duration_s,
-            merge_gap_s: th.brake_merge_gap_s,
-            merge_gap_m: 0.0,
-            split_ratio: None,
-        },
-        circular,
-    );
+    let zones = regions(&brake, t, d, &Detect::braking(th), circular);
     let braking: Vec<BrakingZone> = zones
         .iter()
         .map(|r| braking_zone(&lap, *r, v, &columns.brake, &lat, th))
