@@ -486,19 +486,27 @@ async fn health() -> Response {
 
 /// Runs `apexsim` with a data directory and a private configuration directory.
 fn run(data: &Path, config: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_apexsim"))
-        .arg("--data")
-        .arg(data)
-        .args(args)
-        .env("APEXSIM_CONFIG_DIR", config)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("run apexsim");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+    let mut all = vec!["--data", data.to_str().expect("utf-8")];
+    all.extend_from_slice(args);
+    common::apexsim_env(
+        &all,
+        &[("APEXSIM_CONFIG_DIR", config.to_str().expect("utf-8"))],
     )
+}
+
+/// `apexsim ingest` of the Tsukuba recording with `--upload URL` (and `--upload-wait WAIT`).
+fn ingest_upload(
+    data: &Path,
+    config: &Path,
+    url: &str,
+    wait: Option<&str>,
+) -> (i32, String, String) {
+    let file = fixture(TSUKUBA);
+    let mut args = vec!["ingest", file.to_str().expect("utf-8"), "--upload", url];
+    if let Some(w) = wait {
+        args.extend(["--upload-wait", w]);
+    }
+    run(data, config, &args)
 }
 
 fn outbox(data: &Path, config: &Path) -> Value {
@@ -755,17 +763,7 @@ fn an_ingest_uploads_every_lap_then_its_metrics_in_order() {
     let server = Server::start();
     let dir = tempfile::tempdir().expect("tempdir");
     let (data, config) = (dir.path().join("data"), dir.path().join("config"));
-    let file = fixture(TSUKUBA);
-    let (code, out, err) = run(
-        &data,
-        &config,
-        &[
-            "ingest",
-            file.to_str().expect("utf-8"),
-            "--upload",
-            &server.url,
-        ],
-    );
+    let (code, out, err) = ingest_upload(&data, &config, &server.url, None);
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("upload: 2 delivered, 0 waiting"), "{out}");
     let laps = complete_laps(&data);
@@ -814,19 +812,7 @@ fn laps_wait_while_the_server_is_down_and_arrive_exactly_once_after() {
     let url = format!("http://{addr}");
     let dir = tempfile::tempdir().expect("tempdir");
     let (data, config) = (dir.path().join("data"), dir.path().join("config"));
-    let file = fixture(TSUKUBA);
-    let (code, out, err) = run(
-        &data,
-        &config,
-        &[
-            "ingest",
-            file.to_str().expect("utf-8"),
-            "--upload",
-            &url,
-            "--upload-wait",
-            "0s",
-        ],
-    );
+    let (code, out, err) = ingest_upload(&data, &config, &url, Some("0s"));
     // The archive is complete; the uploads wait.
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("0 delivered, 2 waiting"), "{out}");
@@ -878,11 +864,7 @@ fn laps_wait_while_the_server_is_down_and_arrive_exactly_once_after() {
     // Again, and a second ingest of the same recording: nothing more is sent.
     let (code, _, _) = run(&data, &config, &["outbox", "retry"]);
     assert_eq!(code, 0);
-    let (code, out, err) = run(
-        &data,
-        &config,
-        &["ingest", file.to_str().expect("utf-8"), "--upload", &url],
-    );
+    let (code, out, err) = ingest_upload(&data, &config, &url, None);
     assert_eq!(code, 0, "{out}\n{err}");
     assert_eq!(server.with(|s| uploads(s)), 4);
     assert_eq!(outbox(&data, &config)["counts"]["done"], 2);
@@ -896,18 +878,7 @@ fn a_lost_response_does_not_make_a_second_lap() {
     let (data, config) = (dir.path().join("data"), dir.path().join("config"));
     // Archive and queue the laps without delivering them (the server is not asked yet).
     let dead = "http://127.0.0.1:9";
-    let (code, out, err) = run(
-        &data,
-        &config,
-        &[
-            "ingest",
-            fixture(TSUKUBA).to_str().expect("utf-8"),
-            "--upload",
-            dead,
-            "--upload-wait",
-            "0s",
-        ],
-    );
+    let (code, out, err) = ingest_upload(&data, &config, dead, Some("0s"));
     assert_eq!(code, 0, "{out}\n{err}");
     // Point the queued laps at the real server and deliver them with a 1 s request timeout.
     {
@@ -971,18 +942,7 @@ fn a_refused_lap_is_reported_and_not_retried_by_itself() {
     });
     let dir = tempfile::tempdir().expect("tempdir");
     let (data, config) = (dir.path().join("data"), dir.path().join("config"));
-    let (code, out, err) = run(
-        &data,
-        &config,
-        &[
-            "ingest",
-            fixture(TSUKUBA).to_str().expect("utf-8"),
-            "--upload",
-            &server.url,
-            "--upload-wait",
-            "3s",
-        ],
-    );
+    let (code, out, err) = ingest_upload(&data, &config, &server.url, Some("3s"));
     assert_eq!(code, 1, "a refused lap fails the command\n{out}\n{err}");
     assert!(err.contains("refused by the server"), "{err}");
     assert!(out.contains("1 delivered"), "{out}");
@@ -1050,16 +1010,8 @@ fn the_device_login_stores_a_private_token_that_uploads_send() {
         "status must not show the token"
     );
 
-    let (code, out, err) = run(
-        &data,
-        &config,
-        &[
-            "ingest",
-            fixture(TSUKUBA).to_str().expect("utf-8"),
-            "--upload",
-            &format!("{}/", server.url),
-        ],
-    );
+    // A trailing slash names the same server.
+    let (code, out, err) = ingest_upload(&data, &config, &format!("{}/", server.url), None);
     assert_eq!(code, 0, "{out}\n{err}");
     server.with(|s| {
         let uploads: Vec<&Option<String>> = s
@@ -1098,18 +1050,7 @@ fn slow_server_and_queue(delay: Duration) -> (Server, tempfile::TempDir, PathBuf
 
 /// Archives Tsukuba's two laps with their uploads queued for `url` (not delivered).
 fn queued_archive(data: &Path, config: &Path, url: &str) {
-    let (code, out, err) = run(
-        data,
-        config,
-        &[
-            "ingest",
-            fixture(TSUKUBA).to_str().expect("utf-8"),
-            "--upload",
-            "http://127.0.0.1:9",
-            "--upload-wait",
-            "0s",
-        ],
-    );
+    let (code, out, err) = ingest_upload(data, config, "http://127.0.0.1:9", Some("0s"));
     assert_eq!(code, 0, "{out}\n{err}");
     let conn = rusqlite::Connection::open(data.join("apexsim.db")).expect("db");
     conn.execute("UPDATE outbox SET url = ?1, next_at_ms = 0", [url])
@@ -1211,26 +1152,21 @@ fn the_race_server_uploads_its_races_laps() {
         ],
     );
     let (mut server, quic, http) = (served.child, served.quic, served.http);
-    let cert = data.join("certs/server.crt");
-    let (code, out, log) = common::Child::spawn(&[
-        "--content",
-        content.to_str().expect("utf-8"),
-        "drive",
-        "--server",
-        &quic.to_string(),
-        "--cert",
-        cert.to_str().expect("utf-8"),
-        "--format",
-        "json",
-        "--bots",
-        "1",
-        "--ai",
-        "1",
-        "--laps",
-        "1",
-        "--track",
-        "mini_oval",
-    ])
+    let (code, out, log) = common::drive(
+        &content,
+        quic,
+        &data.join("certs/server.crt"),
+        &[
+            "--bots",
+            "1",
+            "--ai",
+            "1",
+            "--laps",
+            "1",
+            "--track",
+            "mini_oval",
+        ],
+    )
     .finish();
     assert_eq!(code, 0, "{out}\n{log}");
     // The two cars' complete laps reach the coach while the server runs.

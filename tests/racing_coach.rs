@@ -546,10 +546,9 @@ fn notebook_archive() {
     let data = Path::new(env!("CARGO_TARGET_TMPDIR")).join("notebook-archive");
     let _ = std::fs::remove_dir_all(&data);
     import_fixtures(&data);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_apexsim"))
-        .arg("--data")
-        .arg(&data)
-        .args([
+    let out = apexsim(
+        &data,
+        &[
             "race",
             "--fast",
             "--track",
@@ -558,10 +557,8 @@ fn notebook_archive() {
             "3",
             "--laps",
             "2",
-        ])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("race");
+        ],
+    );
     assert!(
         out.status.success(),
         "{}",

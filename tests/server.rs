@@ -61,21 +61,7 @@ impl Server {
 
     /// `apexsim drive` against this server, trusting the certificate file.
     fn drive(&self, args: &[&str]) -> Child {
-        let server = self.quic.to_string();
-        let cert = self.cert.to_str().expect("utf-8").to_owned();
-        let mut all = vec![
-            "--content",
-            self.content.to_str().expect("utf-8"),
-            "drive",
-            "--server",
-            &server,
-            "--cert",
-            &cert,
-            "--format",
-            "json",
-        ];
-        all.extend_from_slice(args);
-        Child::spawn(&all)
+        common::drive(&self.content, self.quic, &self.cert, args)
     }
 
     fn metrics(&self) -> String {

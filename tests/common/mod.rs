@@ -27,8 +27,14 @@ pub fn copy_dir(from: &Path, to: &Path) {
 
 /// Runs the `apexsim` binary from the repository root: exit code, stdout, stderr.
 pub fn apexsim(args: &[&str]) -> (i32, String, String) {
+    apexsim_env(args, &[])
+}
+
+/// [`apexsim`] with environment variables.
+pub fn apexsim_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_apexsim"))
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("run apexsim");
@@ -311,4 +317,22 @@ pub fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
         .unwrap_or(0);
     let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
     (status, body)
+}
+
+/// `apexsim drive` against a server at `quic`, trusting its certificate file, with JSON output.
+pub fn drive(content: &Path, quic: std::net::SocketAddr, cert: &Path, args: &[&str]) -> Child {
+    let server = quic.to_string();
+    let mut all = vec![
+        "--content",
+        content.to_str().expect("utf-8"),
+        "drive",
+        "--server",
+        &server,
+        "--cert",
+        cert.to_str().expect("utf-8"),
+        "--format",
+        "json",
+    ];
+    all.extend_from_slice(args);
+    Child::spawn(&all)
 }
