@@ -1,7 +1,7 @@
 //! Archive benchmarks: writing a lap to Parquet (zstd, with the fsync and rename the archive
 //! does) next to writing the same column bytes raw to a file with the same fsync and rename
-//! (the limit), in the same run; and the Parquet encoding alone, in memory. Then what the
-//! uploader does to a lap before sending it (API frames and JSON), next to that encoding.
+//! (the limit), in the same run; the Parquet encoding alone, in memory; and what the uploader
+//! does to a lap before sending it (API frames and JSON), next to that encoding.
 //! `Throughput::Bytes` is the lap's column data, so criterion reports MB/s of column data.
 //!
 //! The lap is real: a 16-car race on the grand circuit, its longest complete lap.
@@ -120,6 +120,47 @@ fn parquet_write(c: &mut Criterion) {
             criterion::BatchSize::LargeInput,
         )
     });
+    // What the uploader does with the lap before sending it: every row mapped to the Racing
+    // Coach API's `TelemetryFrame` and the body encoded as JSON.
+    use apexsim::coach::{api, mapping};
+    let session = apexsim::archive::index::SessionRow {
+        id: meta.session,
+        source: "sim".into(),
+        track: meta.track.clone(),
+        car_model: meta.car_model.clone(),
+        lap_limit: Some(1),
+        seed: Some(3),
+        started_at: 1_764_000_000,
+        finished_at: None,
+        sectors: Vec::new(),
+    };
+    let upload_json = |cols: &LapColumns| {
+        let body = api::UploadLapBody {
+            lap: api::LapTelemetry {
+                frames: mapping::frames(&session, &meta, cols, 0.0, 0.0),
+                lap_time: meta.lap_time_s,
+            },
+            session: mapping::session_frame(&session, &meta),
+        };
+        serde_json::to_vec(&body).expect("json")
+    };
+    let json = upload_json(&lap);
+    // The field names of every frame, quoted and with their colon.
+    let first = mapping::frames(&session, &meta, &lap, 0.0, 0.0).swap_remove(0);
+    let names: usize = serde_json::to_value(first)
+        .expect("json")
+        .as_object()
+        .map_or(0, |o| o.keys().map(|k| k.len() + 3).sum::<usize>())
+        * lap.len();
+    eprintln!(
+        "upload: {} bytes of JSON ({:.1}x the Parquet file), {} of them field names",
+        json.len(),
+        json.len() as f64 / encoded.len() as f64,
+        names
+    );
+    group.bench_function(format!("upload_json/{}_rows", lap.len()), |b| {
+        b.iter(|| upload_json(&lap))
+    });
     let raw_path = dir.path().join("raw.bin");
     group.bench_function(format!("raw/{}_rows", lap.len()), |b| {
         b.iter(|| {
@@ -193,60 +234,5 @@ fn parquet_write(c: &mut Criterion) {
     group.finish();
 }
 
-/// What the uploader does with a lap before sending it: every row mapped to the Racing Coach
-/// API's `TelemetryFrame` and the body encoded as JSON, against encoding the same lap as the
-/// archive's Parquet file in memory, in the same run.
-fn upload_prepare(c: &mut Criterion) {
-    use apexsim::coach::{api, mapping};
-    let lap = real_lap();
-    let raw = raw_bytes(&lap);
-    let meta = lap_meta();
-    let session = apexsim::archive::index::SessionRow {
-        id: meta.session,
-        source: "sim".into(),
-        track: meta.track.clone(),
-        car_model: meta.car_model.clone(),
-        lap_limit: Some(1),
-        seed: Some(3),
-        started_at: 1_764_000_000,
-        finished_at: None,
-        sectors: Vec::new(),
-    };
-    let prepare = |cols: &LapColumns| {
-        let body = api::UploadLapBody {
-            lap: api::LapTelemetry {
-                frames: mapping::frames(&session, &meta, cols, 0.0, 0.0),
-                lap_time: meta.lap_time_s,
-            },
-            session: mapping::session_frame(&session, &meta),
-        };
-        serde_json::to_vec(&body).expect("json")
-    };
-    let json = prepare(&lap);
-    let parquet = encode_lap(&meta, lap.clone()).expect("encode");
-    eprintln!(
-        "lap of {} rows: {} bytes of JSON to upload, {} bytes as Parquet ({:.1}x)",
-        lap.len(),
-        json.len(),
-        parquet.len(),
-        json.len() as f64 / parquet.len() as f64
-    );
-    let mut group = c.benchmark_group("archive/upload_lap");
-    group.measurement_time(Duration::from_secs(5));
-    group.sample_size(20);
-    group.throughput(Throughput::Bytes(raw.len() as u64));
-    group.bench_function(format!("frames_and_json/{}_rows", lap.len()), |b| {
-        b.iter(|| prepare(&lap))
-    });
-    group.bench_function(format!("parquet_zstd_in_memory/{}_rows", lap.len()), |b| {
-        b.iter_batched(
-            || lap.clone(),
-            |cols| encode_lap(&meta, cols).expect("encode"),
-            criterion::BatchSize::LargeInput,
-        )
-    });
-    group.finish();
-}
-
-criterion_group!(benches, parquet_write, upload_prepare);
+criterion_group!(benches, parquet_write);
 criterion_main!(benches);
