@@ -492,19 +492,59 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_lagging_receiver_is_counted_not_blocking() {
+    /// Blocks on its first event until released, then records what it sees.
+    struct Slow {
+        gate: Arc<tokio::sync::Notify>,
+        seen: Mutex<Vec<Uuid>>,
+    }
+
+    #[async_trait::async_trait]
+    impl EventHandler for Slow {
+        fn name(&self) -> &'static str {
+            "slow"
+        }
+        fn kinds(&self) -> &[EventKind] {
+            &[EventKind::SessionEnd]
+        }
+        async fn handle(&self, event: Event, _ctx: &HandlerContext) {
+            let first = match (&event, self.seen.lock()) {
+                (Event::SessionEnd(e), Ok(mut seen)) => {
+                    seen.push(e.id);
+                    seen.len() == 1
+                }
+                _ => false,
+            };
+            if first {
+                self.gate.notified().await;
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_handler_that_falls_behind_loses_the_oldest_and_they_are_counted() {
         let bus = EventBus::new(4);
-        let mut rx = bus.subscribe(EventKind::SessionEnd);
-        for n in 0..10 {
+        let mut registry = HandlerRegistry::new(bus.clone());
+        let slow = Arc::new(Slow {
+            gate: Arc::new(tokio::sync::Notify::new()),
+            seen: Mutex::new(Vec::new()),
+        });
+        registry.register(slow.clone());
+        bus.publish(ended(0));
+        while slow.seen.lock().map(|s| s.is_empty()).unwrap_or(true) {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        // The handler is stuck on the first: nine more overflow its four-event channel, and
+        // publishing never waits for it.
+        for n in 1..10 {
             bus.publish(ended(n));
         }
-        match rx.recv().await {
-            Err(RecvError::Lagged(n)) => bus.record_lag(EventKind::SessionEnd, n),
-            other => panic!("expected a lag, got {other:?}"),
-        }
-        assert_eq!(bus.stats(EventKind::SessionEnd).lagged, 6);
-        // The oldest kept is the seventh.
-        assert!(matches!(rx.recv().await, Ok(Event::SessionEnd(e)) if e.id == Uuid::from_u128(6)));
+        slow.gate.notify_one();
+        let handled = registry.shutdown().await;
+        let stats = bus.stats(EventKind::SessionEnd);
+        assert_eq!(stats.published, 10);
+        assert_eq!(stats.lagged, 5, "{stats:?}");
+        assert_eq!(handled + stats.lagged, 10);
+        let seen = slow.seen.lock().map(|s| s.clone()).unwrap_or_default();
+        assert_eq!(seen, [0, 6, 7, 8, 9].map(Uuid::from_u128).to_vec());
     }
 }
