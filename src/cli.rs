@@ -102,7 +102,7 @@ pub enum CoachCommand {
         /// The Racing Coach server.
         #[arg(long, value_name = "URL")]
         server: String,
-        /// The name the device is registered under (default: "apexsim on <hostname>").
+        /// The name the device is registered under (default: `apexsim on HOSTNAME`).
         #[arg(long)]
         device_name: Option<String>,
     },

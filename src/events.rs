@@ -257,11 +257,6 @@ impl EventBus {
                 lagged: a.lagged + b.lagged,
             })
     }
-
-    /// Each channel's capacity.
-    pub fn capacity(&self) -> usize {
-        self.inner.capacity
-    }
 }
 
 impl Default for EventBus {
@@ -334,11 +329,6 @@ impl HandlerRegistry {
             self.tasks
                 .push(tokio::spawn(run_handler(handler, kind, rx, ctx, cancel)));
         }
-    }
-
-    /// The token that stops the handlers.
-    pub fn cancel_token(&self) -> CancellationToken {
-        self.cancel.clone()
     }
 
     /// Stops the handlers: each handles what its receiver already holds, then ends. Returns

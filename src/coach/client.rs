@@ -64,14 +64,6 @@ impl CoachError {
             Self::BadUrl { .. } | Self::Decode { .. } | Self::Client(_) => false,
         }
     }
-
-    /// The HTTP status, when the server answered.
-    pub fn status(&self) -> Option<u16> {
-        match self {
-            Self::Status { status, .. } => Some(*status),
-            _ => None,
-        }
-    }
 }
 
 /// A client of one Racing Coach server.
@@ -130,11 +122,6 @@ impl CoachClient {
         &self.base
     }
 
-    /// Whether requests carry a device token.
-    pub fn has_token(&self) -> bool {
-        self.token.is_some()
-    }
-
     async fn post<B: Serialize, R: DeserializeOwned>(
         &self,
         path: &str,
@@ -182,8 +169,9 @@ impl CoachClient {
         read(url, resp).await
     }
 
-    /// As [`CoachClient::upload_lap`], with the body already encoded as JSON (the uploader
-    /// encodes it on a blocking thread).
+    /// `POST /api/v1/telemetry/lap?lap_id=...`: the lap's frames and its session, an
+    /// [`api::UploadLapBody`] already encoded as JSON (the uploader encodes it on a blocking
+    /// thread: a lap is megabytes).
     ///
     /// # Errors
     /// [`CoachError`]; see [`CoachError::is_retryable`].
@@ -193,19 +181,6 @@ impl CoachClient {
         json: Vec<u8>,
     ) -> Result<api::LapUploadResponse, CoachError> {
         self.post_json(api::UPLOAD_LAP, &[("lap_id", lap_id.to_string())], json)
-            .await
-    }
-
-    /// `POST /api/v1/telemetry/lap?lap_id=...`: the lap's frames and its session.
-    ///
-    /// # Errors
-    /// [`CoachError`]; see [`CoachError::is_retryable`].
-    pub async fn upload_lap(
-        &self,
-        lap_id: Uuid,
-        body: &api::UploadLapBody,
-    ) -> Result<api::LapUploadResponse, CoachError> {
-        self.post(api::UPLOAD_LAP, &[("lap_id", lap_id.to_string())], body)
             .await
     }
 

@@ -102,11 +102,6 @@ impl Pipeline {
         }
     }
 
-    /// The bus.
-    pub fn bus(&self) -> &EventBus {
-        &self.bus
-    }
-
     /// Cancelling it stops the uploader: the lap in flight gets its grace period, the rest
     /// stays in the outbox (Ctrl-C).
     pub fn stop_token(&self) -> CancellationToken {
