@@ -389,16 +389,7 @@ fn upload_options(url: Option<&str>) -> anyhow::Result<UploadOptions> {
         CoachClient::new(u, None, apexsim::coach::client::DEFAULT_TIMEOUT)
             .map_err(|e| UsageError(format!("--upload: {e}")))?;
     }
-    // Without a configuration directory there are no stored tokens: upload without one.
-    let tokens = match credentials::config_dir() {
-        Ok(dir) => Credentials::load(&dir)
-            .context("reading the stored device tokens")?
-            .tokens(),
-        Err(e) => {
-            tracing::warn!(error = %e, "uploading without a device token");
-            Default::default()
-        }
-    };
+    let tokens = credentials::stored_tokens().context("reading the stored device tokens")?;
     Ok(UploadOptions {
         url: url.map(normalize_url),
         tokens,

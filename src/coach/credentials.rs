@@ -180,6 +180,21 @@ impl Credentials {
     }
 }
 
+/// The stored device tokens by server, for uploads: none (with a warning) when there is no
+/// configuration directory.
+///
+/// # Errors
+/// [`CredentialsError`] when the credentials file cannot be read or parsed.
+pub fn stored_tokens() -> Result<std::collections::HashMap<String, String>, CredentialsError> {
+    match config_dir() {
+        Ok(dir) => Ok(Credentials::load(&dir)?.tokens()),
+        Err(e) => {
+            tracing::warn!(error = %e, "uploading without a device token");
+            Ok(Default::default())
+        }
+    }
+}
+
 /// This machine's name for the device authorization (`apexsim on <hostname>`).
 pub fn device_name() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")

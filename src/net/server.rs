@@ -146,11 +146,13 @@ pub fn serve(
     // from it, and races' laps go to the Racing Coach server when one is configured.
     let metrics = Metrics::new();
     let pipeline = {
-        let tokens = crate::coach::credentials::config_dir()
-            .ok()
-            .and_then(|d| crate::coach::credentials::Credentials::load(&d).ok())
-            .map(|c| c.tokens())
-            .unwrap_or_default();
+        let tokens = match &config.server.upload_url {
+            Some(_) => crate::coach::credentials::stored_tokens().unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "uploading without a device token");
+                Default::default()
+            }),
+            None => Default::default(),
+        };
         let opts = crate::coach::UploadOptions {
             url: config
                 .server
