@@ -18,8 +18,8 @@ use apexsim::analysis::lap::{Detect, moving_average, regions};
 use apexsim::analysis::query::{LapFilter, ensure_metrics, query_laps, summarize};
 use apexsim::analysis::{Thresholds, lap_metrics};
 use apexsim::archive::wal::WalSync;
-use apexsim::archive::writer::ArchiveWriter;
 use apexsim::content::Content;
+use apexsim::events::ArchiveWiring;
 use apexsim::race::{Race, RaceOptions};
 use apexsim_systems::record::LapColumns;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -151,8 +151,11 @@ fn archive(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path();
     let mut race = race("oval_simple", 16, 62);
-    race.archive_to(ArchiveWriter::start(data).expect("writer"), WalSync::Off)
-        .expect("archive");
+    race.archive_to(
+        ArchiveWiring::default().start_writer(data).expect("writer"),
+        WalSync::Off,
+    )
+    .expect("archive");
     let report = race.run(true).expect("race");
     let laps = report.archive.expect("archived").laps_written;
     assert!(laps >= 1000, "{laps} laps");

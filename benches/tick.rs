@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use apexsim::archive::recorder::{RecordedCar, Recorder, RecorderMsg};
 use apexsim::archive::wal::WalSync;
-use apexsim::archive::writer::ArchiveWriter;
 use apexsim::content::Content;
+use apexsim::events::ArchiveWiring;
 use apexsim_systems::ai::{AiDriver, CarAhead, drive};
 use apexsim_systems::collision::{CONTACT_SPEED_FACTOR, Obb, obb_contact};
 use apexsim_systems::physics::{integrate_cars, step_car};
@@ -471,7 +471,10 @@ fn served_tick(c: &mut Criterion) {
     for cars in SIZES {
         group.throughput(Throughput::Elements(cars as u64));
         let dir = tempfile::tempdir().expect("tempdir");
-        let writer = ArchiveWriter::start(dir.path()).expect("archive");
+        // Wired as the server's writer is: lap metrics measured on the writer thread.
+        let writer = ArchiveWiring::default()
+            .start_writer(dir.path())
+            .expect("archive");
         let recorder = Recorder::start(writer, WalSync::Every(Duration::from_secs(1)), |_| {})
             .expect("recorder");
         let mut sim = racing_world(cars);

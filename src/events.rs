@@ -12,7 +12,10 @@
 //! A broadcast receiver that falls behind loses the oldest events (counted as lagged). So work
 //! that must not lose anything never sits behind one: the archive writes laps from its own
 //! bounded queue, and a lap to upload enters the SQLite outbox in the same transaction that
-//! indexes it ([`crate::coach::outbox`]); the bus only tells the uploader to look sooner.
+//! indexes it ([`crate::archive::outbox`]); the bus only tells the uploader to look sooner.
+//!
+//! [`ArchiveWiring`] connects an archive writer to the bus (and to the lap metrics) through the
+//! writer's hooks: the archive itself knows nothing of either.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -24,6 +27,10 @@ use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+mod wiring;
+
+pub use wiring::ArchiveWiring;
 
 use crate::analysis::LapMetrics;
 use crate::archive::LapMeta;
@@ -39,8 +46,9 @@ pub enum Event {
     SessionStart(Arc<SessionRow>),
     /// A session ended: its laps are durable.
     SessionEnd(Arc<SessionEnded>),
-    /// A lap is durable in the archive and indexed.
-    LapCompleted(Arc<LapArchived>),
+    /// A lap is durable in the archive and indexed (seed 001's `LapCompleted`; in the
+    /// simulation a lap completes when a car crosses the line, long before this).
+    LapArchived(Arc<ArchivedLap>),
     /// A lap's metrics were computed.
     MetricsExtracted(Arc<LapMetricsReady>),
     /// A lap and its metrics reached the Racing Coach server.
@@ -58,9 +66,9 @@ pub struct SessionEnded {
     pub finished: bool,
 }
 
-/// A lap in the archive, for [`Event::LapCompleted`].
+/// A lap in the archive, for [`Event::LapArchived`].
 #[derive(Debug, Clone, PartialEq)]
-pub struct LapArchived {
+pub struct ArchivedLap {
     /// Its identity.
     pub meta: LapMeta,
     /// Its file, relative to the data directory.
@@ -108,8 +116,8 @@ pub enum EventKind {
     SessionStart,
     /// [`Event::SessionEnd`].
     SessionEnd,
-    /// [`Event::LapCompleted`].
-    LapCompleted,
+    /// [`Event::LapArchived`].
+    LapArchived,
     /// [`Event::MetricsExtracted`].
     MetricsExtracted,
     /// [`Event::LapUploadSucceeded`].
@@ -123,7 +131,7 @@ impl EventKind {
     pub const ALL: [EventKind; 6] = [
         Self::SessionStart,
         Self::SessionEnd,
-        Self::LapCompleted,
+        Self::LapArchived,
         Self::MetricsExtracted,
         Self::LapUploadSucceeded,
         Self::LapUploadFailed,
@@ -138,7 +146,7 @@ impl EventKind {
         match self {
             Self::SessionStart => "session_start",
             Self::SessionEnd => "session_end",
-            Self::LapCompleted => "lap_completed",
+            Self::LapArchived => "lap_archived",
             Self::MetricsExtracted => "metrics_extracted",
             Self::LapUploadSucceeded => "lap_upload_succeeded",
             Self::LapUploadFailed => "lap_upload_failed",
@@ -152,7 +160,7 @@ impl Event {
         match self {
             Self::SessionStart(_) => EventKind::SessionStart,
             Self::SessionEnd(_) => EventKind::SessionEnd,
-            Self::LapCompleted(_) => EventKind::LapCompleted,
+            Self::LapArchived(_) => EventKind::LapArchived,
             Self::MetricsExtracted(_) => EventKind::MetricsExtracted,
             Self::LapUploadSucceeded(_) => EventKind::LapUploadSucceeded,
             Self::LapUploadFailed(_) => EventKind::LapUploadFailed,
@@ -436,7 +444,7 @@ mod tests {
     async fn a_kind_reaches_only_its_subscribers_and_is_counted() {
         let bus = EventBus::new(8);
         let mut ends = bus.subscribe(EventKind::SessionEnd);
-        let mut laps = bus.subscribe(EventKind::LapCompleted);
+        let mut laps = bus.subscribe(EventKind::LapArchived);
         bus.publish(ended(1));
         bus.publish(Event::LapUploadFailed(Arc::new(UploadOutcome {
             entry: 1,

@@ -14,5 +14,6 @@ pub mod ingest;
 pub mod net;
 pub mod output;
 pub mod race;
+pub mod runner;
 
 pub use apexsim_systems as systems;

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use apexsim::archive::index::Index;
-use apexsim::archive::writer::ArchiveWriter;
 use apexsim::cli::{
     ArchiveCommand, Cli, CoachCommand, Command, ImportCommand, OutboxCommand, TrackCommand,
 };
@@ -82,7 +81,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             })?;
             if !args.no_archive {
-                let writer = ArchiveWriter::start(&cli.data)
+                let writer = apexsim::events::ArchiveWiring::default()
+                    .start_writer(&cli.data)
                     .with_context(|| format!("opening the archive in {}", cli.data.display()))?;
                 race.archive_to(writer, cli.wal_sync).with_context(|| {
                     format!("creating the write-ahead file in {}", cli.data.display())
@@ -161,11 +161,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let mut opts = apexsim::ingest::IngestOptions {
                 keep_driver_names: args.keep_driver_names,
                 wal_sync: cli.wal_sync,
-                hooks: Default::default(),
+                wiring: Default::default(),
             };
             let upload = Upload::start(&cli.data, args.upload.as_deref(), args.upload_wait, true)?;
             if let Some(u) = &upload {
-                opts.hooks = u.pipeline.hooks();
+                opts.wiring = u.pipeline.wiring();
             }
             let mut bar = output::Progress::new("ingest");
             let report =
@@ -326,14 +326,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let mut opts = apexsim::ingest::IngestOptions {
                 keep_driver_names,
                 wal_sync: cli.wal_sync,
-                hooks: Default::default(),
+                wiring: Default::default(),
             };
             // Ctrl-C is how a live session ends: the live loop archives it, then the uploads
             // stop after the lap in flight and the rest waits in the outbox.
             let upload =
                 Upload::start(&cli.data, upload.as_deref(), Duration::from_secs(30), false)?;
             if let Some(u) = &upload {
-                opts.hooks = u.pipeline.hooks();
+                opts.wiring = u.pipeline.wiring();
             }
             let report = apexsim::ingest::live::run(&cli.data, &opts)?;
             output::print_live(&report).context("writing the live report")?;

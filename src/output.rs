@@ -777,6 +777,7 @@ pub fn print_analysis(
                         r.track.clone(),
                         r.session.chars().take(8).collect(),
                         r.car.to_string(),
+                        r.car_model.clone(),
                         r.driver.clone(),
                         r.lap.to_string(),
                         if r.valid { "yes" } else { "no" }.into(),
@@ -796,6 +797,7 @@ pub fn print_analysis(
                 &[
                     "Track",
                     "Session",
+                    "#",
                     "Car",
                     "Driver",
                     "Lap",
@@ -1032,25 +1034,25 @@ pub fn print_upload(
 
 /// `apexsim outbox ls`.
 pub fn print_outbox(
-    entries: &[crate::coach::outbox::Entry],
-    counts: &crate::coach::outbox::Counts,
+    entries: &[crate::archive::outbox::Entry],
+    counts: &crate::archive::outbox::Counts,
     format: Format,
 ) -> io::Result<()> {
     if format == Format::Json {
         #[derive(Serialize)]
         struct Out<'a> {
-            entries: &'a [crate::coach::outbox::Entry],
-            counts: &'a crate::coach::outbox::Counts,
+            entries: &'a [crate::archive::outbox::Entry],
+            counts: &'a crate::archive::outbox::Counts,
         }
         return emit_json(&Out { entries, counts });
     }
-    let now = crate::coach::outbox::now_ms();
+    let now = crate::archive::outbox::now_ms();
     let rows: Vec<Vec<String>> = entries
         .iter()
         .map(|e| {
             let next = if matches!(
                 e.state,
-                crate::coach::outbox::State::Pending | crate::coach::outbox::State::LapSent
+                crate::archive::outbox::State::Pending | crate::archive::outbox::State::LapSent
             ) && e.next_at_ms > now
             {
                 format!("in {:.0} s", (e.next_at_ms - now) as f64 / 1e3)
@@ -1139,7 +1141,7 @@ pub fn masked(token: &str) -> String {
 pub fn print_coach_status(
     file: &std::path::Path,
     servers: &[CoachServer],
-    counts: &crate::coach::outbox::Counts,
+    counts: &crate::archive::outbox::Counts,
     format: Format,
 ) -> io::Result<()> {
     if format == Format::Json {
@@ -1147,7 +1149,7 @@ pub fn print_coach_status(
         struct Out<'a> {
             credentials: &'a std::path::Path,
             servers: &'a [CoachServer],
-            outbox: &'a crate::coach::outbox::Counts,
+            outbox: &'a crate::archive::outbox::Counts,
         }
         return emit_json(&Out {
             credentials: file,

@@ -10,15 +10,14 @@ use serde::Serialize;
 use thiserror::Error;
 use uuid::Uuid;
 
-use crate::archive::Source;
-use crate::archive::index::{ResultEntry, SessionRow};
 use crate::archive::recorder::{RecordedCar, Recorder, RecorderMsg};
 use crate::archive::wal::WalSync;
 use crate::archive::writer::{ArchiveWriter, WriterReport};
-use crate::content::Content;
-
-/// Ticks between two takes of the recorded rows (250 ms).
-pub const FLUSH_TICKS: u64 = 60;
+use crate::content::{Content, TrackContent};
+use crate::runner::{
+    Entry, FLUSH_TICKS, Pacer, classify, driver_name, result_entries, session_row, unix_now,
+};
+pub use crate::runner::{Gap, ResultRow};
 
 /// What race to run.
 #[derive(Debug, Clone, PartialEq)]
@@ -105,45 +104,6 @@ impl RaceError {
     pub fn is_usage(&self) -> bool {
         !matches!(self, Self::DidNotFinish(_))
     }
-}
-
-/// Gap of a car to the winner.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Gap {
-    /// The winner.
-    Leader,
-    /// Seconds behind the winner on the same lap count.
-    Seconds(f64),
-    /// Laps behind the winner.
-    Laps(u16),
-    /// Not classified.
-    Dnf,
-}
-
-/// One line of the results.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ResultRow {
-    /// Classified position (1 = winner).
-    pub position: usize,
-    /// Grid position (1 = pole).
-    pub grid: u8,
-    /// Driver name.
-    pub driver: String,
-    /// Car name.
-    pub car: String,
-    /// Laps completed.
-    pub laps: u16,
-    /// Race time at the finish, in seconds.
-    pub total_time_s: Option<f64>,
-    /// Best valid lap, in seconds.
-    pub best_lap_s: Option<f64>,
-    /// Gap to the winner.
-    pub gap: Gap,
-    /// Ticks spent off the track surface.
-    pub off_track_ticks: u32,
-    /// Contacts with other cars.
-    pub contacts: u32,
 }
 
 /// What a race produced.
@@ -255,93 +215,6 @@ pub enum RaceEvent<'a> {
 /// Wall time between two boards.
 pub const BOARD_EVERY: Duration = Duration::from_millis(250);
 
-/// A car to classify: its entity (grid order gives the grid position), driver and car name.
-#[derive(Debug, Clone)]
-pub struct Entry<'a> {
-    /// The car.
-    pub car: Entity,
-    /// Driver name.
-    pub driver: String,
-    /// Car model name.
-    pub car_name: &'a str,
-}
-
-/// The classification of a session's cars (given in grid order), winner first: finishers by
-/// position, then by laps and distance; gaps to the winner.
-pub fn classify(world: &bevy_ecs::world::World, cars: &[Entry<'_>]) -> Vec<ResultRow> {
-    let mut rows = Vec::new();
-    let mut keys = Vec::new();
-    for (i, entry) in cars.iter().enumerate() {
-        let car = entry.car;
-        let timing = world.get::<LapTiming>(car).copied().unwrap_or_default();
-        let finish = world.get::<Finish>(car).copied().unwrap_or_default();
-        let progress = world.get::<TrackProgress>(car);
-        let collision = world
-            .get::<CollisionState>(car)
-            .copied()
-            .unwrap_or_default();
-        keys.push((
-            finish.position,
-            timing.laps_completed(),
-            progress.map_or(0.0, |p| p.race_distance_m),
-        ));
-        rows.push(ResultRow {
-            position: 0,
-            grid: (i + 1) as u8,
-            driver: entry.driver.clone(),
-            car: entry.car_name.to_owned(),
-            laps: timing.laps_completed(),
-            total_time_s: finish.race_ticks.map(ticks_to_seconds),
-            best_lap_s: timing.best_lap_ticks.map(ticks_to_seconds),
-            gap: Gap::Dnf,
-            off_track_ticks: timing.total_off_track_ticks,
-            contacts: collision.contacts,
-        });
-    }
-    let order = standings(&keys);
-    let mut results: Vec<ResultRow> = order.iter().map(|&i| rows[i].clone()).collect();
-    let (win_laps, win_time) = results
-        .first()
-        .map_or((0, None), |r| (r.laps, r.total_time_s));
-    for (k, row) in results.iter_mut().enumerate() {
-        row.position = k + 1;
-        row.gap = match (k, row.total_time_s, win_time) {
-            (0, Some(_), _) => Gap::Leader,
-            (_, Some(t), Some(w)) if row.laps == win_laps => Gap::Seconds(t - w),
-            (_, Some(_), _) => Gap::Laps(win_laps - row.laps),
-            _ => Gap::Dnf,
-        };
-    }
-    results
-}
-
-/// The index rows of a classification.
-pub fn result_entries(results: &[ResultRow]) -> Vec<ResultEntry> {
-    results
-        .iter()
-        .map(|r| ResultEntry {
-            position: r.position as u32,
-            car: r.grid - 1,
-            driver: r.driver.clone(),
-            laps: r.laps,
-            total_time_s: r.total_time_s,
-            best_lap_s: r.best_lap_s,
-        })
-        .collect()
-}
-
-/// Name of the AI driver of grid slot `i` (0-based).
-pub fn driver_name(i: usize) -> String {
-    format!("AI {:02}", i + 1)
-}
-
-/// Seconds since the Unix epoch.
-pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
 /// `a, b, c`.
 fn slugs<'a>(names: impl Iterator<Item = &'a str>) -> String {
     names.collect::<Vec<_>>().join(", ")
@@ -366,8 +239,7 @@ pub struct Race {
     recorded: Vec<RecordedLap>,
     recorded_laps: usize,
     recorded_rows: usize,
-    track_slug: String,
-    track_sectors: Vec<f32>,
+    track: TrackContent,
     archive: Option<Recorder>,
 }
 
@@ -469,8 +341,7 @@ impl Race {
             recorded: Vec::new(),
             recorded_laps: 0,
             recorded_rows: 0,
-            track_slug: track.slug.clone(),
-            track_sectors: track.sectors.clone(),
+            track: track.clone(),
             archive: None,
         })
     }
@@ -519,30 +390,25 @@ impl Race {
                 source,
             }
         })?;
-        recorder.begin(
-            SessionRow {
-                id: self.session_id,
-                source: Source::Sim.as_str().into(),
-                track: self.track_slug.clone(),
+        let cars: Vec<RecordedCar> = self
+            .cars
+            .iter()
+            .enumerate()
+            .map(|(i, &entity)| RecordedCar {
+                entity,
+                index: i as u8,
+                driver: driver_name(i),
                 car_model: self.car_name.clone(),
-                lap_limit: Some(self.laps),
-                seed: Some(self.seed),
-                started_at: unix_now(),
-                finished_at: None,
-                sectors: self.track_sectors.clone(),
-            },
-            self.track_length_m,
-            self.cars
-                .iter()
-                .enumerate()
-                .map(|(i, &entity)| RecordedCar {
-                    entity,
-                    index: i as u8,
-                    driver: driver_name(i),
-                    car_model: self.car_name.clone(),
-                })
-                .collect(),
-        )?;
+            })
+            .collect();
+        let row = session_row(
+            self.session_id,
+            &self.track,
+            self.laps,
+            Some(self.seed),
+            &cars,
+        );
+        recorder.begin(row, self.track_length_m, cars)?;
         self.archive = Some(recorder);
         Ok(())
     }
@@ -615,6 +481,7 @@ impl Race {
     ) -> Result<RaceReport, RaceError> {
         let mut next_board = Instant::now();
         let started = Instant::now();
+        let mut pacer = Pacer::new(self.speed);
         let first_tick = self.sim.tick();
         let mut last_log = 0u64;
         while !self.is_finished() {
@@ -639,12 +506,7 @@ impl Race {
             self.step();
             let n = self.sim.tick() - first_tick;
             if !fast {
-                // The deadline of tick n: n/240 s after the start, divided by the speed.
-                let due =
-                    started + Duration::from_secs_f64(n as f64 / (f64::from(TICK_HZ) * self.speed));
-                if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                    std::thread::sleep(wait);
-                }
+                pacer.wait();
             }
             if n - last_log >= 10 * u64::from(TICK_HZ) {
                 last_log = n;

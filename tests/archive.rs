@@ -326,6 +326,20 @@ fn a_torn_write_ahead_tail_is_recovered_up_to_its_last_complete_batch() {
     assert_eq!(columns.tick, (0..120).collect::<Vec<u64>>());
 }
 
+/// Every file under `dir`, recursively.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
 #[test]
 fn prune_removes_sessions_older_than_the_retention_and_their_files() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -343,6 +357,28 @@ fn prune_removes_sessions_older_than_the_retention_and_their_files() {
         "1",
     ]);
     assert_eq!(code, 0, "{err}");
+    assert!(
+        !walk(&dir.path().join("metrics")).is_empty(),
+        "the race stored its lap metrics"
+    );
+    // analyze's lap table names the car model under "Car", beside the car's index.
+    let (code, out, err) = apexsim(&["--data", data, "analyze"]);
+    assert_eq!(code, 0, "{err}");
+    let header = out
+        .lines()
+        .find(|l| l.contains("Driver"))
+        .expect("a header");
+    let columns: Vec<&str> = header.split_whitespace().collect();
+    assert_eq!(
+        &columns[..5],
+        ["Track", "Session", "#", "Car", "Driver"],
+        "{out}"
+    );
+    let first = out
+        .lines()
+        .find(|l| l.contains("AI 01"))
+        .expect("a lap of AI 01");
+    assert!(first.contains("GT3 Generic"), "{first}");
     // The default retention (168 h) keeps a race that just ran.
     let (code, out, err) = apexsim(&["--data", data, "archive", "prune", "--format", "json"]);
     assert_eq!(code, 0, "{err}");
@@ -384,6 +420,16 @@ fn prune_removes_sessions_older_than_the_retention_and_their_files() {
         0,
         "empty partitions are removed"
     );
+    // The session's lap metrics went with its laps: no file is left, analyze lists nothing.
+    let metric_files: Vec<_> = walk(&dir.path().join("metrics"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .collect();
+    assert!(metric_files.is_empty(), "{metric_files:?}");
+    let (code, out, err) = apexsim(&["--data", data, "analyze", "--format", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let analysis: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+    assert_eq!(analysis["laps"].as_array().map(Vec::len), Some(0), "{out}");
     let (code, _, err) = apexsim(&["--data", data, "archive", "prune", "--older-than", "week"]);
     assert_eq!(code, 2);
     assert!(err.contains("is not a duration"), "{err}");

@@ -774,7 +774,7 @@ fn an_ingest_uploads_every_lap_then_its_metrics_in_order() {
         let expected: Vec<Req> = laps
             .iter()
             .flat_map(|&(session, car, lap, _, _)| {
-                let id = apexsim::coach::mapping::lap_id(session, car, lap).to_string();
+                let id = apexsim::archive::outbox::lap_id(session, car, lap).to_string();
                 [
                     Req::Lap {
                         lap_id: id.clone(),
@@ -788,7 +788,7 @@ fn an_ingest_uploads_every_lap_then_its_metrics_in_order() {
         assert_eq!(got, expected);
         // Every row of each lap is a frame; the lap time is the archive's.
         for &(session, car, lap, rows, time) in &laps {
-            let id = apexsim::coach::mapping::lap_id(session, car, lap).to_string();
+            let id = apexsim::archive::outbox::lap_id(session, car, lap).to_string();
             let (_, frames, lap_time, _) = s.laps[&id];
             assert_eq!(frames as u64, rows);
             // serde_json parses floats to within an ulp.

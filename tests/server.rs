@@ -252,10 +252,10 @@ fn bots_race_to_the_finish_and_the_session_is_archived() {
     let after = server.metrics();
     // A race of about 25 s: 2 bots x 240 packets/s each way, 240 ticks/s, 4 flushes/s.
     for (series, at_least) in [
-        ("apexsim_telemetry_packets_sent", 5000.0),
-        ("apexsim_input_packets_received", 5000.0),
-        ("apexsim_tick_duration_us_count", 3000.0),
-        ("apexsim_archive_write_duration_ms_count", 40.0),
+        ("apexsim_telemetry_packets_sent_total", 5000.0),
+        ("apexsim_input_packets_received_total", 5000.0),
+        ("apexsim_tick_duration_seconds_count", 3000.0),
+        ("apexsim_archive_write_duration_seconds_count", 40.0),
         ("apexsim_player_rtt_ticks_count", 5000.0),
     ] {
         let moved = metric(&after, series) - metric(&before, series);

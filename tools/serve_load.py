@@ -66,8 +66,8 @@ def main():
     server.wait(timeout=15)
     clients = args.sessions * args.bots
     cpu = after["apexsim_process_cpu_seconds_total"] - before["apexsim_process_cpu_seconds_total"]
-    ticks = after["apexsim_tick_duration_us_count"] - before["apexsim_tick_duration_us_count"]
-    tick_us = (after["apexsim_tick_duration_us_sum"] - before["apexsim_tick_duration_us_sum"]) / max(ticks, 1)
+    ticks = after["apexsim_tick_duration_seconds_count"] - before["apexsim_tick_duration_seconds_count"]
+    tick_us = 1e6 * (after["apexsim_tick_duration_seconds_sum"] - before["apexsim_tick_duration_seconds_sum"]) / max(ticks, 1)
     late = after["apexsim_ticks_late_total"] - before["apexsim_ticks_late_total"]
     # Race time only: the drive reports' telemetry seconds (countdown and race).
     race_s = max(b["telemetry_seconds"] for r in reports for b in r["per_bot"])

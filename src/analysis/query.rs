@@ -203,7 +203,7 @@ fn measure_all(files: &[PathBuf], sectors: &[f32], th: &Thresholds) -> Vec<Measu
 /// The laps that have stored metrics: `(session, car, lap)`, read with polars (three columns
 /// of the `laps` table).
 fn stored_laps(data: &Path) -> HashSet<(Uuid, i32, i32)> {
-    if !data.join("metrics/laps").exists() {
+    if !has_table(data, "laps") {
         return HashSet::new();
     }
     let Ok(df) = scan(data, "laps").and_then(|lf| {
@@ -315,8 +315,27 @@ pub fn ensure_metrics(
     report
 }
 
+/// Whether a stored metric table has a file (a pruned archive may keep its empty directories).
+fn has_table(data: &Path, table: &str) -> bool {
+    fn any_parquet(dir: &Path) -> bool {
+        std::fs::read_dir(dir).into_iter().flatten().flatten().any(|e| {
+            let p = e.path();
+            if p.is_dir() {
+                any_parquet(&p)
+            } else {
+                p.extension().is_some_and(|x| x == "parquet")
+            }
+        })
+    }
+    any_parquet(&data.join(crate::archive::DERIVED_DIR).join(table))
+}
+
 fn scan(data: &Path, table: &str) -> PolarsResult<LazyFrame> {
-    let glob = format!("{}/metrics/{table}/**/*.parquet", data.display());
+    let glob = format!(
+        "{}/{}/{table}/**/*.parquet",
+        data.display(),
+        crate::archive::DERIVED_DIR
+    );
     let args = ScanArgsParquet {
         hive_options: HiveOptions {
             enabled: Some(true),
@@ -392,7 +411,7 @@ fn lists(df: &DataFrame, name: &str) -> PolarsResult<Vec<Vec<f32>>> {
 /// # Errors
 /// [`AnalysisError`] when polars cannot scan the tables.
 pub fn query_laps(data: &Path, f: &LapFilter) -> Result<Vec<LapRow>, AnalysisError> {
-    if !data.join("metrics/laps").exists() {
+    if !has_table(data, "laps") {
         return Ok(Vec::new());
     }
     let df = filtered(scan(data, "laps")?, f)

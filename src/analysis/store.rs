@@ -244,7 +244,7 @@ pub fn write_tables(
         let schema = batches[0].schema();
         let all = arrow::compute::concat_batches(&schema, &batches)?;
         let path = data
-            .join("metrics")
+            .join(crate::archive::DERIVED_DIR)
             .join(table)
             .join(rel)
             .join(format!("{name}.parquet"));
@@ -279,7 +279,7 @@ pub fn write_part(data: &Path, laps: &[(LapMeta, LapMetrics)]) -> Result<(), Arc
 /// Removes every metrics file of a session in a partition except `keep` (its name).
 pub fn remove_session_files(data: &Path, rel: &Path, session: &str, keep: &str) {
     for table in TABLES {
-        let dir = data.join("metrics").join(table).join(rel);
+        let dir = data.join(crate::archive::DERIVED_DIR).join(table).join(rel);
         let Ok(entries) = fs::read_dir(&dir) else {
             continue;
         };

@@ -75,7 +75,7 @@ CREATE TABLE laps (
 ALTER TABLE sessions ADD COLUMN sectors TEXT NOT NULL DEFAULT '';
 "#,
     r#"
--- Laps to upload to a Racing Coach server (crate::coach::outbox): one row per lap and server,
+-- Laps to upload to a Racing Coach server (outbox.rs): one row per lap and server,
 -- written in the transaction that indexes the lap. No foreign key: a pruned lap's row stays
 -- and says why it cannot be sent.
 CREATE TABLE outbox (
@@ -429,7 +429,7 @@ impl Index {
             .map_err(self.sql())?;
         let queued = match upload {
             Some(url) if meta.complete => {
-                crate::coach::outbox::enqueue(&tx, url, meta.session, meta.car, meta.lap)
+                super::outbox::enqueue(&tx, url, meta.session, meta.car, meta.lap)
                     .map_err(self.sql())?;
                 true
             }
@@ -653,20 +653,7 @@ impl Index {
             params![id.to_string()],
         )
         .map_err(self.sql())?;
-        // Its delivered uploads are history; one still waiting can no longer be sent, and
-        // says so in `outbox ls`.
-        tx.execute(
-            "DELETE FROM outbox WHERE session_id = ?1 AND state = 'done'",
-            params![id.to_string()],
-        )
-        .map_err(self.sql())?;
-        tx.execute(
-            "UPDATE outbox SET state = 'failed', lease_until_ms = NULL,
-             last_error = 'pruned from the archive before it was uploaded'
-             WHERE session_id = ?1",
-            params![id.to_string()],
-        )
-        .map_err(self.sql())?;
+        super::outbox::session_removed(&tx, id).map_err(self.sql())?;
         tx.commit().map_err(self.sql())
     }
 

@@ -10,7 +10,7 @@
 //! order; what still fails when the writer finishes is reported, and the race keeps its
 //! write-ahead file for the next start.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{
     Receiver, RecvTimeoutError, SyncSender, TrySendError, channel, sync_channel,
@@ -26,10 +26,6 @@ use super::index::{Index, ResultEntry, SessionRow};
 use super::lock::Owner;
 use super::wal::Wal;
 use super::{ArchiveError, LapMeta, StagedLap, lap_batch, stage_lap};
-use crate::analysis::store::{archive_thresholds, write_part};
-use crate::analysis::{LapMetrics, Thresholds, lap_metrics};
-use crate::events::{Event, EventBus, LapArchived, LapMetricsReady, SessionEnded};
-use std::sync::Arc;
 
 /// Jobs the channel holds before submits start queueing locally.
 pub const CHANNEL_CAPACITY: usize = 256;
@@ -90,14 +86,59 @@ pub struct WriterReport {
     pub errors: Vec<String>,
 }
 
-/// What the writer tells others beyond the archive.
-#[derive(Debug, Clone, Default)]
-pub struct WriterHooks {
+/// A lap that is durable and indexed, as [`WriterHooks::lap_durable`] sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct DurableLap<'a> {
+    /// Its identity.
+    pub meta: &'a LapMeta,
+    /// Its file, relative to the data directory.
+    pub file: &'a Path,
+    /// Rows in it.
+    pub rows: usize,
+    /// Whether it waits in the upload outbox (queued now or before).
+    pub queued_for_upload: bool,
+}
+
+/// What the writer tells the layers above it (lap metrics, the event bus), on its own thread
+/// and in the order things happen. Every method does nothing unless implemented; `()` is the
+/// writer without hooks.
+pub trait WriterHooks: Send {
+    /// A session began and is indexed.
+    fn session_started(&mut self, _index: &Index, _row: &SessionRow) {}
+    /// A lap was submitted: its columns before they are encoded. It is not durable yet.
+    fn lap_submitted(&mut self, _index: &Index, _meta: &LapMeta, _columns: &LapColumns) {}
+    /// A lap is durable and indexed.
+    fn lap_durable(&mut self, _lap: DurableLap<'_>) {}
+    /// Every lap of a session is durable (`finished`: the session ended normally).
+    fn session_closed(&mut self, _session: Uuid, _finished: bool) {}
+    /// When [`WriterHooks::wake`] is next due, if ever: the writer waits no longer.
+    fn next_wake(&self) -> Option<Instant> {
+        None
+    }
+    /// Time passed: do what is due (batched work).
+    fn wake(&mut self, _now: Instant) {}
+    /// The writer is finishing: do what is left.
+    fn finish(&mut self) {}
+}
+
+impl WriterHooks for () {}
+
+/// How a writer starts: where complete laps queue for upload, and its hooks.
+pub struct WriterOptions {
     /// Where complete laps are uploaded: each is put in the outbox in the transaction that
     /// indexes it.
     pub upload: Option<String>,
-    /// Where sessions, laps and metrics are published once durable.
-    pub bus: Option<EventBus>,
+    /// What the writer tells the layers above it.
+    pub hooks: Box<dyn WriterHooks>,
+}
+
+impl Default for WriterOptions {
+    fn default() -> Self {
+        Self {
+            upload: None,
+            hooks: Box::new(()),
+        }
+    }
 }
 
 /// Handle to the writer thread.
@@ -118,15 +159,14 @@ impl ArchiveWriter {
     /// [`ArchiveError`] when the data directory or the index cannot be opened, or recovery
     /// fails.
     pub fn start(data: &Path) -> Result<Self, ArchiveError> {
-        Self::start_with(data, WriterHooks::default())
+        Self::start_with(data, WriterOptions::default())
     }
 
-    /// As [`ArchiveWriter::start`], with the writer's events published on a bus and complete
-    /// laps queued for upload.
+    /// As [`ArchiveWriter::start`], with hooks and complete laps queued for upload.
     ///
     /// # Errors
     /// As [`ArchiveWriter::start`].
-    pub fn start_with(data: &Path, hooks: WriterHooks) -> Result<Self, ArchiveError> {
+    pub fn start_with(data: &Path, options: WriterOptions) -> Result<Self, ArchiveError> {
         let index = Index::open(data)?;
         let owner = Owner::acquire(data)?;
         let cleaned = super::lock::clean_stray(data);
@@ -138,7 +178,7 @@ impl ArchiveWriter {
         let dir = data.to_owned();
         let thread = std::thread::Builder::new()
             .name("apexsim-archive".into())
-            .spawn(move || run(&dir, owner, index, rx, hooks))
+            .spawn(move || run(&dir, owner, index, rx, options))
             .map_err(|source| ArchiveError::Io {
                 path: PathBuf::from("<archive thread>"),
                 source,
@@ -234,12 +274,6 @@ const RETRY_MAX: Duration = Duration::from_secs(8);
 /// How often the writer looks for synced laps to index while a sync is in flight.
 const SYNC_POLL: Duration = Duration::from_millis(2);
 
-/// A session's lap metrics are stored as a part once this many laps wait...
-const METRICS_PART_LAPS: usize = 64;
-
-/// ...or once the first of them has waited this long (and when the session ends).
-const METRICS_PART_AGE: Duration = Duration::from_secs(30);
-
 /// Staged lap files waiting for their sync: the writer encodes the next lap meanwhile.
 const COMMIT_QUEUE: usize = 8;
 
@@ -257,8 +291,6 @@ struct LapWork {
     meta: Box<LapMeta>,
     batch: RecordBatch,
     rows: usize,
-    /// The lap's metrics, stored once the lap is durable.
-    metrics: Option<Box<LapMetrics>>,
 }
 
 struct Pending {
@@ -301,13 +333,8 @@ struct Worker {
     in_flight: usize,
     commit_tx: Option<SyncSender<Commit>>,
     done_rx: Receiver<Committed>,
-    /// What lap metrics are computed with (the archive's `thresholds.toml`, else defaults).
-    thresholds: Thresholds,
-    /// Sector starts of each session seen, for lap metrics.
-    sectors: HashMap<Uuid, Vec<f32>>,
-    /// Metrics of durable laps not stored yet, by session, with when the first came.
-    metrics: HashMap<Uuid, (Instant, Vec<(LapMeta, LapMetrics)>)>,
-    hooks: WriterHooks,
+    upload: Option<String>,
+    hooks: Box<dyn WriterHooks>,
 }
 
 fn run(
@@ -315,7 +342,7 @@ fn run(
     owner: Owner,
     index: Index,
     rx: Receiver<ArchiveJob>,
-    hooks: WriterHooks,
+    options: WriterOptions,
 ) -> WriterReport {
     let (commit_tx, commit_rx) = sync_channel::<Commit>(COMMIT_QUEUE);
     let (done_tx, done_rx) = channel();
@@ -362,32 +389,29 @@ fn run(
         // Without a commit thread the writer syncs laps itself.
         commit_tx: committer.is_ok().then_some(commit_tx),
         done_rx,
-        thresholds: archive_thresholds(data).unwrap_or_else(|e| {
-            tracing::error!(error = %e, "bad thresholds file: lap metrics use the defaults");
-            Thresholds::default()
-        }),
-        sectors: HashMap::new(),
-        metrics: HashMap::new(),
-        hooks,
+        upload: options.upload,
+        hooks: options.hooks,
     };
     loop {
         worker.collect(false);
         worker.retry_due(false);
-        worker.store_old_metrics();
-        // Wait for the next job, but wake for a retry that is due, for metrics waiting to be
-        // stored and, while a lap is being synced, often enough to index it as soon as it is
-        // in place.
+        let now = Instant::now();
+        if worker.hooks.next_wake().is_some_and(|at| at <= now) {
+            worker.hooks.wake(now);
+        }
+        // Wait for the next job, but wake for a retry that is due, for the hooks' batched
+        // work and, while a lap is being synced, often enough to index it as soon as it is in
+        // place.
         let retry = worker
             .retry
             .front()
-            .map(|p| p.due.saturating_duration_since(Instant::now()));
+            .map(|p| p.due.saturating_duration_since(now));
         let sync = (worker.in_flight > 0).then_some(SYNC_POLL);
-        let metrics = worker
-            .metrics
-            .values()
-            .map(|(since, _)| METRICS_PART_AGE.saturating_sub(since.elapsed()))
-            .min();
-        let job = match retry.into_iter().chain(sync).chain(metrics).min() {
+        let hooks = worker
+            .hooks
+            .next_wake()
+            .map(|at| at.saturating_duration_since(now));
+        let job = match retry.into_iter().chain(sync).chain(hooks).min() {
             None => match rx.recv() {
                 Ok(job) => job,
                 Err(_) => break,
@@ -405,7 +429,7 @@ fn run(
     worker.collect(true);
     worker.retry_due(true);
     worker.collect(true);
-    worker.store_metrics(None);
+    worker.hooks.finish();
     worker.commit_tx = None;
     if let Ok(handle) = committer {
         let _ = handle.join();
@@ -433,32 +457,11 @@ impl Worker {
         match job {
             ArchiveJob::Lap { meta, columns } => {
                 let rows = columns.len();
-                // Metrics are computed here, off the simulation thread, before the columns
-                // move into the batch.
-                let sectors = self.sectors_of(meta.session);
-                let metrics = match lap_metrics(
-                    &columns,
-                    meta.track_length_m,
-                    meta.complete,
-                    &sectors,
-                    &self.thresholds,
-                ) {
-                    Ok(m) => Some(Box::new(m)),
-                    Err(e) => {
-                        tracing::warn!(error = %e, lap = meta.lap, car = meta.car, "lap has no metrics");
-                        None
-                    }
-                };
+                // The hooks see the columns here, off the simulation thread, before they move
+                // into the batch.
+                self.hooks.lap_submitted(&self.index, &meta, &columns);
                 match lap_batch(&meta, columns) {
-                    Ok(batch) => self.write(
-                        LapWork {
-                            meta,
-                            batch,
-                            rows,
-                            metrics,
-                        },
-                        0,
-                    ),
+                    Ok(batch) => self.write(LapWork { meta, batch, rows }, 0),
                     Err(e) => {
                         // Columns that do not form a batch will not form one later either.
                         tracing::error!(error = %e, lap = meta.lap, car = meta.car, "lap not archived");
@@ -470,46 +473,6 @@ impl Worker {
         }
     }
 
-    /// Stores the waiting lap metrics of one session (all with `None`) as a part of its metric
-    /// tables. Derived data: a failure is logged, and `analyze` measures those laps again.
-    fn store_metrics(&mut self, session: Option<Uuid>) {
-        let sessions: Vec<Uuid> = match session {
-            Some(s) => vec![s],
-            None => self.metrics.keys().copied().collect(),
-        };
-        for s in sessions {
-            if let Some((_, laps)) = self.metrics.remove(&s)
-                && let Err(e) = write_part(&self.data, &laps)
-            {
-                tracing::warn!(error = %e, session = %s, "lap metrics not stored");
-            }
-        }
-    }
-
-    /// Stores the parts whose first lap has waited [`METRICS_PART_AGE`].
-    fn store_old_metrics(&mut self) {
-        let old: Vec<Uuid> = self
-            .metrics
-            .iter()
-            .filter(|(_, (since, _))| since.elapsed() >= METRICS_PART_AGE)
-            .map(|(s, _)| *s)
-            .collect();
-        for s in old {
-            self.store_metrics(Some(s));
-        }
-    }
-
-    /// Where a session's sectors start: as its row said, else as the index has it (a session
-    /// recovered from its write-ahead file), else one sector.
-    fn sectors_of(&mut self, session: Uuid) -> Vec<f32> {
-        if let Some(s) = self.sectors.get(&session) {
-            return s.clone();
-        }
-        let s = self.index.session_sectors(session).unwrap_or_default();
-        self.sectors.insert(session, s.clone());
-        s
-    }
-
     /// Applies an index job after the laps submitted before it; a failure is retried.
     fn apply(&mut self, job: ArchiveJob, attempts: u32) {
         // Sessions and results are indexed after the laps submitted before them.
@@ -517,12 +480,9 @@ impl Worker {
         let result = match &job {
             ArchiveJob::Templates(t) => self.index.put_templates(t, unix_now()),
             ArchiveJob::Session(s) => {
-                self.sectors.insert(s.id, s.sectors.clone());
                 let put = self.index.put_session(s);
-                if put.is_ok()
-                    && let Some(bus) = &self.hooks.bus
-                {
-                    bus.publish(Event::SessionStart(Arc::new(s.clone())));
+                if put.is_ok() {
+                    self.hooks.session_started(&self.index, s);
                 }
                 put
             }
@@ -567,14 +527,9 @@ impl Worker {
     /// A session whose laps are all durable: finished, its write-ahead file removed; ended in
     /// an error, its write-ahead file kept (the lock goes with the handle).
     fn closed(&mut self, close: SessionClose) {
-        // Its metrics are stored before the session stops being live.
-        self.store_metrics(Some(close.id));
-        if let Some(bus) = &self.hooks.bus {
-            bus.publish(Event::SessionEnd(Arc::new(SessionEnded {
-                id: close.id,
-                finished: close.finished.is_some(),
-            })));
-        }
+        // What the hooks derive is stored before the session stops being live.
+        self.hooks
+            .session_closed(close.id, close.finished.is_some());
         if close.finished.is_some()
             && let Some(wal) = close.wal
             && let Err(e) = wal.remove()
@@ -616,39 +571,20 @@ impl Worker {
         let rel = path.strip_prefix(&self.data).unwrap_or(&path).to_owned();
         match self
             .index
-            .put_lap_queued(&lap.meta, &rel, lap.rows, self.hooks.upload.as_deref())
+            .put_lap_queued(&lap.meta, &rel, lap.rows, self.upload.as_deref())
         {
             Ok(queued) => {
-                if let Some(bus) = &self.hooks.bus {
-                    bus.publish(Event::LapCompleted(Arc::new(LapArchived {
-                        meta: (*lap.meta).clone(),
-                        file: rel.clone(),
-                        rows: lap.rows,
-                        queued_for_upload: queued,
-                    })));
-                    if let Some(m) = &lap.metrics {
-                        bus.publish(Event::MetricsExtracted(Arc::new(LapMetricsReady {
-                            meta: (*lap.meta).clone(),
-                            metrics: (**m).clone(),
-                        })));
-                    }
-                }
+                self.hooks.lap_durable(DurableLap {
+                    meta: &lap.meta,
+                    file: &rel,
+                    rows: lap.rows,
+                    queued_for_upload: queued,
+                });
                 if attempts > 0 {
                     tracing::info!(file = %rel.display(), attempts, "lap archived after retrying");
                 }
                 self.report.laps_written += 1;
                 self.report.rows_written += lap.rows as u64;
-                if let Some(m) = lap.metrics {
-                    let session = lap.meta.session;
-                    let entry = self
-                        .metrics
-                        .entry(session)
-                        .or_insert_with(|| (Instant::now(), Vec::new()));
-                    entry.1.push(((*lap.meta).clone(), *m));
-                    if entry.1.len() >= METRICS_PART_LAPS {
-                        self.store_metrics(Some(session));
-                    }
-                }
             }
             Err(e) => self.failed(Retry::IndexLap(lap, path), attempts, &e),
         }

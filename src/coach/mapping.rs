@@ -11,10 +11,8 @@ use uuid::Uuid;
 use super::api;
 use crate::analysis::LapMetrics;
 use crate::archive::index::SessionRow;
+use crate::archive::outbox::NAMESPACE;
 use crate::archive::{LapMeta, Source};
-
-/// Namespace of the ids ApexSim gives laps and sessions on a Racing Coach server.
-const NAMESPACE: Uuid = Uuid::from_u128(0x6a1c_05e1_7d3b_4c8e_9f21_a7c3_5e0b_d412);
 
 /// Steering wheel angle at full lock, rad, for the API's `steering_angle`: the archive keeps
 /// steering as a fraction of the lock (-1 left ..= 1 right), not the wheel's angle.
@@ -27,16 +25,6 @@ fn ticks_per_second(source: Source) -> f64 {
         Source::Sim => f64::from(apexsim_systems::TICK_HZ),
         Source::Iracing => 60.0,
     }
-}
-
-/// The lap's id on the server: the same for every upload of the same lap, so a retry after a
-/// lost response updates the lap instead of adding a second one.
-pub fn lap_id(session: Uuid, car: u8, lap: u16) -> Uuid {
-    let mut name = [0u8; 19];
-    name[..16].copy_from_slice(session.as_bytes());
-    name[16] = car;
-    name[17..].copy_from_slice(&lap.to_be_bytes());
-    Uuid::new_v5(&NAMESPACE, &name)
 }
 
 /// The session's id on the server: one per car of an archive session (a Racing Coach session
@@ -277,6 +265,7 @@ pub fn lap_metrics(meta: &LapMeta, m: &LapMetrics, c: &LapColumns) -> api::LapMe
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::archive::outbox::lap_id;
     use apexsim_systems::record::LapSample;
 
     fn session() -> SessionRow {

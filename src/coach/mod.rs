@@ -3,19 +3,18 @@
 //! the server.
 //!
 //! [`api`] has the server's request and response bodies, [`client`] sends them, [`mapping`]
-//! turns an archived lap into them, [`outbox`] keeps what is still to send in the archive's
-//! SQLite index, [`upload`] delivers it, and [`credentials`] stores the device token the
+//! turns an archived lap into them, [`Outbox`] (the archive's table) keeps what is still to send in its SQLite
+//! index, [`upload`] delivers it, and [`credentials`] stores the device token the
 //! device login obtains.
 
 pub mod api;
 pub mod client;
 pub mod credentials;
 pub mod mapping;
-pub mod outbox;
 pub mod pipeline;
 pub mod upload;
 
+pub use crate::archive::outbox::Outbox;
 pub use client::{CoachClient, CoachError};
-pub use outbox::Outbox;
 pub use pipeline::{Pipeline, PipelineReport};
 pub use upload::{RetryPolicy, UploadOptions, UploadReport, Uploader};

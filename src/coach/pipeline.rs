@@ -1,7 +1,7 @@
 //! The upload pipeline of one command: the event bus, its handlers, and the uploader task,
 //! wired to the archive writer. `ingest --upload`, `live --upload` and the race server with
-//! `upload_url` all run it the same way: [`Pipeline::start`], hand [`Pipeline::hooks`] to the
-//! writer, and [`Pipeline::finish`] once the writer is done.
+//! `upload_url` all run it the same way: [`Pipeline::start`], start the archive writer with
+//! [`Pipeline::wiring`], and [`Pipeline::finish`] once the writer is done.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -12,9 +12,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::upload::{UploadOptions, UploadReport, Uploader};
 use crate::archive::ArchiveError;
-use crate::archive::writer::WriterHooks;
 use crate::events::{
-    Event, EventBus, EventHandler, EventKind, HandlerContext, HandlerRegistry, KindStats,
+    ArchiveWiring, Event, EventBus, EventHandler, EventKind, HandlerContext, HandlerRegistry,
+    KindStats,
 };
 
 /// A running pipeline.
@@ -94,9 +94,9 @@ impl Pipeline {
         })
     }
 
-    /// What the archive writer needs: the bus, and where to queue laps.
-    pub fn hooks(&self) -> WriterHooks {
-        WriterHooks {
+    /// What the archive writer is wired to: the bus, and where to queue laps.
+    pub fn wiring(&self) -> ArchiveWiring {
+        ArchiveWiring {
             upload: self.url.clone(),
             bus: Some(self.bus.clone()),
         }
@@ -164,7 +164,7 @@ impl EventHandler for LogHandler {
             Event::SessionEnd(e) => {
                 tracing::info!(session = %e.id, finished = e.finished, "session ended");
             }
-            Event::LapCompleted(l) => {
+            Event::LapArchived(l) => {
                 tracing::debug!(session = %l.meta.session, car = l.meta.car, lap = l.meta.lap, queued = l.queued_for_upload, "lap archived");
             }
             Event::MetricsExtracted(m) => {

@@ -17,11 +17,11 @@ use backon::BackoffBuilder as _;
 use tokio_util::sync::CancellationToken;
 
 use super::client::{CoachClient, CoachError};
-use super::outbox::{Entry, Outbox, State, now_ms};
 use super::{api, mapping};
 use crate::analysis::store::archive_thresholds;
 use crate::analysis::{Thresholds, lap_metrics};
 use crate::archive::ArchiveError;
+use crate::archive::outbox::{Entry, Outbox, State, now_ms};
 use crate::events::{Event, EventBus, EventKind, UploadOutcome};
 
 /// How retries of transient failures are spaced: exponential from `first`, doubling up to
@@ -189,7 +189,7 @@ impl Uploader {
         let mut wake = self
             .bus
             .as_ref()
-            .map(|b| b.subscribe(EventKind::LapCompleted));
+            .map(|b| b.subscribe(EventKind::LapArchived));
         let mut deadline: Option<i64> = None;
         loop {
             if stop.is_cancelled() {

@@ -18,7 +18,7 @@ use uuid::Uuid;
 use super::frame::IbtFrame;
 use super::{IngestOptions, IngestedLap, LapCollector, LapNumbers, RecordingInfo};
 use crate::archive::ArchiveError;
-use crate::archive::writer::{ArchiveWriter, WriterReport};
+use crate::archive::writer::WriterReport;
 
 /// Why live telemetry cannot be read.
 #[derive(Debug, Error)]
@@ -130,7 +130,7 @@ where
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
     let session = Uuid::new_v4();
-    let mut writer = ArchiveWriter::start_with(data, opts.hooks.clone())?;
+    let mut writer = opts.wiring.start_writer(data)?;
     let mut archive = super::begin_session(&mut writer, session, &info, opts.wal_sync)?;
     let mut numbers = LapNumbers::default();
     // A quarter of a second of frames between two write-ahead flushes.

@@ -79,8 +79,8 @@ pub struct IngestOptions {
     /// When live telemetry's write-ahead file is fsynced (recordings need none: the file
     /// itself is the copy to redo from).
     pub wal_sync: WalSync,
-    /// Events and uploads of the archive writer.
-    pub hooks: crate::archive::writer::WriterHooks,
+    /// What the archive writer is wired to: lap metrics, the bus, uploads.
+    pub wiring: crate::events::ArchiveWiring,
 }
 
 /// What a recording says about itself.
@@ -662,7 +662,7 @@ pub fn ingest(
 ) -> Result<IngestReport, IngestError> {
     let started = Instant::now();
     let index = Index::open(data)?;
-    let mut writer = ArchiveWriter::start_with(data, opts.hooks.clone())?;
+    let mut writer = opts.wiring.start_writer(data)?;
     let mut sim = Simulation::new(SimulationPlugin::default());
     let mut report = IngestReport::default();
     let mut done = 0;

@@ -280,7 +280,7 @@ pub fn import(
     let started = Instant::now();
     let sessions = collect_sessions(paths)?;
     let index = Index::open(data)?;
-    let mut writer = ArchiveWriter::start(data)?;
+    let mut writer = crate::events::ArchiveWiring::default().start_writer(data)?;
     let mut report = IngestReport::default();
     for (dir, files) in sessions {
         let mut all = Rows::default();

@@ -18,8 +18,8 @@ pub struct Metrics {
     pub sessions: IntGauge,
     /// Cars in the world.
     pub cars: IntGauge,
-    /// Time of one simulation tick (the world's update, lobby work and snapshots), in µs.
-    pub tick_duration_us: Histogram,
+    /// Time of one simulation tick (the world's update, lobby work and snapshots), in seconds.
+    pub tick_duration_seconds: Histogram,
     /// Ticks that started later than one tick period after their deadline.
     pub ticks_late: IntCounter,
     /// Telemetry datagrams sent.
@@ -36,12 +36,14 @@ pub struct Metrics {
     pub violation_disconnects: IntCounter,
     /// Connections refused (limit, shutdown) or failed authentication.
     pub refused_connections: IntCounterVec,
-    /// Archive work per flush (write-ahead append, lap assembly, hand-off to the writer), ms.
-    pub archive_write_duration_ms: Histogram,
+    /// Archive work per flush (write-ahead append, lap assembly, hand-off to the writer), in
+    /// seconds.
+    pub archive_write_duration_seconds: Histogram,
     /// Sessions ended by a fault.
     pub session_faults: IntCounter,
-    /// Process CPU time (user + system) in seconds, read from `/proc/self/stat`.
-    pub process_cpu_seconds: prometheus::Gauge,
+    /// Process CPU time (user + system) in seconds, read from `/proc/self/stat`: a counter
+    /// brought up to the kernel's figure on every scrape.
+    pub process_cpu_seconds: prometheus::Counter,
     /// Laps durable in the archive (from the event bus).
     pub laps_archived: IntCounter,
     /// Upload attempts of laps to the Racing Coach server, by outcome (delivered, retry,
@@ -91,11 +93,11 @@ impl Metrics {
     /// Registers every metric in a fresh registry.
     pub fn new() -> Self {
         let r = Registry::new();
-        let us = vec![
-            25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0, 4167.0, 8333.0, 16667.0,
+        let tick_buckets = vec![
+            25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2e-3, 4.167e-3, 8.333e-3, 16.667e-3,
         ];
-        let ms = vec![
-            0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0,
+        let flush_buckets = vec![
+            0.1e-3, 0.25e-3, 0.5e-3, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3,
         ];
         Self {
             connected_players: gauge(&r, "apexsim_connected_players", "Authenticated connections"),
@@ -106,11 +108,11 @@ impl Metrics {
             ),
             sessions: gauge(&r, "apexsim_sessions", "Sessions in any state"),
             cars: gauge(&r, "apexsim_cars", "Cars in the world"),
-            tick_duration_us: histogram(
+            tick_duration_seconds: histogram(
                 &r,
-                "apexsim_tick_duration_us",
-                "Time of one simulation tick in microseconds",
-                us,
+                "apexsim_tick_duration_seconds",
+                "Time of one simulation tick in seconds",
+                tick_buckets,
             ),
             ticks_late: counter(
                 &r,
@@ -119,12 +121,12 @@ impl Metrics {
             ),
             telemetry_packets_sent: counter(
                 &r,
-                "apexsim_telemetry_packets_sent",
+                "apexsim_telemetry_packets_sent_total",
                 "Telemetry datagrams sent",
             ),
             input_packets_received: counter(
                 &r,
-                "apexsim_input_packets_received",
+                "apexsim_input_packets_received_total",
                 "Input datagrams accepted",
             ),
             player_rtt_ticks: histogram(
@@ -166,11 +168,11 @@ impl Metrics {
                 "Connections refused or failing authentication, by reason",
                 "reason",
             ),
-            archive_write_duration_ms: histogram(
+            archive_write_duration_seconds: histogram(
                 &r,
-                "apexsim_archive_write_duration_ms",
-                "Archive work per 250 ms flush in milliseconds",
-                ms,
+                "apexsim_archive_write_duration_seconds",
+                "Archive work per 250 ms flush in seconds",
+                flush_buckets,
             ),
             session_faults: counter(
                 &r,
@@ -178,7 +180,7 @@ impl Metrics {
                 "Sessions ended by a fault",
             ),
             process_cpu_seconds: {
-                let g = prometheus::Gauge::new(
+                let g = prometheus::Counter::new(
                     "apexsim_process_cpu_seconds_total",
                     "Process CPU time (user + system) in seconds",
                 )
@@ -193,7 +195,10 @@ impl Metrics {
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         if let Some(cpu) = process_cpu_seconds() {
-            self.process_cpu_seconds.set(cpu);
+            let behind = cpu - self.process_cpu_seconds.get();
+            if behind > 0.0 {
+                self.process_cpu_seconds.inc_by(behind);
+            }
         }
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
@@ -201,8 +206,90 @@ impl Metrics {
     }
 
     /// Counts a dropped packet.
-    pub fn dropped(&self, reason: &str) {
-        self.packets_dropped.with_label_values(&[reason]).inc();
+    pub fn dropped(&self, reason: DropReason) {
+        self.packets_dropped
+            .with_label_values(&[reason.label()])
+            .inc();
+    }
+
+    /// Counts a refused connection.
+    pub fn refused(&self, reason: Refusal) {
+        self.refused_connections
+            .with_label_values(&[reason.label()])
+            .inc();
+    }
+}
+
+/// Why a packet was dropped: the `reason` label of `apexsim_packets_dropped_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DropReason {
+    /// A control message over the connection's rate.
+    ControlRateLimit,
+    /// A datagram over the connection's rate.
+    DatagramRateLimit,
+    /// An input with a non-finite control value.
+    NonFiniteInput,
+    /// The simulation's input queue was full.
+    InputQueueFull,
+    /// An input from a connection that drives no car.
+    InputWithoutCar,
+    /// An input older than one already applied.
+    InputOutOfOrder,
+    /// A connection's queue of control frames was full.
+    ControlQueueFull,
+    /// A connection's queue of datagrams was full.
+    SendQueueFull,
+    /// QUIC refused a datagram.
+    DatagramSendFailed,
+}
+
+impl DropReason {
+    /// The label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::ControlRateLimit => "control_rate_limit",
+            Self::DatagramRateLimit => "datagram_rate_limit",
+            Self::NonFiniteInput => "non_finite_input",
+            Self::InputQueueFull => "input_queue_full",
+            Self::InputWithoutCar => "input_without_car",
+            Self::InputOutOfOrder => "input_out_of_order",
+            Self::ControlQueueFull => "control_queue_full",
+            Self::SendQueueFull => "send_queue_full",
+            Self::DatagramSendFailed => "datagram_send_failed",
+        }
+    }
+}
+
+/// Why a connection was refused: the `reason` label of `apexsim_refused_connections_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The server is shutting down.
+    Shutdown,
+    /// The connection limit.
+    Limit,
+    /// A wrong protocol version.
+    Version,
+    /// A token not accepted.
+    Token,
+    /// A player name out of bounds.
+    Name,
+    /// A first message that was not `Authenticate`.
+    Protocol,
+}
+
+impl Refusal {
+    /// The label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Shutdown => "shutdown",
+            Self::Limit => "limit",
+            Self::Version => "version",
+            Self::Token => "token",
+            Self::Name => "name",
+            Self::Protocol => "protocol",
+        }
     }
 }
 
@@ -244,7 +331,7 @@ impl crate::events::EventHandler for MetricsHandler {
     fn kinds(&self) -> &[crate::events::EventKind] {
         use crate::events::EventKind;
         &[
-            EventKind::LapCompleted,
+            EventKind::LapArchived,
             EventKind::LapUploadSucceeded,
             EventKind::LapUploadFailed,
         ]
@@ -253,7 +340,7 @@ impl crate::events::EventHandler for MetricsHandler {
     async fn handle(&self, event: crate::events::Event, _ctx: &crate::events::HandlerContext) {
         use crate::events::Event;
         match event {
-            Event::LapCompleted(_) => self.0.laps_archived.inc(),
+            Event::LapArchived(_) => self.0.laps_archived.inc(),
             Event::LapUploadSucceeded(_) => {
                 self.0.lap_uploads.with_label_values(&["delivered"]).inc();
             }
@@ -274,33 +361,33 @@ mod tests {
     fn every_seed_metric_is_exported_and_moves() {
         let m = Metrics::new();
         m.telemetry_packets_sent.inc_by(3);
-        m.dropped("rate_limit");
-        m.tick_duration_us.observe(12.0);
+        m.dropped(DropReason::ControlRateLimit);
+        m.tick_duration_seconds.observe(12e-6);
         let text = m.render();
         for name in [
             "apexsim_connected_players",
             "apexsim_active_sessions",
-            "apexsim_tick_duration_us_bucket",
-            "apexsim_telemetry_packets_sent",
-            "apexsim_input_packets_received",
-            "apexsim_archive_write_duration_ms_bucket",
+            "apexsim_tick_duration_seconds_bucket",
+            "apexsim_telemetry_packets_sent_total",
+            "apexsim_input_packets_received_total",
+            "apexsim_archive_write_duration_seconds_bucket",
             "apexsim_malformed_packets_total",
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");
         }
         assert_eq!(
-            scrape_value(&text, "apexsim_telemetry_packets_sent"),
+            scrape_value(&text, "apexsim_telemetry_packets_sent_total"),
             Some(3.0)
         );
         assert_eq!(
             scrape_value(
                 &text,
-                "apexsim_packets_dropped_total{reason=\"rate_limit\"}"
+                "apexsim_packets_dropped_total{reason=\"control_rate_limit\"}"
             ),
             Some(1.0)
         );
         assert_eq!(
-            scrape_value(&text, "apexsim_tick_duration_us_count"),
+            scrape_value(&text, "apexsim_tick_duration_seconds_count"),
             Some(1.0)
         );
         assert!(

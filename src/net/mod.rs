@@ -5,6 +5,7 @@
 pub mod client;
 pub mod config;
 pub mod drive;
+pub mod lobby;
 pub mod metrics;
 pub mod protocol;
 pub mod server;

@@ -56,6 +56,58 @@ pub mod code {
     pub const UNAVAILABLE: u16 = 503;
 }
 
+/// Why the server closes a connection; its text is the QUIC close reason a client reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// The client said goodbye ([`ClientMessage::Disconnect`]).
+    Goodbye,
+    /// Nothing was heard from the client for the heartbeat timeout.
+    HeartbeatTimeout,
+    /// Too many malformed packets or rate-limit overruns, or an oversized frame.
+    ProtocolViolation,
+    /// The client opened no control stream in time.
+    NoControlStream,
+    /// The client sent no authentication in time.
+    NoAuthentication,
+    /// Authentication was refused (the client was told why in [`ServerMessage::AuthFailure`]).
+    AuthRefused,
+    /// The server is full.
+    ServerFull,
+    /// The server is shutting down.
+    ShuttingDown,
+}
+
+impl CloseReason {
+    /// The reason's text, as the client sees it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Goodbye => "goodbye",
+            Self::HeartbeatTimeout => "heartbeat timeout",
+            Self::ProtocolViolation => "protocol violation",
+            Self::NoControlStream => "no control stream",
+            Self::NoAuthentication => "no authentication",
+            Self::AuthRefused => "authentication refused",
+            Self::ServerFull => "server full",
+            Self::ShuttingDown => "server shutting down",
+        }
+    }
+
+    /// The QUIC application error code: 0 for an orderly close, 1 for a refusal or a fault.
+    pub fn code(self) -> u32 {
+        match self {
+            Self::Goodbye | Self::HeartbeatTimeout => 0,
+            _ => 1,
+        }
+    }
+}
+
+impl std::fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What a client sends on the control stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ClientMessage {

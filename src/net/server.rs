@@ -18,15 +18,15 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::config::ServerConfig;
-use super::metrics::Metrics;
+use super::metrics::{DropReason, Metrics, Refusal};
 use super::protocol::{
-    self, ClientMessage, PROTOCOL_VERSION, PlayerInput, ProtocolError, ServerMessage, code,
+    self, ClientMessage, CloseReason, PROTOCOL_VERSION, PlayerInput, ProtocolError, ServerMessage,
+    code,
 };
 use super::sim::{ConnId, Outgoing, SimReport, SimServer, ToSim};
 use super::tls;
 use crate::archive::recorder::Recorder;
 use crate::archive::wal::WalSync;
-use crate::archive::writer::ArchiveWriter;
 use crate::content::Content;
 
 /// Why the server could not start or run.
@@ -91,7 +91,6 @@ struct Shared {
     connections: AtomicUsize,
     accepted: AtomicU64,
     next_conn: AtomicU64,
-    tick: Arc<AtomicU64>,
     to_sim: mpsc::Sender<ToSim>,
     inputs: mpsc::Sender<(ConnId, PlayerInput)>,
 }
@@ -168,16 +167,15 @@ pub fn serve(
         runtime
             .block_on(async { crate::coach::Pipeline::start(&data, opts, drain, vec![handler]) })?
     };
-    let writer = ArchiveWriter::start_with(&data, pipeline.hooks())?;
-    let archive_ms = metrics.archive_write_duration_ms.clone();
+    let writer = pipeline.wiring().start_writer(&data)?;
+    let archive_seconds = metrics.archive_write_duration_seconds.clone();
     let recorder = Recorder::start(writer, wal_sync, move |d| {
-        archive_ms.observe(d.as_secs_f64() * 1e3);
+        archive_seconds.observe(d.as_secs_f64());
     })
     .map_err(io("starting the recorder thread"))?;
 
     let (to_sim, control_rx) = mpsc::channel(4096);
     let (inputs, inputs_rx) = mpsc::channel(16 * 1024);
-    let tick = Arc::new(AtomicU64::new(0));
     let shared = Arc::new(Shared {
         config: config.clone(),
         metrics: metrics.clone(),
@@ -186,7 +184,6 @@ pub fn serve(
         connections: AtomicUsize::new(0),
         accepted: AtomicU64::new(0),
         next_conn: AtomicU64::new(1),
-        tick: tick.clone(),
         to_sim: to_sim.clone(),
         inputs,
     });
@@ -199,7 +196,6 @@ pub fn serve(
                 content,
                 sim_config,
                 sim_metrics,
-                tick,
                 control_rx,
                 inputs_rx,
                 recorder,
@@ -245,7 +241,7 @@ pub fn serve(
             tokio::spawn(async move {
                 while let Some(incoming) = endpoint.accept().await {
                     if !shared.accepting.load(Ordering::SeqCst) {
-                        shared.metrics.refused_connections.with_label_values(&["shutdown"]).inc();
+                        shared.metrics.refused(Refusal::Shutdown);
                         incoming.refuse();
                         continue;
                     }
@@ -413,12 +409,20 @@ async fn write_msg(send: &mut quinn::SendStream, msg: &ServerMessage) -> bool {
     }
 }
 
+/// Closes a connection with its reason's code and text.
+fn close(conn: &quinn::Connection, reason: CloseReason) {
+    conn.close(
+        quinn::VarInt::from_u32(reason.code()),
+        reason.as_str().as_bytes(),
+    );
+}
+
 /// Closes a connection with a reason, after telling the client on the control stream.
 async fn refuse(
     conn: &quinn::Connection,
     send: &mut quinn::SendStream,
     msg: ServerMessage,
-    reason: &str,
+    reason: CloseReason,
 ) {
     let _ = tokio::time::timeout(Duration::from_millis(500), async {
         write_msg(send, &msg).await;
@@ -426,28 +430,22 @@ async fn refuse(
         let _ = send.stopped().await;
     })
     .await;
-    conn.close(quinn::VarInt::from_u32(1), reason.as_bytes());
+    close(conn, reason);
 }
 
-/// Refuses an authentication: counted under `label`, `AuthFailure { reason }` to the client,
-/// then the connection closed with the reason.
+/// Refuses an authentication: counted under `refusal`, `AuthFailure { reason }` to the
+/// client, then the connection closed.
 async fn refuse_auth(
     shared: &Shared,
     conn: &quinn::Connection,
     send: &mut quinn::SendStream,
-    label: &str,
+    refusal: Refusal,
     reason: String,
 ) {
-    shared
-        .metrics
-        .refused_connections
-        .with_label_values(&[label])
-        .inc();
+    shared.metrics.refused(refusal);
     tracing::warn!(%reason, "authentication refused");
-    let msg = ServerMessage::AuthFailure {
-        reason: reason.clone(),
-    };
-    refuse(conn, send, msg, &reason).await;
+    let msg = ServerMessage::AuthFailure { reason };
+    refuse(conn, send, msg, CloseReason::AuthRefused).await;
 }
 
 fn valid_name(name: &str) -> bool {
@@ -482,7 +480,7 @@ async fn serve_connection(
     let silence = Duration::from_millis(cfg.heartbeat_timeout_ms);
     let Ok(Ok((mut send, mut recv))) = tokio::time::timeout(silence, conn.accept_bi()).await else {
         tracing::debug!("no control stream");
-        conn.close(quinn::VarInt::from_u32(1), b"no control stream");
+        close(conn, CloseReason::NoControlStream);
         return false;
     };
     // The first frame must authenticate.
@@ -500,16 +498,16 @@ async fn serve_connection(
         }))) => {
             if protocol_version != PROTOCOL_VERSION {
                 Err((
-                    "version",
+                    Refusal::Version,
                     format!(
                         "protocol version {protocol_version} is not supported: this server speaks {PROTOCOL_VERSION}"
                     ),
                 ))
             } else if !shared.config.token_accepted(&token) {
-                Err(("token", "invalid token".to_owned()))
+                Err((Refusal::Token, "invalid token".to_owned()))
             } else if !valid_name(&player_name) {
                 Err((
-                    "name",
+                    Refusal::Name,
                     "player_name must be 1 to 32 printable characters".to_owned(),
                 ))
             } else {
@@ -519,12 +517,12 @@ async fn serve_connection(
         Ok(Ok(Some(_))) | Ok(Err(_)) => {
             shared.metrics.malformed_packets.inc();
             Err((
-                "protocol",
+                Refusal::Protocol,
                 "the first message must be Authenticate".to_owned(),
             ))
         }
         Ok(Ok(None)) | Err(_) => {
-            conn.close(quinn::VarInt::from_u32(1), b"no authentication");
+            close(conn, CloseReason::NoAuthentication);
             return false;
         }
     };
@@ -540,24 +538,20 @@ async fn serve_connection(
             code: code::UNAVAILABLE,
             message: "server shutting down".into(),
         };
-        refuse(conn, &mut send, msg, "server shutting down").await;
+        refuse(conn, &mut send, msg, CloseReason::ShuttingDown).await;
         return false;
     }
     if open > shared.config.server.max_connections {
-        shared
-            .metrics
-            .refused_connections
-            .with_label_values(&["limit"])
-            .inc();
+        shared.metrics.refused(Refusal::Limit);
         let message = format!(
             "server full: it accepts {} connections",
             shared.config.server.max_connections
         );
         let msg = ServerMessage::Error {
             code: code::UNAVAILABLE,
-            message: message.clone(),
+            message,
         };
-        refuse(conn, &mut send, msg, &message).await;
+        refuse(conn, &mut send, msg, CloseReason::ServerFull).await;
         return false;
     }
     let player = Uuid::new_v4();
@@ -614,36 +608,27 @@ async fn serve_connection(
     let mut control = RateLimit::new(cfg.control_rate_per_s);
     let mut datagrams = RateLimit::new(cfg.datagram_rate_per_s);
     let mut violations = Violations::default();
-    let mut last_seen = Instant::now();
     let metrics = &shared.metrics;
-    let close_reason: Option<&str> = loop {
-        let deadline = tokio::time::Instant::from_std(last_seen + silence);
+    let close_reason: Option<CloseReason> = loop {
         tokio::select! {
             frame = frames.recv() => {
                 let now = Instant::now();
                 let Some(frame) = frame else { break None };
-                last_seen = now;
                 match frame {
                     Ok(msg) => {
                         if !control.take(now) {
-                            metrics.dropped("control_rate_limit");
+                            metrics.dropped(DropReason::ControlRateLimit);
                             if violations.add(now, cfg.violations_per_minute) {
-                                break Some("protocol violation");
+                                break Some(CloseReason::ProtocolViolation);
                             }
                             continue;
                         }
                         match msg {
-                            ClientMessage::Heartbeat { .. } => {
-                                let tick = shared.tick.load(Ordering::Relaxed) as u32;
-                                if !write_msg(&mut send, &ServerMessage::HeartbeatAck { server_tick: tick }).await {
-                                    break None;
-                                }
-                            }
-                            ClientMessage::Disconnect => break Some("goodbye"),
+                            ClientMessage::Disconnect => break Some(CloseReason::Goodbye),
                             ClientMessage::Authenticate { .. } => {
                                 metrics.malformed_packets.inc();
                                 if violations.add(now, cfg.violations_per_minute) {
-                                    break Some("protocol violation");
+                                    break Some(CloseReason::ProtocolViolation);
                                 }
                             }
                             msg => {
@@ -656,14 +641,14 @@ async fn serve_connection(
                     Err(ProtocolError::FrameTooLarge(n)) => {
                         metrics.malformed_packets.inc();
                         tracing::warn!(bytes = n, "oversized control frame");
-                        break Some("protocol violation");
+                        break Some(CloseReason::ProtocolViolation);
                     }
                     Err(ProtocolError::Io(_)) => break None,
                     Err(e) => {
                         metrics.malformed_packets.inc();
                         tracing::warn!(error = %e, "malformed control frame dropped");
                         if violations.add(now, cfg.violations_per_minute) {
-                            break Some("protocol violation");
+                            break Some(CloseReason::ProtocolViolation);
                         }
                     }
                 }
@@ -671,32 +656,31 @@ async fn serve_connection(
             datagram = conn.read_datagram() => {
                 let now = Instant::now();
                 let Ok(bytes) = datagram else { break None };
-                last_seen = now;
                 if !datagrams.take(now) {
-                    metrics.dropped("datagram_rate_limit");
+                    metrics.dropped(DropReason::DatagramRateLimit);
                     if violations.add(now, cfg.violations_per_minute) {
-                        break Some("protocol violation");
+                        break Some(CloseReason::ProtocolViolation);
                     }
                     continue;
                 }
                 match protocol::decode_input(&bytes) {
                     Ok(input) if [input.throttle, input.brake, input.steering].iter().all(|v| v.is_finite()) => {
                         if shared.inputs.try_send((id, input)).is_err() {
-                            metrics.dropped("input_queue_full");
+                            metrics.dropped(DropReason::InputQueueFull);
                         }
                     }
                     Ok(_) => {
                         metrics.malformed_packets.inc();
-                        metrics.dropped("non_finite_input");
+                        metrics.dropped(DropReason::NonFiniteInput);
                         if violations.add(now, cfg.violations_per_minute) {
-                            break Some("protocol violation");
+                            break Some(CloseReason::ProtocolViolation);
                         }
                     }
                     Err(e) => {
                         metrics.malformed_packets.inc();
                         tracing::debug!(error = %e, "malformed datagram dropped");
                         if violations.add(now, cfg.violations_per_minute) {
-                            break Some("protocol violation");
+                            break Some(CloseReason::ProtocolViolation);
                         }
                     }
                 }
@@ -710,36 +694,32 @@ async fn serve_connection(
                     }
                     Some(Outgoing::Datagram(d)) => {
                         if conn.send_datagram(bytes::Bytes::from(d)).is_err() {
-                            metrics.dropped("datagram_send_failed");
+                            metrics.dropped(DropReason::DatagramSendFailed);
                         }
+                    }
+                    Some(Outgoing::Close(reason)) => {
+                        tracing::warn!(%reason, "closed by the lobby");
+                        break Some(reason);
                     }
                     None => break None,
                 }
-            }
-            _ = tokio::time::sleep_until(deadline) => {
-                tracing::warn!("heartbeat timeout: no message for {silence:?}");
-                break Some("heartbeat timeout");
             }
         }
     };
     reader.abort();
     match close_reason {
-        Some("protocol violation") => {
+        Some(CloseReason::ProtocolViolation) => {
             metrics.violation_disconnects.inc();
             tracing::warn!("disconnected: protocol violation");
-            refuse(
-                conn,
-                &mut send,
-                ServerMessage::AuthFailure {
-                    reason: "protocol violation".into(),
-                },
-                "protocol violation",
-            )
-            .await;
+            let reason = CloseReason::ProtocolViolation;
+            let msg = ServerMessage::AuthFailure {
+                reason: reason.as_str().into(),
+            };
+            refuse(conn, &mut send, msg, reason).await;
         }
         Some(reason) => {
-            tracing::info!(reason, "connection closed");
-            conn.close(quinn::VarInt::from_u32(0), reason.as_bytes());
+            tracing::info!(%reason, "connection closed");
+            close(conn, reason);
         }
         None => {
             // Deliver what is queued (the shutdown's 503, results) before the stream goes.

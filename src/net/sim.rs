@@ -1,16 +1,16 @@
-//! The simulation thread of `apexsim serve`: one world holds every session, stepped at
-//! 240 Hz by the real clock. It never awaits. Connection tasks reach it through bounded
-//! channels: control messages ([`ToSim`]) are handled between ticks (the lobby and the
-//! sessions of seed 003 sections 4.3-4.5), inputs are drained by [`apply_inputs`] in
+//! The simulation thread of `apexsim serve`: the shell around the [`Lobby`] core and the
+//! world. One world holds every session, stepped at 240 Hz by the real clock; the thread never
+//! awaits. Connection tasks reach it through bounded channels: control messages ([`ToSim`])
+//! are fed to the lobby between ticks, inputs are drained by [`apply_inputs`] in
 //! [`SimSystems::Input`], and [`send_telemetry`] in [`SimSystems::Snapshot`] encodes each
-//! session's packet once and queues it to its players. Archive work goes to the
-//! [`Recorder`] thread.
+//! session's packet once and queues it to its players. What the lobby returns is delivered
+//! here: messages to the connections' queues, effects to the world, sessions to the
+//! [`Recorder`] thread, which does the archive work.
 
 use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use apexsim_systems::prelude::*;
 use bevy_ecs::prelude::{
@@ -20,21 +20,21 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::config::ServerConfig;
-use super::metrics::Metrics;
-use super::protocol::{
-    self, CarConfigSummary, CarInfo, CarTelemetry, ClientMessage, FLAG_COLLIDING, FLAG_OFF_TRACK,
-    FaultKind, GridEntry, LobbyPlayer, PlayerInput, ServerMessage, SessionState, SessionSummary,
-    Standing, Telemetry, TrackConfigSummary, TrackInfo, code,
+use super::lobby::{
+    CarLap, Effect, GridSlot, Lobby, LobbyConfig, Output, RaceView, SessionIds, To,
 };
-use crate::archive::Source;
-use crate::archive::index::SessionRow;
+use super::metrics::{DropReason, Metrics};
+use super::protocol::{
+    self, CarTelemetry, ClientMessage, CloseReason, FLAG_COLLIDING, FLAG_OFF_TRACK, FaultKind,
+    PlayerInput, ServerMessage, SessionState, Standing, Telemetry,
+};
+use crate::archive::index::ResultEntry;
 use crate::archive::recorder::{RecordedCar, Recorder, RecorderMsg};
 use crate::archive::writer::WriterReport;
 use crate::content::Content;
-use crate::race::{Entry, FLUSH_TICKS, classify, result_entries, unix_now};
+use crate::runner::{Entry, FLUSH_TICKS, Paced, Pacer, classify, session_row, unix_now};
 
-/// A connection's id on this server (never reused while the process lives).
-pub type ConnId = u64;
+pub use super::lobby::ConnId;
 
 /// What the simulation thread sends a connection task.
 #[derive(Debug)]
@@ -43,6 +43,8 @@ pub enum Outgoing {
     Frame(Arc<Vec<u8>>),
     /// An encoded datagram.
     Datagram(Vec<u8>),
+    /// Close the connection: the lobby has let it go.
+    Close(CloseReason),
 }
 
 /// What connection tasks tell the simulation thread.
@@ -84,11 +86,13 @@ pub struct NetDriver {
     pub input_seq: u32,
 }
 
-/// Inputs from the connection tasks, and which car each connection drives.
+/// Inputs from the connection tasks, which car each connection drives, and the connections
+/// heard from this tick.
 #[derive(Resource)]
 pub struct NetInputs {
     rx: mpsc::Receiver<(ConnId, PlayerInput)>,
     cars: HashMap<ConnId, Entity>,
+    heard: Vec<ConnId>,
 }
 
 /// Where each connection's outgoing queue is.
@@ -116,15 +120,20 @@ pub fn apply_inputs(
     metrics: Res<NetMetrics>,
     mut cars: Query<(&mut Controls, &mut NetDriver)>,
 ) {
-    let NetInputs { rx, cars: by_conn } = &mut *inputs;
+    let NetInputs {
+        rx,
+        cars: by_conn,
+        heard,
+    } = &mut *inputs;
     while let Ok((conn, input)) = rx.try_recv() {
+        heard.push(conn);
         let Some(&car) = by_conn.get(&conn) else {
-            metrics.0.dropped("input_without_car");
+            metrics.0.dropped(DropReason::InputWithoutCar);
             continue;
         };
         if let Ok((mut controls, mut driver)) = cars.get_mut(car) {
             if input.seq < driver.input_seq {
-                metrics.0.dropped("input_out_of_order");
+                metrics.0.dropped(DropReason::InputOutOfOrder);
                 continue;
             }
             *controls = Controls::sanitized(input.throttle, input.brake, input.steering);
@@ -284,65 +293,32 @@ pub fn send_telemetry(
             protocol::patch_input_ack(&mut datagram, ack);
             match tx.try_send(Outgoing::Datagram(datagram)) {
                 Ok(()) => metrics.0.telemetry_packets_sent.inc(),
-                Err(mpsc::error::TrySendError::Full(_)) => metrics.0.dropped("send_queue_full"),
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    metrics.0.dropped(DropReason::SendQueueFull)
+                }
                 Err(mpsc::error::TrySendError::Closed(_)) => {}
             }
         }
     }
 }
 
-struct Player {
-    id: Uuid,
-    name: String,
-    car: usize,
-    session: Option<Uuid>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Phase {
-    Lobby,
-    Running,
-    Finished { at: Instant },
-}
-
-struct GridCar {
+/// A session as the world holds it: its entity and its cars by index, with the names the
+/// classification shows.
+struct WorldSession {
     entity: Entity,
-    name: String,
-    car: usize,
-    player: Option<(Uuid, ConnId)>,
-}
-
-struct Session {
-    id: Uuid,
-    entity: Entity,
-    track: usize,
-    host: ConnId,
-    max_players: u8,
-    ai_count: u8,
-    lap_limit: u8,
-    roster: Vec<ConnId>,
-    grid: Vec<GridCar>,
-    phase: Phase,
-    /// Laps each car was on when the shutdown began.
-    drain_laps: Option<Vec<u16>>,
-    interrupted: bool,
+    cars: Vec<(Entity, String, usize)>,
 }
 
 /// Everything the simulation thread owns.
 pub struct SimServer {
     sim: Simulation,
-    content: Content,
-    config: ServerConfig,
+    content: Arc<Content>,
+    lobby: Lobby,
     metrics: Metrics,
-    tick: Arc<AtomicU64>,
     control: mpsc::Receiver<ToSim>,
     recorder: Recorder,
     track_ids: Vec<TrackId>,
-    players: HashMap<ConnId, Player>,
-    sessions: Vec<Session>,
-    lobby_dirty: bool,
-    last_lobby: Instant,
-    shutdown: Option<Instant>,
+    sessions: HashMap<Uuid, WorldSession>,
     flush_now: bool,
 }
 
@@ -357,17 +333,72 @@ pub struct SimReport {
     pub archive: WriterReport,
 }
 
-/// Minimum time between two lobby broadcasts (4 Hz).
-const LOBBY_EVERY: Duration = Duration::from_millis(250);
+/// The lobby's window on the world.
+struct WorldView<'a> {
+    world: &'a bevy_ecs::world::World,
+    sessions: &'a HashMap<Uuid, WorldSession>,
+    content: &'a Content,
+}
+
+impl RaceView for WorldView<'_> {
+    fn finished(&self, session: Uuid) -> Option<FinishReason> {
+        let s = self.sessions.get(&session)?;
+        match self.world.get::<RaceState>(s.entity) {
+            Some(RaceState::Finished { reason, .. }) => Some(reason.clone()),
+            _ => None,
+        }
+    }
+
+    fn standings(&self, session: Uuid) -> Vec<Standing> {
+        let Some(s) = self.sessions.get(&session) else {
+            return Vec::new();
+        };
+        let entries: Vec<Entry<'_>> = s
+            .cars
+            .iter()
+            .map(|(car, driver, model)| Entry {
+                car: *car,
+                driver: driver.clone(),
+                car_name: &self.content.cars[*model].name,
+            })
+            .collect();
+        classify(self.world, &entries)
+            .into_iter()
+            .map(|r| Standing {
+                position: r.position as u8,
+                car_index: r.grid - 1,
+                name: r.driver,
+                laps: r.laps,
+                total_time_s: r.total_time_s,
+                best_lap_s: r.best_lap_s,
+            })
+            .collect()
+    }
+
+    fn laps(&self, session: Uuid) -> Vec<CarLap> {
+        let Some(s) = self.sessions.get(&session) else {
+            return Vec::new();
+        };
+        s.cars
+            .iter()
+            .map(|(car, _, _)| CarLap {
+                lap: self.world.get::<LapTiming>(*car).map_or(0, |t| t.lap),
+                finished: self
+                    .world
+                    .get::<Finish>(*car)
+                    .is_some_and(|f| f.position.is_some()),
+            })
+            .collect()
+    }
+}
 
 impl SimServer {
     /// Builds the world with the network systems and loads every track.
-    #[allow(clippy::too_many_arguments)]
+    #[expect(clippy::too_many_arguments, reason = "the thread's channels and parts")]
     pub fn new(
         content: Content,
         config: ServerConfig,
         metrics: Metrics,
-        tick: Arc<AtomicU64>,
         control: mpsc::Receiver<ToSim>,
         inputs: mpsc::Receiver<(ConnId, PlayerInput)>,
         recorder: Recorder,
@@ -378,6 +409,7 @@ impl SimServer {
         app.insert_resource(NetInputs {
             rx: inputs,
             cars: HashMap::new(),
+            heard: Vec::new(),
         })
         .insert_resource(NetLinks::default())
         .insert_resource(NetMetrics(metrics.clone()))
@@ -400,70 +432,71 @@ impl SimServer {
                     .add(t.geometry.clone())
             })
             .collect();
+        let content = Arc::new(content);
+        let lobby = Lobby::new(
+            content.clone(),
+            LobbyConfig::from_server(&config),
+            SessionIds::Random,
+        );
         Self {
             sim,
             content,
-            config,
+            lobby,
             metrics,
-            tick,
             control,
             recorder,
             track_ids,
-            players: HashMap::new(),
-            sessions: Vec::new(),
-            lobby_dirty: false,
-            last_lobby: Instant::now(),
-            shutdown: None,
+            sessions: HashMap::new(),
             flush_now: false,
         }
     }
 
     /// Runs until a shutdown has drained every session, paced at 240 Hz.
     pub fn run(mut self) -> SimReport {
-        let period = Duration::from_secs_f64(1.0 / f64::from(TICK_HZ));
-        let mut next = Instant::now();
+        let mut pacer = Pacer::new(1.0);
         let mut finished = 0u64;
         loop {
             self.handle_control();
+            self.deliver();
             let started = Instant::now();
             let stepped = std::panic::catch_unwind(AssertUnwindSafe(|| self.sim.step())).is_ok();
             if !stepped {
                 tracing::error!("a system panicked; every running session is faulted");
-                let running: Vec<Entity> = self
-                    .sessions
-                    .iter()
-                    .filter(|s| s.phase == Phase::Running)
-                    .map(|s| s.entity)
-                    .collect();
-                let mut faults = self.sim.world_mut().resource_mut::<SessionFaults>();
-                faults.faulted.extend(
-                    running
-                        .into_iter()
-                        .map(|e| (e, "panic in the tick".to_owned())),
-                );
+                for session in self.lobby.running_sessions() {
+                    if self.lobby.session_faulted(session, "panic in the tick") {
+                        self.metrics.session_faults.inc();
+                    }
+                }
             }
             let tick = self.sim.tick();
-            self.tick.store(tick, Ordering::Relaxed);
-            finished += self.finish_ended_sessions();
+            let heard = std::mem::take(&mut self.sim.world_mut().resource_mut::<NetInputs>().heard);
+            for conn in heard {
+                self.lobby.heard(tick, conn);
+            }
+            let view = WorldView {
+                world: self.sim.world(),
+                sessions: &self.sessions,
+                content: &self.content,
+            };
+            self.lobby.tick(tick, &view);
             self.handle_faults();
+            finished += self.deliver();
             if tick.is_multiple_of(FLUSH_TICKS) || std::mem::take(&mut self.flush_now) {
                 self.flush();
             }
-            self.broadcast_lobby();
-            self.cleanup();
+            let counts = self.lobby.counts();
+            self.metrics.connected_players.set(counts.players as i64);
+            self.metrics.sessions.set(counts.sessions as i64);
+            self.metrics.active_sessions.set(counts.running as i64);
+            self.metrics.cars.set(counts.cars as i64);
             self.metrics
-                .tick_duration_us
-                .observe(started.elapsed().as_secs_f64() * 1e6);
-            if self.drained() {
+                .tick_duration_seconds
+                .observe(started.elapsed().as_secs_f64());
+            if self.lobby.is_drained() {
                 break;
             }
-            next += period;
-            let now = Instant::now();
-            if now > next + period {
+            if pacer.wait() == Paced::Late {
                 self.metrics.ticks_late.inc();
-                next = now;
-            } else if let Some(wait) = next.checked_duration_since(now) {
-                std::thread::sleep(wait);
             }
         }
         self.flush();
@@ -482,34 +515,8 @@ impl SimServer {
         self.recorder.flush(&mut chunk);
     }
 
-    fn send(&self, conn: ConnId, msg: &ServerMessage) {
-        let Some(tx) = self
-            .sim
-            .world()
-            .resource::<NetLinks>()
-            .0
-            .get(&conn)
-            .cloned()
-        else {
-            return;
-        };
-        match protocol::encode_frame(msg) {
-            Ok(frame) => {
-                if tx.try_send(Outgoing::Frame(Arc::new(frame))).is_err() {
-                    self.metrics.dropped("control_queue_full");
-                }
-            }
-            Err(e) => tracing::error!(error = %e, "cannot encode a control message"),
-        }
-    }
-
-    fn error(&self, conn: ConnId, code: u16, message: impl Into<String>) {
-        let message = message.into();
-        tracing::debug!(conn, code, %message, "request refused");
-        self.send(conn, &ServerMessage::Error { code, message });
-    }
-
     fn handle_control(&mut self) {
+        let now = self.sim.tick();
         // Bounded per tick so a burst cannot stall the simulation.
         for _ in 0..1024 {
             let Ok(msg) = self.control.try_recv() else {
@@ -527,739 +534,282 @@ impl SimServer {
                         .resource_mut::<NetLinks>()
                         .0
                         .insert(conn, out);
-                    tracing::info!(conn, %player, %name, "player joined the lobby");
-                    self.players.insert(
-                        conn,
-                        Player {
-                            id: player,
-                            name,
-                            car: 0,
-                            session: None,
-                        },
-                    );
-                    self.metrics
-                        .connected_players
-                        .set(self.players.len() as i64);
-                    let state = self.lobby_state();
-                    self.send(conn, &state);
-                    self.lobby_dirty = true;
+                    self.lobby.connect(now, conn, player, name);
                 }
-                ToSim::Message { conn, msg } => self.handle_message(conn, msg),
+                ToSim::Message { conn, msg } => self.lobby.handle(now, conn, msg),
                 ToSim::Disconnected { conn } => {
-                    if let Some(player) = self.players.get(&conn) {
-                        let id = player.id;
-                        tracing::info!(conn, player = %id, "player disconnected");
-                        if let Some(session) = player.session {
-                            self.leave(conn, session);
-                            let peers = self.session_conns(session);
-                            for peer in peers {
-                                self.send(
-                                    peer,
-                                    &ServerMessage::PlayerDisconnected { player_id: id },
-                                );
-                            }
-                        }
-                    }
-                    self.players.remove(&conn);
-                    self.sim
-                        .world_mut()
-                        .resource_mut::<NetLinks>()
-                        .0
-                        .remove(&conn);
-                    self.metrics
-                        .connected_players
-                        .set(self.players.len() as i64);
-                    self.lobby_dirty = true;
+                    self.lobby.disconnect(conn);
+                    self.forget(conn);
                 }
-                ToSim::Shutdown => self.begin_shutdown(),
-            }
-        }
-    }
-
-    fn handle_message(&mut self, conn: ConnId, msg: ClientMessage) {
-        if !self.players.contains_key(&conn) {
-            return;
-        }
-        match msg {
-            ClientMessage::SelectCar { car_config_id } => {
-                match self.content.cars.iter().position(|c| c.id == car_config_id) {
-                    Some(car) => {
-                        if let Some(p) = self.players.get_mut(&conn) {
-                            p.car = car;
-                        }
-                        self.lobby_dirty = true;
-                    }
-                    None => self.error(
-                        conn,
-                        code::NOT_FOUND,
-                        format!("unknown car {car_config_id}"),
-                    ),
+                ToSim::Shutdown => {
+                    let view = WorldView {
+                        world: self.sim.world(),
+                        sessions: &self.sessions,
+                        content: &self.content,
+                    };
+                    self.lobby.shutdown(now, &view);
                 }
             }
-            ClientMessage::CreateSession {
-                track_config_id,
-                max_players,
-                ai_count,
-                lap_limit,
-            } => self.create(conn, track_config_id, max_players, ai_count, lap_limit),
-            ClientMessage::JoinSession { session_id } => self.join(conn, session_id),
-            ClientMessage::LeaveSession => match self.players.get(&conn).and_then(|p| p.session) {
-                Some(session) => {
-                    self.leave(conn, session);
-                    self.send(conn, &ServerMessage::SessionLeft);
-                }
-                None => self.error(conn, code::BAD_REQUEST, "not in a session"),
-            },
-            ClientMessage::StartSession => self.start(conn),
-            ClientMessage::InjectFault { kind } => self.inject(conn, kind),
-            // Answered by the connection task; nothing to do here.
-            ClientMessage::Authenticate { .. }
-            | ClientMessage::Heartbeat { .. }
-            | ClientMessage::Disconnect => {}
         }
     }
 
-    fn create(
-        &mut self,
-        conn: ConnId,
-        track_id: Uuid,
-        max_players: u8,
-        ai_count: u8,
-        lap_limit: u8,
-    ) {
-        if self.shutdown.is_some() {
-            return self.error(conn, code::UNAVAILABLE, "server shutting down");
-        }
-        if self.players.get(&conn).and_then(|p| p.session).is_some() {
-            return self.error(conn, code::CONFLICT, "already in a session: leave it first");
-        }
-        if self.sessions.len() >= self.config.server.max_sessions {
-            return self.error(
-                conn,
-                code::UNAVAILABLE,
-                format!(
-                    "the server holds its maximum of {} sessions",
-                    self.config.server.max_sessions
-                ),
-            );
-        }
-        let Some(track) = self.content.tracks.iter().position(|t| t.id == track_id) else {
-            return self.error(conn, code::NOT_FOUND, format!("unknown track {track_id}"));
-        };
-        let slots = self.content.tracks[track]
-            .geometry
-            .grid_slots()
-            .len()
-            .min(16);
-        if max_players == 0 || usize::from(max_players) > slots {
-            return self.error(
-                conn,
-                code::BAD_REQUEST,
-                format!("max_players = {max_players}: must be 1..={slots} on this track"),
-            );
-        }
-        if !(1..=99).contains(&lap_limit) {
-            return self.error(
-                conn,
-                code::BAD_REQUEST,
-                format!("lap_limit = {lap_limit}: must be 1..=99"),
-            );
-        }
-        let id = Uuid::new_v4();
-        let _span = tracing::info_span!("session", id = %id).entered();
-        let entity = spawn_session(
-            self.sim.world_mut(),
-            SessionConfig {
-                id,
-                track: self.track_ids[track],
-                rules: RaceRules {
-                    lap_limit: u16::from(lap_limit),
-                    ..RaceRules::default()
-                },
-            },
-        );
-        tracing::info!(session = %id, track = %self.content.tracks[track].slug, max_players, ai_count, lap_limit, "session created");
-        self.sessions.push(Session {
-            id,
-            entity,
-            track,
-            host: conn,
-            max_players,
-            ai_count: ai_count.min(max_players),
-            lap_limit,
-            roster: Vec::new(),
-            grid: Vec::new(),
-            phase: Phase::Lobby,
-            drain_laps: None,
-            interrupted: false,
-        });
-        self.join(conn, id);
-    }
-
-    fn join(&mut self, conn: ConnId, id: Uuid) {
-        if self.players.get(&conn).and_then(|p| p.session).is_some() {
-            return self.error(conn, code::CONFLICT, "already in a session: leave it first");
-        }
-        let Some(s) = self.sessions.iter_mut().find(|s| s.id == id) else {
-            return self.error(conn, code::NOT_FOUND, format!("no session {id}"));
-        };
-        if s.phase != Phase::Lobby {
-            return self.error(conn, code::CONFLICT, format!("session {id} has started"));
-        }
-        if s.roster.len() >= usize::from(s.max_players) {
-            let max = s.max_players;
-            return self.error(
-                conn,
-                code::CONFLICT,
-                format!("session {id} is full ({max} players)"),
-            );
-        }
-        s.roster.push(conn);
-        let position = s.roster.len() as u8;
-        let track = &self.content.tracks[s.track];
-        let Some(player) = self.players.get_mut(&conn) else {
-            return;
-        };
-        player.session = Some(id);
-        let car = &self.content.cars[player.car];
-        tracing::info!(session = %id, player = %player.id, grid = position, "joined session");
-        let msg = ServerMessage::SessionJoined {
-            session_id: id,
-            your_grid_position: position,
-            track: TrackInfo {
-                id: track.id,
-                name: track.name.clone(),
-                width_m: track.geometry.width_m(),
-                centerline: track.geometry.points().to_vec(),
-            },
-            car: car_info(car),
-        };
-        self.send(conn, &msg);
-        self.lobby_dirty = true;
-    }
-
-    /// Takes a player out of a session: from the roster in the lobby (the session goes when
-    /// nobody is left), or from the car in a race (handed to the AI). The host role moves to
-    /// the next human.
-    fn leave(&mut self, conn: ConnId, id: Uuid) {
-        if let Some(p) = self.players.get_mut(&conn) {
-            p.session = None;
-        }
-        let Some(k) = self.sessions.iter().position(|s| s.id == id) else {
-            return;
-        };
-        let _span = tracing::info_span!("session", id = %id).entered();
-        let s = &mut self.sessions[k];
-        s.roster.retain(|&c| c != conn);
-        if s.host == conn
-            && let Some(&next) = s.roster.first()
-        {
-            s.host = next;
-            tracing::info!(session = %id, conn = next, "host handed on");
-        }
-        match s.phase {
-            Phase::Lobby if s.roster.is_empty() => {
-                let entity = s.entity;
-                self.sessions.remove(k);
-                self.sim.world_mut().despawn(entity);
-                tracing::info!(session = %id, "empty session removed");
-            }
-            Phase::Running => {
-                if let Some(car) = s
-                    .grid
-                    .iter()
-                    .find(|g| g.player.is_some_and(|(_, c)| c == conn))
-                {
-                    let entity = car.entity;
-                    let world = self.sim.world_mut();
-                    world.resource_mut::<NetInputs>().cars.remove(&conn);
-                    world.entity_mut(entity).remove::<NetDriver>();
-                    if let Err(e) = hand_to_ai(world, entity, 0.97) {
-                        tracing::warn!(session = %id, error = %e, "cannot hand the car to the AI");
-                    } else {
-                        tracing::info!(session = %id, conn, "car handed to the AI");
-                    }
-                }
-            }
-            Phase::Lobby | Phase::Finished { .. } => {}
-        }
-        self.lobby_dirty = true;
-    }
-
-    fn start(&mut self, conn: ConnId) {
-        let Some(id) = self.players.get(&conn).and_then(|p| p.session) else {
-            return self.error(conn, code::BAD_REQUEST, "not in a session");
-        };
-        if self.shutdown.is_some() {
-            return self.error(conn, code::UNAVAILABLE, "server shutting down");
-        }
-        let Some(k) = self.sessions.iter().position(|s| s.id == id) else {
-            return;
-        };
-        let _span = tracing::info_span!("session", id = %id).entered();
-        if self.sessions[k].host != conn {
-            return self.error(conn, code::FORBIDDEN, "only the host can start the session");
-        }
-        if self.sessions[k].phase != Phase::Lobby {
-            return self.error(conn, code::CONFLICT, "the session has already started");
-        }
-        let (entity, roster, ai, host_car) = {
-            let s = &self.sessions[k];
-            let ai = usize::from(s.ai_count).min(usize::from(s.max_players) - s.roster.len());
-            let host_car = self.players.get(&s.host).map_or(0, |p| p.car);
-            (s.entity, s.roster.clone(), ai, host_car)
-        };
-        let mut grid = Vec::new();
-        for &c in &roster {
-            let Some(p) = self.players.get(&c) else {
-                continue;
-            };
-            let spec = self.content.cars[p.car].spec;
-            match spawn_car(self.sim.world_mut(), entity, spec, DriverKind::Human) {
-                Ok(car) => {
-                    let world = self.sim.world_mut();
-                    world.entity_mut(car).insert(NetDriver {
-                        conn: c,
-                        input_seq: 0,
-                    });
-                    world.resource_mut::<NetInputs>().cars.insert(c, car);
-                    grid.push(GridCar {
-                        entity: car,
-                        name: p.name.clone(),
-                        car: p.car,
-                        player: Some((p.id, c)),
-                    });
-                }
-                Err(e) => tracing::error!(session = %id, error = %e, "cannot place a car"),
-            }
-        }
-        for i in 0..ai {
-            let world = self.sim.world_mut();
-            let pace = world.resource_mut::<SimRng>().range_f32(0.94, 1.0);
-            let spec = self.content.cars[host_car].spec;
-            match spawn_car(world, entity, spec, DriverKind::Ai { pace }) {
-                Ok(car) => grid.push(GridCar {
-                    entity: car,
-                    name: crate::race::driver_name(i),
-                    car: host_car,
-                    player: None,
-                }),
-                Err(e) => tracing::error!(session = %id, error = %e, "cannot place an AI car"),
-            }
-        }
-        self.sim
-            .world_mut()
-            .write_message(StartRace { session: entity });
-        let track = &self.content.tracks[self.sessions[k].track];
-        let models: Vec<&str> = grid
-            .iter()
-            .map(|g| self.content.cars[g.car].name.as_str())
-            .collect();
-        let car_model = if models.windows(2).all(|w| w[0] == w[1]) {
-            models.first().map_or_else(String::new, |m| (*m).to_owned())
-        } else {
-            "mixed".to_owned()
-        };
-        self.recorder.send(RecorderMsg::Begin {
-            row: SessionRow {
-                id,
-                source: Source::Sim.as_str().into(),
-                track: track.slug.clone(),
-                car_model,
-                lap_limit: Some(u16::from(self.sessions[k].lap_limit)),
-                seed: None,
-                started_at: unix_now(),
-                finished_at: None,
-                sectors: track.sectors.clone(),
-            },
-            track_length_m: track.geometry.length_m(),
-            cars: grid
-                .iter()
-                .enumerate()
-                .map(|(i, g)| RecordedCar {
-                    entity: g.entity,
-                    index: i as u8,
-                    driver: g.name.clone(),
-                    car_model: self.content.cars[g.car].name.clone(),
-                })
-                .collect(),
-            ack: None,
-        });
-        let entries: Vec<GridEntry> = grid
-            .iter()
-            .enumerate()
-            .map(|(i, g)| GridEntry {
-                car_index: i as u8,
-                name: g.name.clone(),
-                player_id: g.player.map(|(p, _)| p),
-            })
-            .collect();
-        let msg = ServerMessage::SessionStarting {
-            countdown_seconds: (COUNTDOWN_TICKS / TICK_HZ) as u8,
-            grid: entries,
-        };
-        for &c in &roster {
-            self.send(c, &msg);
-        }
-        tracing::info!(session = %id, cars = grid.len(), humans = roster.len(), "countdown started");
-        let s = &mut self.sessions[k];
-        s.grid = grid;
-        s.phase = Phase::Running;
-        self.metrics.active_sessions.set(self.running() as i64);
-        self.lobby_dirty = true;
-    }
-
-    fn inject(&mut self, conn: ConnId, kind: FaultKind) {
-        if !self.config.server.fault_injection {
-            return self.error(
-                conn,
-                code::FORBIDDEN,
-                "fault injection is disabled on this server",
-            );
-        }
-        let Some(s) = self
-            .players
-            .get(&conn)
-            .and_then(|p| p.session)
-            .and_then(|id| self.sessions.iter().find(|s| s.id == id))
-            .filter(|s| s.phase == Phase::Running)
-        else {
-            return self.error(conn, code::CONFLICT, "not in a running session");
-        };
-        tracing::warn!(session = %s.id, ?kind, "fault injected");
-        let entity = s.entity;
-        let car = s
-            .grid
-            .iter()
-            .find(|g| g.player.is_some_and(|(_, c)| c == conn))
-            .map(|g| g.entity);
+    /// The connection's queue and car mapping go.
+    fn forget(&mut self, conn: ConnId) {
         let world = self.sim.world_mut();
-        match kind {
-            FaultKind::Panic => {
-                world
-                    .resource_mut::<SessionFaults>()
-                    .panic_next
-                    .insert(entity);
-            }
-            FaultKind::NonFinite => {
-                if let Some(mut pose) = car.and_then(|c| world.get_mut::<Pose>(c)) {
-                    pose.x_m = f32::NAN;
-                }
-            }
-        }
-    }
-
-    fn running(&self) -> usize {
-        self.sessions
-            .iter()
-            .filter(|s| s.phase == Phase::Running)
-            .count()
-    }
-
-    fn session_conns(&self, id: Uuid) -> Vec<ConnId> {
-        self.players
-            .iter()
-            .filter(|(_, p)| p.session == Some(id))
-            .map(|(&c, _)| c)
-            .collect()
-    }
-
-    /// Sessions whose race ended: results to the players, the session to the archive.
-    fn finish_ended_sessions(&mut self) -> u64 {
-        let mut ended = Vec::new();
-        for (k, s) in self.sessions.iter().enumerate() {
-            if s.phase != Phase::Running {
-                continue;
-            }
-            if let Some(RaceState::Finished { reason, .. }) =
-                self.sim.world().get::<RaceState>(s.entity)
-            {
-                ended.push((k, reason.clone()));
-            }
-        }
-        if ended.is_empty() {
-            return 0;
-        }
-        // The rows up to the end (and the laps the end closed) go before the session's end.
-        self.flush();
-        let mut finished = 0;
-        for (k, reason) in ended {
-            let s = &self.sessions[k];
-            let _span = tracing::info_span!("session", id = %s.id).entered();
-            let entries: Vec<Entry<'_>> = s
-                .grid
-                .iter()
-                .map(|g| Entry {
-                    car: g.entity,
-                    driver: g.name.clone(),
-                    car_name: &self.content.cars[g.car].name,
-                })
-                .collect();
-            let results = classify(self.sim.world(), &entries);
-            let fault = match reason {
-                FinishReason::Fault(m) if !s.interrupted => Some(m),
-                _ => None,
-            };
-            let standings = results
-                .iter()
-                .map(|r| Standing {
-                    position: r.position as u8,
-                    car_index: r.grid - 1,
-                    name: r.driver.clone(),
-                    laps: r.laps,
-                    total_time_s: r.total_time_s,
-                    best_lap_s: r.best_lap_s,
-                })
-                .collect();
-            let msg = ServerMessage::SessionResults {
-                session_id: s.id,
-                fault: fault.clone(),
-                standings,
-            };
-            let id = s.id;
-            for c in self.session_conns(id) {
-                self.send(c, &msg);
-            }
-            tracing::info!(session = %id, ?fault, winner = ?results.first().map(|r| &r.driver), "session finished");
-            self.recorder.send(RecorderMsg::End {
-                session: id,
-                finished_at: unix_now(),
-                results: result_entries(&results),
-                fault,
-            });
-            let conns: Vec<ConnId> = self.sessions[k]
-                .grid
-                .iter()
-                .filter_map(|g| g.player.map(|(_, c)| c))
-                .collect();
-            let world = self.sim.world_mut();
-            for c in &conns {
-                world.resource_mut::<NetInputs>().cars.remove(c);
-            }
-            for g in &self.sessions[k].grid {
-                world.entity_mut(g.entity).remove::<NetDriver>();
-            }
-            for c in conns {
-                if let Some(p) = self.players.get_mut(&c)
-                    && p.session == Some(id)
-                {
-                    p.session = None;
-                }
-            }
-            self.sessions[k].phase = Phase::Finished { at: Instant::now() };
-            finished += 1;
-        }
-        self.metrics.active_sessions.set(self.running() as i64);
-        self.lobby_dirty = true;
-        finished
+        world.resource_mut::<NetLinks>().0.remove(&conn);
+        world.resource_mut::<NetInputs>().cars.remove(&conn);
     }
 
     fn handle_faults(&mut self) {
         let faulted =
             std::mem::take(&mut self.sim.world_mut().resource_mut::<SessionFaults>().faulted);
         for (entity, message) in faulted {
-            let Some(s) = self.sessions.iter().find(|s| s.entity == entity) else {
-                continue;
-            };
-            let id = s.id;
-            let _span = tracing::info_span!("session", id = %id).entered();
-            if !end_race(
-                self.sim.world_mut(),
-                entity,
-                FinishReason::Fault(message.clone()),
-            ) {
-                continue;
-            }
-            tracing::error!(session = %id, %message, "session fault: the session ends, the others race on");
-            self.metrics.session_faults.inc();
-            for c in self.session_conns(id) {
-                self.error(c, code::SESSION_FAULT, format!("session fault: {message}"));
-            }
-        }
-    }
-
-    fn begin_shutdown(&mut self) {
-        if self.shutdown.is_some() {
-            return;
-        }
-        let drain = Duration::from_secs_f64(self.config.server.drain_seconds);
-        tracing::info!(?drain, "shutting down: draining the racing sessions");
-        self.shutdown = Some(Instant::now() + drain);
-        let conns: Vec<ConnId> = self.players.keys().copied().collect();
-        for c in conns {
-            self.error(c, code::UNAVAILABLE, "server shutting down");
-        }
-        // Sessions that have not started go; racing ones finish their current lap.
-        let world = self.sim.world();
-        for s in &mut self.sessions {
-            if s.phase == Phase::Running {
-                s.drain_laps = Some(
-                    s.grid
-                        .iter()
-                        .map(|g| world.get::<LapTiming>(g.entity).map_or(0, |t| t.lap))
-                        .collect(),
-                );
-            }
-        }
-        let lobby: Vec<Entity> = self
-            .sessions
-            .iter()
-            .filter(|s| s.phase == Phase::Lobby)
-            .map(|s| s.entity)
-            .collect();
-        self.sessions.retain(|s| s.phase != Phase::Lobby);
-        for e in lobby {
-            self.sim.world_mut().despawn(e);
-        }
-    }
-
-    /// During a shutdown: ends the sessions whose cars all finished the lap they were on (or
-    /// every session once the drain time is up); `true` once nothing is left running.
-    fn drained(&mut self) -> bool {
-        let Some(deadline) = self.shutdown else {
-            return false;
-        };
-        let out_of_time = Instant::now() >= deadline;
-        let mut to_end = Vec::new();
-        for s in &mut self.sessions {
-            if s.phase != Phase::Running || s.interrupted {
-                continue;
-            }
-            let world = self.sim.world();
-            let lap_done = s.drain_laps.as_ref().is_some_and(|laps| {
-                s.grid.iter().zip(laps).all(|(g, &lap)| {
-                    world
-                        .get::<LapTiming>(g.entity)
-                        .is_some_and(|t| t.lap > lap)
-                        || world
-                            .get::<Finish>(g.entity)
-                            .is_some_and(|f| f.position.is_some())
-                })
-            });
-            if out_of_time || lap_done {
-                s.interrupted = true;
-                to_end.push(s.entity);
-            }
-        }
-        for e in to_end {
-            end_race(
-                self.sim.world_mut(),
-                e,
-                FinishReason::Fault("server shut down".into()),
-            );
-            self.flush_now = true;
-        }
-        self.running() == 0
-    }
-
-    fn cleanup(&mut self) {
-        let timeout = Duration::from_secs(self.config.server.session_timeout_seconds);
-        let mut gone = Vec::new();
-        self.sessions.retain(|s| match s.phase {
-            Phase::Finished { at } if at.elapsed() >= timeout => {
-                gone.push((s.id, s.entity));
-                false
-            }
-            _ => true,
-        });
-        for (id, entity) in gone {
-            self.sim.world_mut().despawn(entity);
-            tracing::info!(session = %id, "finished session cleaned up");
-            self.lobby_dirty = true;
-        }
-        self.metrics.sessions.set(self.sessions.len() as i64);
-        let cars: usize = self.sessions.iter().map(|s| s.grid.len()).sum();
-        self.metrics.cars.set(cars as i64);
-    }
-
-    fn lobby_state(&self) -> ServerMessage {
-        let name_of = |c: &ConnId| {
-            self.players
-                .get(c)
-                .map_or_else(String::new, |p| p.name.clone())
-        };
-        let mut players: Vec<LobbyPlayer> = self
-            .players
-            .values()
-            .map(|p| LobbyPlayer {
-                id: p.id,
-                name: p.name.clone(),
-                selected_car: self.content.cars.get(p.car).map(|c| c.id),
-                in_session: p.session,
-            })
-            .collect();
-        players.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
-        ServerMessage::LobbyState {
-            players_in_lobby: players,
-            available_sessions: self
+            let Some(id) = self
                 .sessions
                 .iter()
-                .map(|s| SessionSummary {
-                    id: s.id,
-                    track_name: self.content.tracks[s.track].name.clone(),
-                    host_name: name_of(&s.host),
-                    player_count: s.roster.len() as u8,
-                    max_players: s.max_players,
-                    ai_count: s.ai_count,
-                    lap_limit: s.lap_limit,
-                    state: match s.phase {
-                        Phase::Lobby => SessionState::Lobby,
-                        Phase::Running => match self.sim.world().get::<RaceState>(s.entity) {
-                            Some(RaceState::Countdown { .. }) => SessionState::Countdown,
-                            Some(RaceState::Finished { .. }) => SessionState::Finished,
-                            _ => SessionState::Racing,
-                        },
-                        Phase::Finished { .. } => SessionState::Finished,
-                    },
-                })
-                .collect(),
-            car_configs: self
-                .content
-                .cars
-                .iter()
-                .map(|c| CarConfigSummary {
-                    id: c.id,
-                    slug: c.slug.clone(),
-                    name: c.name.clone(),
-                })
-                .collect(),
-            track_configs: self
-                .content
-                .tracks
-                .iter()
-                .map(|t| TrackConfigSummary {
-                    id: t.id,
-                    slug: t.slug.clone(),
-                    name: t.name.clone(),
-                })
-                .collect(),
-        }
-    }
-
-    fn broadcast_lobby(&mut self) {
-        if !self.lobby_dirty || self.last_lobby.elapsed() < LOBBY_EVERY || self.shutdown.is_some() {
-            return;
-        }
-        self.lobby_dirty = false;
-        self.last_lobby = Instant::now();
-        let state = self.lobby_state();
-        let Ok(frame) = protocol::encode_frame(&state) else {
-            return;
-        };
-        let frame = Arc::new(frame);
-        for tx in self.sim.world().resource::<NetLinks>().0.values() {
-            if tx.try_send(Outgoing::Frame(frame.clone())).is_err() {
-                self.metrics.dropped("control_queue_full");
+                .find(|(_, s)| s.entity == entity)
+                .map(|(id, _)| *id)
+            else {
+                continue;
+            };
+            let _span = tracing::info_span!("session", id = %id).entered();
+            if self.lobby.session_faulted(id, &message) {
+                self.metrics.session_faults.inc();
             }
         }
     }
-}
 
-/// A car's physics as the protocol carries it.
-pub fn car_info(car: &crate::content::CarContent) -> CarInfo {
-    CarInfo {
-        id: car.id,
-        name: car.name.clone(),
-        physics: car.spec.to_array(),
+    /// Carries out what the lobby asked, in order; returns the sessions that ended.
+    fn deliver(&mut self) -> u64 {
+        let mut ended = 0;
+        let mut flushed = false;
+        while let Some(output) = self.lobby.poll() {
+            match output {
+                Output::Send { to, msg } => self.send(&to, &msg),
+                Output::Close { conn, reason } => {
+                    if let Some(tx) = self.sim.world().resource::<NetLinks>().0.get(&conn) {
+                        let _ = tx.try_send(Outgoing::Close(reason));
+                    }
+                    self.forget(conn);
+                }
+                Output::World(effect) => {
+                    if let Effect::SessionEnded { .. } = effect {
+                        // The rows up to the end (and the laps it closed) go before the end.
+                        if !std::mem::replace(&mut flushed, true) {
+                            self.flush();
+                        }
+                        ended += 1;
+                    }
+                    self.apply(effect);
+                }
+            }
+        }
+        ended
+    }
+
+    fn send(&self, to: &To, msg: &ServerMessage) {
+        let frame = match protocol::encode_frame(msg) {
+            Ok(frame) => Arc::new(frame),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode a control message");
+                return;
+            }
+        };
+        let links = &self.sim.world().resource::<NetLinks>().0;
+        let mut deliver = |tx: &mpsc::Sender<Outgoing>| {
+            if tx.try_send(Outgoing::Frame(frame.clone())).is_err() {
+                self.metrics.dropped(DropReason::ControlQueueFull);
+            }
+        };
+        match to {
+            To::One(conn) => links.get(conn).into_iter().for_each(&mut deliver),
+            To::Many(conns) => conns
+                .iter()
+                .filter_map(|c| links.get(c))
+                .for_each(&mut deliver),
+            To::Everyone => links.values().for_each(&mut deliver),
+        }
+    }
+
+    fn car(&self, session: Uuid, index: u8) -> Option<Entity> {
+        self.sessions
+            .get(&session)
+            .and_then(|s| s.cars.get(usize::from(index)))
+            .map(|c| c.0)
+    }
+
+    fn apply(&mut self, effect: Effect) {
+        match effect {
+            Effect::CreateSession {
+                session,
+                track,
+                lap_limit,
+            } => {
+                let entity = spawn_session(
+                    self.sim.world_mut(),
+                    SessionConfig {
+                        id: session,
+                        track: self.track_ids[track],
+                        rules: RaceRules {
+                            lap_limit,
+                            ..RaceRules::default()
+                        },
+                    },
+                );
+                self.sessions.insert(
+                    session,
+                    WorldSession {
+                        entity,
+                        cars: Vec::new(),
+                    },
+                );
+            }
+            Effect::RemoveSession { session } => {
+                if let Some(s) = self.sessions.remove(&session) {
+                    let world = self.sim.world_mut();
+                    let mut inputs = world.resource_mut::<NetInputs>();
+                    inputs
+                        .cars
+                        .retain(|_, car| !s.cars.iter().any(|c| c.0 == *car));
+                    world.despawn(s.entity);
+                }
+            }
+            Effect::StartRace {
+                session,
+                track,
+                lap_limit,
+                grid,
+            } => self.start_race(session, track, lap_limit, &grid),
+            Effect::HandToAi { session, car_index } => {
+                let Some(car) = self.car(session, car_index) else {
+                    return;
+                };
+                let world = self.sim.world_mut();
+                world
+                    .resource_mut::<NetInputs>()
+                    .cars
+                    .retain(|_, c| *c != car);
+                world.entity_mut(car).remove::<NetDriver>();
+                if let Err(e) = hand_to_ai(world, car, 0.97) {
+                    tracing::warn!(%session, error = %e, "cannot hand the car to the AI");
+                }
+            }
+            Effect::EndRace { session, reason } => {
+                if let Some(s) = self.sessions.get(&session) {
+                    end_race(self.sim.world_mut(), s.entity, reason);
+                    self.flush_now = true;
+                }
+            }
+            Effect::InjectFault {
+                session,
+                kind,
+                car_index,
+            } => {
+                let Some(entity) = self.sessions.get(&session).map(|s| s.entity) else {
+                    return;
+                };
+                let car = car_index.and_then(|i| self.car(session, i));
+                let world = self.sim.world_mut();
+                match kind {
+                    FaultKind::Panic => {
+                        world
+                            .resource_mut::<SessionFaults>()
+                            .panic_next
+                            .insert(entity);
+                    }
+                    FaultKind::NonFinite => {
+                        if let Some(mut pose) = car.and_then(|c| world.get_mut::<Pose>(c)) {
+                            pose.x_m = f32::NAN;
+                        }
+                    }
+                }
+            }
+            Effect::SessionEnded {
+                session,
+                standings,
+                fault,
+            } => {
+                self.recorder.send(RecorderMsg::End {
+                    session,
+                    finished_at: unix_now(),
+                    results: standings
+                        .into_iter()
+                        .map(|s| ResultEntry {
+                            position: u32::from(s.position),
+                            car: s.car_index,
+                            driver: s.name,
+                            laps: s.laps,
+                            total_time_s: s.total_time_s,
+                            best_lap_s: s.best_lap_s,
+                        })
+                        .collect(),
+                    fault,
+                });
+                if let Some(s) = self.sessions.get(&session) {
+                    let world = self.sim.world_mut();
+                    world
+                        .resource_mut::<NetInputs>()
+                        .cars
+                        .retain(|_, car| !s.cars.iter().any(|c| c.0 == *car));
+                    for (car, _, _) in &s.cars {
+                        world.entity_mut(*car).remove::<NetDriver>();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Places the grid, starts the countdown and begins the session's recording.
+    fn start_race(&mut self, session: Uuid, track: usize, lap_limit: u16, grid: &[GridSlot]) {
+        let Some(entity) = self.sessions.get(&session).map(|s| s.entity) else {
+            return;
+        };
+        let _span = tracing::info_span!("session", id = %session).entered();
+        let mut cars = Vec::with_capacity(grid.len());
+        for slot in grid {
+            let world = self.sim.world_mut();
+            let spec = self.content.cars[slot.car].spec;
+            let kind = match slot.driver {
+                Some(_) => DriverKind::Human,
+                None => DriverKind::Ai {
+                    pace: world.resource_mut::<SimRng>().range_f32(0.94, 1.0),
+                },
+            };
+            match spawn_car(world, entity, spec, kind) {
+                Ok(car) => {
+                    if let Some((_, conn)) = slot.driver {
+                        world
+                            .entity_mut(car)
+                            .insert(NetDriver { conn, input_seq: 0 });
+                        world.resource_mut::<NetInputs>().cars.insert(conn, car);
+                    }
+                    cars.push((car, slot.name.clone(), slot.car));
+                }
+                Err(e) => tracing::error!(error = %e, "cannot place a car"),
+            }
+        }
+        self.sim
+            .world_mut()
+            .write_message(StartRace { session: entity });
+        let recorded: Vec<RecordedCar> = cars
+            .iter()
+            .enumerate()
+            .map(|(i, (car, driver, model))| RecordedCar {
+                entity: *car,
+                index: i as u8,
+                driver: driver.clone(),
+                car_model: self.content.cars[*model].name.clone(),
+            })
+            .collect();
+        let track = &self.content.tracks[track];
+        self.recorder.send(RecorderMsg::Begin {
+            row: session_row(session, track, lap_limit, None, &recorded),
+            track_length_m: track.geometry.length_m(),
+            cars: recorded,
+            ack: None,
+        });
+        if let Some(s) = self.sessions.get_mut(&session) {
+            s.cars = cars;
+        }
     }
 }

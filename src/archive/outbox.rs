@@ -1,14 +1,16 @@
-//! The durable upload outbox: a table in the archive's SQLite index (`outbox`, migration 3).
+//! The durable upload outbox: a table in the archive's SQLite index (`outbox`, migration 3),
+//! defined here beside the index with its states; the uploader ([`crate::coach::upload`])
+//! drives it.
 //!
-//! A lap enters it in the transaction that indexes the lap ([`crate::archive::index::Index::
+//! A lap enters it in the transaction that indexes the lap ([`super::index::Index::
 //! put_lap_queued`]), so no lap is archived without its upload recorded, whatever happens to
 //! the process after. Each row goes `pending` → `lap_sent` (the server accepted the lap) →
 //! `done` (and its metrics); a network error or 5xx sets `next_at_ms` by exponential backoff
 //! with jitter; any other 4xx sets it `failed` with the server's words, until `apexsim outbox
 //! retry`. An uploader claims rows with a lease, so processes sharing the data directory never
 //! send the same row at once, and a process that dies leaves its rows to the next after the
-//! lease. The lap's id on the server is stable ([`super::mapping::lap_id`]): a retry after a
-//! lost response cannot create a second lap.
+//! lease. The lap's id on the server is stable ([`lap_id`]): a retry after a lost response
+//! cannot create a second lap.
 
 use std::path::Path;
 use std::time::Duration;
@@ -16,8 +18,21 @@ use std::time::Duration;
 use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
 use uuid::Uuid;
 
-use crate::archive::ArchiveError;
-use crate::archive::index::Index;
+use super::ArchiveError;
+use super::index::Index;
+
+/// Namespace of the ids ApexSim gives laps and sessions on a Racing Coach server.
+pub const NAMESPACE: Uuid = Uuid::from_u128(0x6a1c_05e1_7d3b_4c8e_9f21_a7c3_5e0b_d412);
+
+/// The lap's id on the server: the same for every upload of the same lap, so a retry after a
+/// lost response updates the lap instead of adding a second one.
+pub fn lap_id(session: Uuid, car: u8, lap: u16) -> Uuid {
+    let mut name = [0u8; 19];
+    name[..16].copy_from_slice(session.as_bytes());
+    name[16] = car;
+    name[17..].copy_from_slice(&lap.to_be_bytes());
+    Uuid::new_v5(&NAMESPACE, &name)
+}
 
 /// Where a row stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -44,14 +59,44 @@ impl State {
         }
     }
 
-    fn parse(s: &str) -> Self {
-        match s {
-            "lap_sent" => Self::LapSent,
-            "done" => Self::Done,
-            "failed" => Self::Failed,
-            _ => Self::Pending,
-        }
+    fn parse(s: &str) -> Option<Self> {
+        [Self::Pending, Self::LapSent, Self::Done, Self::Failed]
+            .into_iter()
+            .find(|state| state.as_str() == s)
     }
+}
+
+impl rusqlite::ToSql for State {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(self.as_str().into())
+    }
+}
+
+impl rusqlite::types::FromSql for State {
+    fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        let text = value.as_str()?;
+        Self::parse(text).ok_or_else(|| {
+            rusqlite::types::FromSqlError::Other(format!("unknown outbox state {text:?}").into())
+        })
+    }
+}
+
+/// What the outbox does when a session leaves the archive, inside the index's transaction:
+/// its delivered uploads are history and go; one still waiting can no longer be sent, and
+/// says so in `outbox ls`.
+pub(crate) fn session_removed(tx: &Transaction<'_>, session: Uuid) -> rusqlite::Result<()> {
+    let id = session.to_string();
+    tx.execute(
+        "DELETE FROM outbox WHERE session_id = ?1 AND state = ?2",
+        params![id, State::Done],
+    )?;
+    tx.execute(
+        "UPDATE outbox SET state = ?2, lease_until_ms = NULL,
+         last_error = 'pruned from the archive before it was uploaded'
+         WHERE session_id = ?1",
+        params![id, State::Failed],
+    )?;
+    Ok(())
 }
 
 /// One lap to upload.
@@ -129,15 +174,17 @@ pub(crate) fn enqueue(
 ) -> Result<bool, rusqlite::Error> {
     let now = now_ms();
     let n = tx.execute(
-        "INSERT OR IGNORE INTO outbox (url, session_id, car, lap, lap_id, created_at_ms, updated_at_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+        "INSERT OR IGNORE INTO outbox
+         (url, session_id, car, lap, lap_id, state, created_at_ms, updated_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?7, ?6, ?6)",
         params![
             url,
             session.to_string(),
             car,
             lap,
-            super::mapping::lap_id(session, car, lap).to_string(),
-            now
+            lap_id(session, car, lap).to_string(),
+            now,
+            State::Pending
         ],
     )?;
     Ok(n > 0)
@@ -155,7 +202,7 @@ fn entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
         car: r.get(3)?,
         lap: r.get(4)?,
         lap_id: uuid(r.get(5)?),
-        state: State::parse(&r.get::<_, String>(6)?),
+        state: r.get(6)?,
         attempts: r.get(7)?,
         next_at_ms: r.get(8)?,
         server_lap_id: r.get(9)?,
@@ -237,14 +284,17 @@ impl Outbox {
             let mut stmt = tx
                 .prepare(&format!(
                     "SELECT {COLUMNS} FROM outbox
-                     WHERE state IN ('pending', 'lap_sent') AND next_at_ms <= ?1
+                     WHERE state IN (?4, ?5) AND next_at_ms <= ?1
                        AND (lease_until_ms IS NULL OR lease_until_ms <= ?1)
                        AND (?2 IS NULL OR url = ?2)
                      ORDER BY id LIMIT ?3"
                 ))
                 .map_err(self.sql())?;
             let rows = stmt
-                .query_map(params![now, url, limit as i64], entry)
+                .query_map(
+                    params![now, url, limit as i64, State::Pending, State::LapSent],
+                    entry,
+                )
                 .map_err(self.sql())?;
             rows.collect::<Result<Vec<_>, _>>().map_err(self.sql())?
         };
@@ -266,9 +316,9 @@ impl Outbox {
     /// [`ArchiveError::Sqlite`].
     pub fn lap_sent(&self, id: i64, server_lap_id: &str) -> Result<(), ArchiveError> {
         self.update(
-            "UPDATE outbox SET state = 'lap_sent', server_lap_id = ?2, last_error = NULL,
+            "UPDATE outbox SET state = ?4, server_lap_id = ?2, last_error = NULL,
              maybe_sent = 0, updated_at_ms = ?3 WHERE id = ?1",
-            params![id, server_lap_id, now_ms()],
+            params![id, server_lap_id, now_ms(), State::LapSent],
         )
     }
 
@@ -278,9 +328,9 @@ impl Outbox {
     /// [`ArchiveError::Sqlite`].
     pub fn done(&self, id: i64, note: Option<&str>) -> Result<(), ArchiveError> {
         self.update(
-            "UPDATE outbox SET state = 'done', lease_until_ms = NULL, last_error = ?2,
+            "UPDATE outbox SET state = ?4, lease_until_ms = NULL, last_error = ?2,
              updated_at_ms = ?3 WHERE id = ?1",
-            params![id, note, now_ms()],
+            params![id, note, now_ms(), State::Done],
         )
     }
 
@@ -298,9 +348,9 @@ impl Outbox {
     ) -> Result<(), ArchiveError> {
         self.update(
             "UPDATE outbox SET attempts = ?2, next_at_ms = ?3, lease_until_ms = NULL,
-             last_error = ?4, updated_at_ms = ?5, maybe_sent = maybe_sent OR state = 'pending'
+             last_error = ?4, updated_at_ms = ?5, maybe_sent = maybe_sent OR state = ?6
              WHERE id = ?1",
-            params![id, attempts, next_at_ms, error, now_ms()],
+            params![id, attempts, next_at_ms, error, now_ms(), State::Pending],
         )
     }
 
@@ -310,9 +360,9 @@ impl Outbox {
     /// [`ArchiveError::Sqlite`].
     pub fn fail(&self, id: i64, attempts: u32, error: &str) -> Result<(), ArchiveError> {
         self.update(
-            "UPDATE outbox SET state = 'failed', attempts = ?2, lease_until_ms = NULL,
+            "UPDATE outbox SET state = ?5, attempts = ?2, lease_until_ms = NULL,
              last_error = ?3, updated_at_ms = ?4 WHERE id = ?1",
-            params![id, attempts, error, now_ms()],
+            params![id, attempts, error, now_ms(), State::Failed],
         )
     }
 
@@ -325,8 +375,8 @@ impl Outbox {
     pub fn release(&self, id: i64) -> Result<(), ArchiveError> {
         self.update(
             "UPDATE outbox SET lease_until_ms = NULL,
-             maybe_sent = maybe_sent OR state = 'pending' WHERE id = ?1",
-            params![id],
+             maybe_sent = maybe_sent OR state = ?2 WHERE id = ?1",
+            params![id, State::Pending],
         )
     }
 
@@ -347,11 +397,11 @@ impl Outbox {
             .conn()
             .execute(
                 "UPDATE outbox SET
-                    state = CASE WHEN server_lap_id IS NULL THEN 'pending' ELSE 'lap_sent' END,
+                    state = CASE WHEN server_lap_id IS NULL THEN ?3 ELSE ?4 END,
                     attempts = 0, next_at_ms = 0, updated_at_ms = ?2,
                     lease_until_ms = CASE WHEN ?1 IS NULL THEN lease_until_ms END
-                 WHERE state != 'done' AND (?1 IS NULL OR id = ?1)",
-                params![id, now_ms()],
+                 WHERE state != ?5 AND (?1 IS NULL OR id = ?1)",
+                params![id, now_ms(), State::Pending, State::LapSent, State::Done],
             )
             .map_err(self.sql())
     }
@@ -381,10 +431,12 @@ impl Outbox {
             .index
             .conn()
             .prepare(&format!(
-                "SELECT {COLUMNS} FROM outbox WHERE ?1 OR state != 'done' ORDER BY id"
+                "SELECT {COLUMNS} FROM outbox WHERE ?1 OR state != ?2 ORDER BY id"
             ))
             .map_err(self.sql())?;
-        let rows = stmt.query_map(params![all], entry).map_err(self.sql())?;
+        let rows = stmt
+            .query_map(params![all, State::Done], entry)
+            .map_err(self.sql())?;
         rows.collect::<Result<_, _>>().map_err(self.sql())
     }
 
@@ -404,7 +456,7 @@ impl Outbox {
         let rows = stmt
             .query_map(params![url, now_ms()], |r| {
                 Ok((
-                    r.get::<_, String>(0)?,
+                    r.get::<_, State>(0)?,
                     r.get::<_, bool>(1)?,
                     r.get::<_, i64>(2)?,
                 ))
@@ -414,7 +466,7 @@ impl Outbox {
         for row in rows {
             let (state, leased, n) = row.map_err(self.sql())?;
             let n = n as u64;
-            match State::parse(&state) {
+            match state {
                 State::Pending | State::LapSent if leased => c.in_flight += n,
                 State::Pending => c.pending += n,
                 State::LapSent => c.lap_sent += n,
@@ -434,8 +486,8 @@ impl Outbox {
             .conn()
             .query_row(
                 "SELECT MIN(MAX(next_at_ms, COALESCE(lease_until_ms, 0))) FROM outbox
-                 WHERE state IN ('pending', 'lap_sent') AND (?1 IS NULL OR url = ?1)",
-                params![url],
+                 WHERE state IN (?2, ?3) AND (?1 IS NULL OR url = ?1)",
+                params![url, State::Pending, State::LapSent],
                 |r| r.get(0),
             )
             .map_err(self.sql())
