@@ -1,18 +1,25 @@
 //! ApexSim: a data-oriented ECS simulation and analysis engine for sim racing.
 //!
 //! The simulation itself lives in [`apexsim_systems`] (no I/O). This crate does the I/O around
-//! it: the command line, content loading, the offline race runner, the lap archive and the
-//! iRacing ingest; the network and analysis build on these.
+//! it, in layers, each importing only those below it (`tools/module_graph.py` checks):
+//!
+//! ```text
+//! archive (Parquet, write-ahead files, the SQLite index and outbox) and content
+//!   <- analysis (lap metrics, polars queries) <- events (the bus, the writer's wiring)
+//!   <- ingest (iRacing, Racing Coach files) <- coach (uploads)
+//!   <- runner (what race and serve share) <- race (offline races), net (the server)
+//! ```
+//!
+//! The command line is the binary's (`src/main.rs`, one file per command under `src/cmd/`);
+//! the library prints nothing.
 
 pub mod analysis;
 pub mod archive;
-pub mod cli;
 pub mod coach;
 pub mod content;
 pub mod events;
 pub mod ingest;
 pub mod net;
-pub mod output;
 pub mod race;
 pub mod runner;
 

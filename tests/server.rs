@@ -99,6 +99,33 @@ fn archive_ls(data: &Path, session: &str) -> serde_json::Value {
     json(&out)
 }
 
+/// Prometheus's own linter (`promtool check metrics`, installed by `tools/ci-setup.sh`) finds
+/// nothing wrong with an exposition: names in base units, counters ending in `_total`, help
+/// on every metric.
+fn promtool_accepts(exposition: &str) {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package; tools/ci-setup.sh installs it)");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(exposition.as_bytes())
+        .expect("metrics to promtool");
+    let out = child.wait_with_output().expect("promtool ran");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success() && said.trim().is_empty(), "promtool: {said}");
+}
+
 /// Next control message that is not a lobby update.
 async fn next(client: &mut Client) -> ServerMessage {
     loop {
@@ -261,6 +288,7 @@ fn bots_race_to_the_finish_and_the_session_is_archived() {
         let moved = metric(&after, series) - metric(&before, series);
         assert!(moved >= at_least, "{series} moved by {moved}");
     }
+    promtool_accepts(&after);
     let session = report["session"].as_str().expect("session").to_owned();
     // The finished session is listed, then cleaned up after session_timeout_seconds.
     let listed = |server: &Server| {

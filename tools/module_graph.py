@@ -22,7 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CRATES = {"apexsim": ROOT / "src", "apexsim-systems": ROOT / "systems" / "src"}
-BINARY = {"main.rs", "cmd"}
+BINARY = {"main.rs", "cmd.rs", "cmd"}
 FORBIDDEN = {("apexsim", "archive"): {"coach", "analysis", "events", "net"}}
 
 

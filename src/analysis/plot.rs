@@ -97,9 +97,9 @@ fn draw<DB: DrawingBackend>(
         "{}: lap B {} ({}) against lap A {} ({}): {:+.3} s",
         c.track,
         c.b.name,
-        crate::output::lap_time(c.b.lap_time_s),
+        super::format_lap_time(c.b.lap_time_s),
         c.a.name,
-        crate::output::lap_time(c.a.lap_time_s),
+        super::format_lap_time(c.a.lap_time_s),
         c.delta_s
     );
     let root = root.titled(&title, ("sans-serif", 24))?;

@@ -318,14 +318,18 @@ pub fn ensure_metrics(
 /// Whether a stored metric table has a file (a pruned archive may keep its empty directories).
 fn has_table(data: &Path, table: &str) -> bool {
     fn any_parquet(dir: &Path) -> bool {
-        std::fs::read_dir(dir).into_iter().flatten().flatten().any(|e| {
-            let p = e.path();
-            if p.is_dir() {
-                any_parquet(&p)
-            } else {
-                p.extension().is_some_and(|x| x == "parquet")
-            }
-        })
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                let p = e.path();
+                if p.is_dir() {
+                    any_parquet(&p)
+                } else {
+                    p.extension().is_some_and(|x| x == "parquet")
+                }
+            })
     }
     any_parquet(&data.join(crate::archive::DERIVED_DIR).join(table))
 }

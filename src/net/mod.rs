@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod config;
+pub mod connection;
 pub mod drive;
 pub mod lobby;
 pub mod metrics;
@@ -11,3 +12,5 @@ pub mod protocol;
 pub mod server;
 pub mod sim;
 pub mod tls;
+
+pub use server::shutdown_signal;

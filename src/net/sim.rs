@@ -394,7 +394,6 @@ impl RaceView for WorldView<'_> {
 
 impl SimServer {
     /// Builds the world with the network systems and loads every track.
-    #[expect(clippy::too_many_arguments, reason = "the thread's channels and parts")]
     pub fn new(
         content: Content,
         config: ServerConfig,

@@ -1,0 +1,155 @@
+//! `apexsim drive`: client bots that race on a server, and load-test it.
+
+use std::io;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use apexsim::net::drive::{DriveOptions, DriveReport, Mode};
+use apexsim::net::tls::{Trust, parse_fingerprint};
+
+use super::print::{Format, emit, emit_json, lap_time, table};
+use super::{Context, UsageError};
+
+/// Arguments of `apexsim drive`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DriveArgs {
+    /// The server's QUIC address.
+    #[arg(long, value_name = "ADDR")]
+    pub server: std::net::SocketAddr,
+    /// Number of bots, each its own connection (1 to 16).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=16))]
+    pub bots: u8,
+    /// The first bot creates a session (the default).
+    #[arg(long, conflicts_with = "join")]
+    pub create: bool,
+    /// Join this session instead of creating one.
+    #[arg(long, value_name = "SESSION_ID")]
+    pub join: Option<uuid::Uuid>,
+    /// Track of the created session (slug, name or id).
+    #[arg(long, default_value = "oval_simple")]
+    pub track: String,
+    /// Laps of the created session.
+    #[arg(long, default_value_t = 1)]
+    pub laps: u8,
+    /// AI cars filling the created session's grid.
+    #[arg(long, default_value_t = 0)]
+    pub ai: u8,
+    /// Trust the server's certificate from this PEM file.
+    #[arg(long, value_name = "PEM", conflicts_with_all = ["fingerprint", "insecure"])]
+    pub cert: Option<std::path::PathBuf>,
+    /// Trust the server's certificate by its SHA-256 (as `serve` prints it).
+    #[arg(long, value_name = "HEX", conflicts_with = "insecure", value_parser = fingerprint)]
+    pub fingerprint: Option<[u8; 32]>,
+    /// Trust any certificate (local tests only).
+    #[arg(long)]
+    pub insecure: bool,
+    /// Access token.
+    #[arg(long, default_value = "")]
+    pub token: String,
+    /// Give up after this many seconds.
+    #[arg(long, default_value = "600", value_parser = seconds)]
+    pub timeout: Duration,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
+}
+
+/// A certificate's SHA-256, with or without colons.
+fn fingerprint(s: &str) -> Result<[u8; 32], String> {
+    parse_fingerprint(s).map_err(|e| e.to_string())
+}
+
+/// A positive, finite number of seconds.
+fn seconds(s: &str) -> Result<Duration, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(Duration::from_secs_f64(v)),
+        _ => Err(format!("{s}: use a positive number of seconds")),
+    }
+}
+
+/// Runs the bots to the end of their race and prints what they measured.
+///
+/// # Errors
+/// A usage error without a way to trust the server; the bots' failures, a faulted or
+/// unfinished race.
+pub fn run(args: &DriveArgs, ctx: &Context) -> anyhow::Result<()> {
+    let trust = match (&args.cert, &args.fingerprint, args.insecure) {
+        (Some(path), _, _) => Trust::CertFile(path.clone()),
+        (None, Some(hash), _) => Trust::Fingerprint(*hash),
+        (None, None, true) => Trust::Insecure,
+        (None, None, false) => {
+            return Err(UsageError(
+                "say how to trust the server: --cert FILE, --fingerprint HEX or --insecure".into(),
+            )
+            .into());
+        }
+    };
+    let opts = DriveOptions {
+        server: args.server,
+        trust,
+        token: args.token.clone(),
+        bots: usize::from(args.bots),
+        mode: match args.join {
+            Some(id) => Mode::Join(id),
+            None => Mode::Create {
+                track: args.track.clone(),
+                laps: args.laps,
+                ai: args.ai,
+            },
+        },
+        timeout: args.timeout,
+    };
+    let report = ctx.runtime()?.block_on(apexsim::net::drive::run(opts))?;
+    print_drive(&report, args.format).context("writing the report")?;
+    if let Some(fault) = &report.fault {
+        anyhow::bail!("the session ended in a fault: {fault}");
+    }
+    if report.results.is_empty() {
+        anyhow::bail!("the race did not finish");
+    }
+    Ok(())
+}
+
+/// Prints what the bots measured.
+///
+/// # Errors
+/// Writing to standard output failed.
+pub fn print_drive(r: &DriveReport, format: Format) -> io::Result<()> {
+    if format == Format::Json {
+        return emit_json(r);
+    }
+    let rows: Vec<Vec<String>> = r
+        .results
+        .iter()
+        .map(|s| {
+            vec![
+                s.position.to_string(),
+                s.name.clone(),
+                s.laps.to_string(),
+                s.total_time_s.map_or("-".into(), lap_time),
+                s.best_lap_s.map_or("-".into(), lap_time),
+            ]
+        })
+        .collect();
+    let mut text = String::new();
+    if let Some(id) = r.session {
+        text += &format!("session {id}\n");
+    }
+    if let Some(f) = &r.fault {
+        text += &format!("session ended in a fault: {f}\n");
+    }
+    text += &table(&["Pos", "Driver", "Laps", "Total", "Best lap"], &rows);
+    text += &format!(
+        "\n{} bots in {:.1} s: telemetry for {:.3} % of ticks ({} missed), {:.1} packets/s per bot\ninput-to-telemetry latency p50 {:.2} ticks, p99 {:.2} ticks; heartbeat RTT p50 {:.2} ms, QUIC RTT {:.2} ms\n",
+        r.bots,
+        r.wall_seconds,
+        r.telemetry_coverage_pct,
+        r.ticks_missed,
+        r.telemetry_per_s,
+        r.latency_p50_ticks,
+        r.latency_p99_ticks,
+        r.rtt_p50_ms,
+        r.quic_rtt_ms
+    );
+    emit(&text)
+}
