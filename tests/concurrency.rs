@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use apexsim::archive::index::{Index, LapRow};
+use apexsim::archive::index::{Index, IndexedLap};
 use apexsim::archive::wal::{Wal, WalSession, WalSync, recover, wal_path};
 use apexsim::archive::{Date, LapMeta, Source, read_lap, read_lap_meta, write_lap};
 use apexsim::systems::record::{LapClosed, LapSample, RecordChunk};
@@ -56,7 +56,7 @@ fn race_args<'a>(
 }
 
 /// What a lap is, without its session id and file name.
-fn shape(l: &LapRow) -> (u8, u16, bool, bool, Option<i64>, u64) {
+fn shape(l: &IndexedLap) -> (u8, u16, bool, bool, Option<i64>, u64) {
     (
         l.car,
         l.lap,

@@ -194,7 +194,7 @@ pub struct ResultEntry {
 
 /// One archived lap file.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct LapRow {
+pub struct IndexedLap {
     /// Session id.
     pub session: Uuid,
     /// Car index.
@@ -513,7 +513,7 @@ impl Index {
     ///
     /// # Errors
     /// [`ArchiveError::Sqlite`].
-    pub fn laps(&self, session: Option<Uuid>) -> Result<Vec<LapRow>, ArchiveError> {
+    pub fn laps(&self, session: Option<Uuid>) -> Result<Vec<IndexedLap>, ArchiveError> {
         let mut stmt = self
             .conn
             .prepare(
@@ -525,7 +525,7 @@ impl Index {
             .query_map(params![session.map(|s| s.to_string())], |r| {
                 let id: String = r.get(0)?;
                 let file: String = r.get(7)?;
-                Ok(LapRow {
+                Ok(IndexedLap {
                     session: Uuid::parse_str(&id).unwrap_or_default(),
                     car: r.get(1)?,
                     driver: r.get(2)?,

@@ -129,7 +129,7 @@ impl Recorder {
         })
     }
 
-    /// Sends a message; waits when the recorder is [`QUEUE`] chunks behind.
+    /// Sends a message; waits when the recorder is `QUEUE` chunks behind.
     pub fn send(&self, msg: RecorderMsg) {
         if let Some(tx) = &self.tx
             && tx.send(msg).is_err()

@@ -5,7 +5,7 @@ use std::io;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use apexsim::archive::index::{Index, LapRow, SessionRow};
+use apexsim::archive::index::{Index, IndexedLap, SessionRow};
 use clap::Subcommand;
 use serde::Serialize;
 
@@ -108,7 +108,7 @@ struct SessionListing<'a> {
 #[derive(Serialize)]
 struct ArchiveListing<'a> {
     sessions: Vec<SessionListing<'a>>,
-    laps: &'a [LapRow],
+    laps: &'a [IndexedLap],
 }
 
 /// Prints the archived sessions (with lap counts and best laps), and the laps of one session
@@ -119,7 +119,7 @@ struct ArchiveListing<'a> {
 pub fn print_archive(
     sessions: &[SessionRow],
     live: &[uuid::Uuid],
-    laps: &[LapRow],
+    laps: &[IndexedLap],
     session: Option<uuid::Uuid>,
     format: Format,
 ) -> io::Result<()> {
@@ -145,7 +145,7 @@ pub fn print_archive(
         .iter()
         .map(|listed| {
             let s = listed.session;
-            let mine: Vec<&LapRow> = laps.iter().filter(|l| l.session == s.id).collect();
+            let mine: Vec<&IndexedLap> = laps.iter().filter(|l| l.session == s.id).collect();
             let best = mine
                 .iter()
                 .filter(|l| l.valid)

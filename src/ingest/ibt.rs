@@ -2,7 +2,7 @@
 //! records, for versions 1 (2015-2016 files) and 2. pitwall 0.1 reads version 2 only; both
 //! versions share this layout, so ApexSim reads the file structure itself, checks it against
 //! the file's length (a truncated copy is an error, not fewer frames), and decodes records with
-//! the same [`FrameAdapter`](pitwall::FrameAdapter) whichever path read them.
+//! the same [`pitwall::FrameAdapter`] whichever path read them.
 //!
 //! Layout (little endian): a 112-byte header (version, status, tick rate, session info
 //! length/offset, variable count, variable header offset, buffer count, record length, two

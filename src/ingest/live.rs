@@ -139,7 +139,7 @@ where
     let (_, car) = spawn_fed(
         sim.world_mut(),
         session,
-        TelemetryFeed::live(),
+        PlaybackFeed::live(),
         hz,
         info.track_length_m,
     );
@@ -170,7 +170,7 @@ where
         let sample = super::to_sample(record, &frame, origin, info.track_length_m);
         first_time.get_or_insert(sample.time_s);
         last_time = sample.time_s;
-        if let Some(mut feed) = sim.world_mut().get_mut::<TelemetryFeed>(car) {
+        if let Some(mut feed) = sim.world_mut().get_mut::<PlaybackFeed>(car) {
             feed.push(sample);
         }
         sim.step();

@@ -23,8 +23,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use apexsim_systems::playback::reason;
 use apexsim_systems::prelude::*;
-use apexsim_systems::telemetry::reason;
 use bevy_ecs::entity::Entity;
 use thiserror::Error;
 use uuid::Uuid;

@@ -16,8 +16,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use apexsim_systems::playback::{OFFICIAL_TOLERANCE_S, RecordedLapTime, reason};
 use apexsim_systems::record::LapColumns;
-use apexsim_systems::telemetry::{OFFICIAL_TOLERANCE_S, RecordedLapTime, reason};
 use arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Float64Type, TimeUnit};

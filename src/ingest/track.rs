@@ -345,7 +345,7 @@ pub fn from_ibt(
         return Err(TrackBuildError::NotClean {
             file: file_name,
             lap,
-            why: apexsim_systems::telemetry::reason::names(t.reasons).join(", "),
+            why: apexsim_systems::playback::reason::names(t.reasons).join(", "),
         });
     }
     let points = centerline(lap, rows, width_m, rec.info.track_length_m)?;

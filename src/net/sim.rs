@@ -7,15 +7,13 @@
 //! here: messages to the connections' queues, effects to the world, sessions to the
 //! [`Recorder`] thread, which does the archive work.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Instant;
 
 use apexsim_systems::prelude::*;
-use bevy_ecs::prelude::{
-    Component, Entity, IntoScheduleConfigs, Local, Query, Res, ResMut, Resource,
-};
+use bevy_ecs::prelude::{Entity, IntoScheduleConfigs};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
@@ -25,8 +23,7 @@ use super::lobby::{
 };
 use super::metrics::{DropReason, Metrics};
 use super::protocol::{
-    self, CarTelemetry, ClientMessage, CloseReason, FLAG_COLLIDING, FLAG_OFF_TRACK, FaultKind,
-    PlayerInput, ServerMessage, SessionState, Standing, Telemetry,
+    self, ClientMessage, CloseReason, FaultKind, PlayerInput, ServerMessage, Standing,
 };
 use crate::archive::index::ResultEntry;
 use crate::archive::recorder::{RecordedCar, Recorder, RecorderMsg};
@@ -35,6 +32,13 @@ use crate::content::Content;
 use crate::runner::{Entry, FLUSH_TICKS, Paced, Pacer, classify, session_row, unix_now};
 
 pub use super::lobby::ConnId;
+
+mod systems;
+
+pub use systems::{
+    NetDriver, NetInputs, NetLinks, NetMetrics, SessionFaults, SnapshotScratch, apply_inputs,
+    send_telemetry,
+};
 
 /// What the simulation thread sends a connection task.
 #[derive(Debug)]
@@ -75,231 +79,6 @@ pub enum ToSim {
     },
     /// SIGTERM/SIGINT: tell every client, drain, archive, stop.
     Shutdown,
-}
-
-/// A human's car: its connection and what its inputs said last.
-#[derive(Component, Debug, Clone, Copy)]
-pub struct NetDriver {
-    /// The connection.
-    pub conn: ConnId,
-    /// Highest input `seq` applied.
-    pub input_seq: u32,
-}
-
-/// Inputs from the connection tasks, which car each connection drives, and the connections
-/// heard from this tick.
-#[derive(Resource)]
-pub struct NetInputs {
-    rx: mpsc::Receiver<(ConnId, PlayerInput)>,
-    cars: HashMap<ConnId, Entity>,
-    heard: Vec<ConnId>,
-}
-
-/// Where each connection's outgoing queue is.
-#[derive(Resource, Default)]
-pub struct NetLinks(HashMap<ConnId, mpsc::Sender<Outgoing>>);
-
-/// The metrics, for the systems.
-#[derive(Resource, Clone)]
-pub struct NetMetrics(pub Metrics);
-
-/// Sessions the snapshot found faulted this tick, and sessions a drill asked to panic.
-#[derive(Resource, Default)]
-pub struct SessionFaults {
-    /// Session entity and what happened.
-    pub faulted: Vec<(Entity, String)>,
-    /// Sessions whose next per-tick work panics (fault injection).
-    pub panic_next: HashSet<Entity>,
-}
-
-/// Drains the input channel into the controls of the cars the connections drive: clamped
-/// (the connection task already rejected non-finite values), latest wins.
-pub fn apply_inputs(
-    mut inputs: ResMut<NetInputs>,
-    tick: Res<SimTick>,
-    metrics: Res<NetMetrics>,
-    mut cars: Query<(&mut Controls, &mut NetDriver)>,
-) {
-    let NetInputs {
-        rx,
-        cars: by_conn,
-        heard,
-    } = &mut *inputs;
-    while let Ok((conn, input)) = rx.try_recv() {
-        heard.push(conn);
-        let Some(&car) = by_conn.get(&conn) else {
-            metrics.0.dropped(DropReason::InputWithoutCar);
-            continue;
-        };
-        if let Ok((mut controls, mut driver)) = cars.get_mut(car) {
-            if input.seq < driver.input_seq {
-                metrics.0.dropped(DropReason::InputOutOfOrder);
-                continue;
-            }
-            *controls = Controls::sanitized(input.throttle, input.brake, input.steering);
-            driver.input_seq = input.seq;
-            metrics.0.input_packets_received.inc();
-            let rtt_ticks = (tick.0 as u32).saturating_sub(input.server_tick_ack);
-            metrics.0.player_rtt_ticks.observe(f64::from(rtt_ticks));
-        }
-    }
-}
-
-/// Per-tick buffers of [`send_telemetry`].
-#[derive(Default)]
-pub struct SnapshotScratch {
-    sessions: HashMap<Entity, (Vec<CarTelemetry>, Vec<(ConnId, u32)>)>,
-}
-
-/// Builds each session's telemetry packet (only sessions with a connected player), encodes it
-/// once, patches each player's input acknowledgement and queues it. Also finds the sessions
-/// whose cars turned non-finite. A panic in one session's work faults that session only.
-// System parameters: bevy systems take what they read.
-#[allow(clippy::too_many_arguments)]
-pub fn send_telemetry(
-    mut scratch: Local<SnapshotScratch>,
-    tick: Res<SimTick>,
-    tracks: Res<Tracks>,
-    links: Res<NetLinks>,
-    metrics: Res<NetMetrics>,
-    mut faults: ResMut<SessionFaults>,
-    mut corrupt: bevy_ecs::message::MessageReader<apexsim_systems::physics::NonFiniteState>,
-    states: Query<&RaceState>,
-    drivers: Query<(&InSession, &NetDriver)>,
-    cars: Query<(
-        &InSession,
-        &CarIndex,
-        &TrackId,
-        &Pose,
-        &Motion,
-        &Controls,
-        &LapTiming,
-        &TrackProgress,
-        &Finish,
-        &CollisionState,
-    )>,
-) {
-    // Buffers are kept from tick to tick; sessions nobody listens to any more are dropped.
-    let buckets = &mut scratch.sessions;
-    for (list, recipients) in buckets.values_mut() {
-        list.clear();
-        recipients.clear();
-    }
-    for (session, driver) in &drivers {
-        buckets
-            .entry(session.0)
-            .or_default()
-            .1
-            .push((driver.conn, driver.input_seq));
-    }
-    buckets.retain(|_, (_, recipients)| !recipients.is_empty());
-    let mut bad: Vec<Entity> = corrupt.read().map(|c| c.session).collect();
-    for (session, index, track, pose, motion, controls, timing, progress, finish, collision) in
-        &cars
-    {
-        let finite = pose.x_m.is_finite()
-            && pose.y_m.is_finite()
-            && pose.yaw_rad.is_finite()
-            && motion.speed_mps.is_finite()
-            && motion.yaw_rate_rad_s.is_finite();
-        if !finite && !bad.contains(&session.0) {
-            bad.push(session.0);
-        }
-        let Some((list, _)) = buckets.get_mut(&session.0) else {
-            continue;
-        };
-        let off = tracks.get(*track).is_some_and(|t| progress.is_off_track(t));
-        let flags = if collision.is_colliding {
-            FLAG_COLLIDING
-        } else {
-            0
-        } | if off { FLAG_OFF_TRACK } else { 0 };
-        list.push(CarTelemetry::quantize(
-            index.0,
-            pose.x_m,
-            pose.y_m,
-            pose.yaw_rad,
-            motion.speed_mps,
-            [controls.throttle, controls.brake, controls.steering],
-            timing.lap,
-            progress.distance_m,
-            finish.position,
-            flags,
-        ));
-    }
-    for session in bad {
-        if matches!(
-            states.get(session),
-            Ok(RaceState::Countdown { .. } | RaceState::Racing { .. })
-        ) {
-            faults
-                .faulted
-                .push((session, "a car's state became non-finite".into()));
-        }
-    }
-    for (&session, (list, recipients)) in buckets.iter_mut() {
-        let (state, countdown_ms) = match states.get(session) {
-            Ok(RaceState::Countdown { remaining_ticks }) => (
-                SessionState::Countdown,
-                Some((u64::from(*remaining_ticks) * 1000 / u64::from(TICK_HZ)) as u16),
-            ),
-            Ok(RaceState::Racing { .. }) => (SessionState::Racing, None),
-            _ => continue,
-        };
-        let panic_now = faults.panic_next.remove(&session);
-        let work = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            if panic_now {
-                #[allow(clippy::panic)]
-                {
-                    panic!("injected fault");
-                }
-            }
-            list.sort_unstable_by_key(|c| c.index);
-            let telemetry = Telemetry {
-                server_tick: tick.0 as u32,
-                input_ack: 0,
-                session_state: state,
-                countdown_ms,
-                cars: std::mem::take(list),
-            };
-            let encoded = protocol::encode_telemetry(&telemetry);
-            // The car buffer goes back for the next tick.
-            *list = telemetry.cars;
-            encoded
-        }));
-        let bytes = match work {
-            Ok(Ok(bytes)) => bytes,
-            Ok(Err(e)) => {
-                faults.faulted.push((session, format!("telemetry: {e}")));
-                continue;
-            }
-            Err(panic) => {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown".into());
-                faults
-                    .faulted
-                    .push((session, format!("panic in session work: {what}")));
-                continue;
-            }
-        };
-        for &(conn, ack) in recipients.iter() {
-            let Some(tx) = links.0.get(&conn) else {
-                continue;
-            };
-            let mut datagram = bytes.clone();
-            protocol::patch_input_ack(&mut datagram, ack);
-            match tx.try_send(Outgoing::Datagram(datagram)) {
-                Ok(()) => metrics.0.telemetry_packets_sent.inc(),
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    metrics.0.dropped(DropReason::SendQueueFull)
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
-            }
-        }
-    }
 }
 
 /// A session as the world holds it: its entity and its cars by index, with the names the

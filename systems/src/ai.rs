@@ -10,8 +10,8 @@ use std::sync::Arc;
 use bevy_app::prelude::*;
 use bevy_ecs::prelude::*;
 
-use crate::SimSystems;
 use crate::car::{Active, CarSpec, Controls, InSession, Motion, Pose};
+use crate::sim::SimSystems;
 use crate::timing::TrackProgress;
 use crate::track::{TrackGeometry, TrackId, Tracks};
 
@@ -92,10 +92,7 @@ pub fn ideal_lap_time_s(track: &TrackGeometry, spec: &CarSpec) -> f32 {
     for pass in 1..2 * n {
         let i = pass % n;
         let prev = v[(i + n - 1) % n];
-        let a = (spec.drive_force_n(prev)
-            - spec.drag_coefficient * prev * prev
-            - crate::physics::ROLLING_RESISTANCE_N)
-            / spec.mass_kg;
+        let a = spec.net_force_n(prev, 1.0, 0.0) / spec.mass_kg;
         let reachable = (prev * prev + 2.0 * a.max(0.0) * ds).sqrt();
         v[i] = limit.speeds_mps[i].min(reachable);
     }
@@ -253,7 +250,7 @@ pub fn drive_ai_cars(
     order.clear();
     order.extend(0..seen.len() as u32);
     // Group by session, then order each session's few cars by distance.
-    crate::group_by_session(order, |i| seen[i as usize].session, runs);
+    crate::sim::group_by_session(order, |i| seen[i as usize].session, runs);
     for (_, run) in runs.iter() {
         order[run.clone()].sort_unstable_by(|&a, &b| {
             seen[a as usize]

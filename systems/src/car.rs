@@ -160,14 +160,26 @@ impl CarSpec {
             .min(self.max_power_w / speed_mps.max(1.0))
     }
 
+    /// Net longitudinal force in newtons at `speed_mps` (not negative) with `throttle` and
+    /// `brake` (0..=1): the drive force minus the brakes, aerodynamic drag and rolling
+    /// resistance, which only oppose motion (none at rest). The one force model: physics
+    /// integrates it, the AI and the ideal lap plan with it.
+    pub fn net_force_n(&self, speed_mps: f32, throttle: f32, brake: f32) -> f32 {
+        let drive = throttle * self.drive_force_n(speed_mps);
+        let resist = brake * self.max_brake_force_n
+            + self.drag_coefficient * speed_mps * speed_mps
+            + if speed_mps > 0.0 {
+                ROLLING_RESISTANCE_N
+            } else {
+                0.0
+            };
+        drive - resist
+    }
+
     /// Speed at which full-throttle drive force equals drag plus rolling resistance, in m/s.
     pub fn top_speed_mps(&self) -> f32 {
         // Bisection on a monotone function: net force is decreasing in speed.
-        let net = |v: f32| {
-            self.drive_force_n(v)
-                - self.drag_coefficient * v * v
-                - crate::physics::ROLLING_RESISTANCE_N
-        };
+        let net = |v: f32| self.net_force_n(v, 1.0, 0.0);
         let (mut lo, mut hi) = (0.0f32, 400.0f32);
         if net(hi) > 0.0 {
             return hi;
@@ -183,6 +195,9 @@ impl CarSpec {
         lo
     }
 }
+
+/// Rolling resistance in newtons (seed 003), opposing motion.
+pub const ROLLING_RESISTANCE_N: f32 = 100.0;
 
 /// World pose of a car.
 #[derive(Component, Debug, Clone, Copy, PartialEq, Default)]
@@ -232,9 +247,11 @@ impl Controls {
 }
 
 /// The session a car races in. The session entity holds [`SessionCars`], kept in sync by
-/// bevy's relationship hooks.
+/// bevy's relationship hooks. Every car has a pose, a motion and controls; each family's
+/// plugin registers what else a car requires, so spawning one sets only its identity and pose.
 #[derive(Component, Debug, Clone, Copy, PartialEq, Eq)]
 #[relationship(relationship_target = SessionCars)]
+#[require(Pose, Motion, Controls)]
 pub struct InSession(pub Entity);
 
 /// The cars of a session, in the order they joined.
@@ -269,9 +286,10 @@ pub struct Drivetrain {
 #[derive(Component, Debug, Clone, Copy, Default)]
 pub struct Simulated;
 
-/// Marker: the car's state is set from recorded or live telemetry; physics skips it.
+/// Marker: the car's state is played back from a recording (a file or live iRacing
+/// telemetry); physics skips it.
 #[derive(Component, Debug, Clone, Copy, Default)]
-pub struct TelemetryDriven;
+pub struct PlaybackDriven;
 
 /// Marker: the car's session is racing, so the car is simulated, timed and recorded.
 /// Inserted on all cars of a session at the green light and removed when it finishes.

@@ -10,8 +10,8 @@
 use bevy_app::prelude::*;
 use bevy_ecs::prelude::*;
 
-use crate::SimSystems;
-use crate::car::{Active, CarIndex, CarSpec, InSession, Motion, Pose};
+use crate::car::{Active, CarIndex, CarSpec, InSession, Motion, Pose, Simulated};
+use crate::sim::SimSystems;
 
 /// Share of speed kept when a contact begins (seed 003: 20 % energy loss).
 pub const CONTACT_SPEED_FACTOR: f32 = 0.8;
@@ -213,7 +213,7 @@ pub fn resolve_collisions(
     order.clear();
     order.extend(0..bodies.len() as u32);
     // Group by session; within a session, pairs are tested in car index order.
-    crate::group_by_session(order, |i| bodies[i as usize].session, runs);
+    crate::sim::group_by_session(order, |i| bodies[i as usize].session, runs);
     // The broad phase reads positions from compact arrays in grouped order: each session's
     // pair loop touches a few cache lines instead of one body per pair.
     px.clear();
@@ -298,7 +298,9 @@ pub struct CollisionPlugin;
 
 impl Plugin for CollisionPlugin {
     fn build(&self, app: &mut App) {
-        app.add_message::<CarsCollided>()
+        // Simulated cars collide; cars played back from a recording do not.
+        app.register_required_components::<Simulated, CollisionState>()
+            .add_message::<CarsCollided>()
             .configure_sets(
                 FixedUpdate,
                 CollisionSystems::Resolve.in_set(SimSystems::Collision),

@@ -11,10 +11,7 @@ use bevy_app::prelude::*;
 use bevy_ecs::prelude::*;
 
 use crate::car::{Active, CarSpec, Controls, GRAVITY_MPS2, InSession, Motion, Pose, Simulated};
-use crate::{SimSystems, TICK_DT_S};
-
-/// Rolling resistance in newtons (seed 003), opposing motion.
-pub const ROLLING_RESISTANCE_N: f32 = 100.0;
+use crate::sim::{SimSystems, TICK_DT_S};
 
 /// What a physics step did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,12 +42,8 @@ pub fn step_car(
         0.0
     };
 
-    // 1. Longitudinal forces. Rolling resistance and drag only oppose motion.
-    let drive = c.throttle * spec.drive_force_n(v0);
-    let resist = c.brake * spec.max_brake_force_n
-        + spec.drag_coefficient * v0 * v0
-        + if v0 > 0.0 { ROLLING_RESISTANCE_N } else { 0.0 };
-    let accel = (drive - resist) / spec.mass_kg;
+    // 1. Longitudinal forces: the car's force model.
+    let accel = spec.net_force_n(v0, c.throttle, c.brake) / spec.mass_kg;
     // 2. Speed: braking and resistance stop the car, never reverse it.
     let v1 = (v0 + accel * dt_s).max(0.0);
 

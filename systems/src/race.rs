@@ -16,21 +16,15 @@ use thiserror::Error;
 use uuid::Uuid;
 
 use crate::ai::{AiDriver, SpeedProfile};
-use crate::car::{
-    Active, CarIndex, CarSpec, Controls, InSession, Motion, Pose, SessionCars, Simulated,
+use crate::car::{Active, CarIndex, CarSpec, InSession, Pose, SessionCars, Simulated};
+use crate::sim::{
+    FinishReason, RaceFinished, RaceStarted, SessionId, SimSystems, SimTick, StartRace, TICK_HZ,
 };
-use crate::collision::CollisionState;
-use crate::record::LapRecorder;
 use crate::timing::{LapCompleted, LapTiming, TrackProgress};
 use crate::track::{TrackId, Tracks};
-use crate::{SimSystems, SimTick, TICK_HZ};
 
 /// Countdown before the green light, in ticks (5 s).
 pub const COUNTDOWN_TICKS: u32 = 5 * TICK_HZ;
-
-/// Stable identity of a session (for the archive, the network and logs).
-#[derive(Component, Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct SessionId(pub Uuid);
 
 /// Rules of a race.
 #[derive(Component, Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,17 +49,6 @@ impl Default for RaceRules {
             finish_timeout_ticks: 120 * u64::from(TICK_HZ),
         }
     }
-}
-
-/// Why a race ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FinishReason {
-    /// Every car took the chequered flag.
-    AllFinished,
-    /// Some cars had not finished when the finish timeout ran out.
-    FinishTimeout,
-    /// The session was stopped by a fault; the message says what happened.
-    Fault(String),
 }
 
 /// State of a session (seed 003 `SessionState`).
@@ -125,22 +108,6 @@ pub struct Finish {
     pub race_ticks: Option<f64>,
 }
 
-/// Request: start the countdown of a session in the lobby.
-#[derive(Message, Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StartRace {
-    /// The session.
-    pub session: Entity,
-}
-
-/// The green light of a session.
-#[derive(Message, Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RaceStarted {
-    /// The session.
-    pub session: Entity,
-    /// Tick of the green light.
-    pub tick: u64,
-}
-
 /// A car took the chequered flag.
 #[derive(Message, Debug, Clone, Copy, PartialEq)]
 pub struct CarFinished {
@@ -152,17 +119,6 @@ pub struct CarFinished {
     pub position: u8,
     /// Race time in ticks (fractional).
     pub race_ticks: f64,
-}
-
-/// A session's race ended.
-#[derive(Message, Debug, Clone, PartialEq, Eq)]
-pub struct RaceFinished {
-    /// The session.
-    pub session: Entity,
-    /// Why it ended.
-    pub reason: FinishReason,
-    /// Tick at which it ended.
-    pub tick: u64,
 }
 
 /// The race systems, in the order they run inside [`SimSystems::Race`].
@@ -466,13 +422,7 @@ pub fn spawn_car(
             track_id,
             spec,
             pose,
-            Motion::default(),
-            Controls::default(),
             progress,
-            LapTiming::default(),
-            CollisionState::default(),
-            Finish::default(),
-            LapRecorder::default(),
         ))
         .id();
     match driver {
@@ -574,7 +524,8 @@ pub struct RacePlugin;
 
 impl Plugin for RacePlugin {
     fn build(&self, app: &mut App) {
-        app.add_message::<StartRace>()
+        app.register_required_components::<Simulated, Finish>()
+            .add_message::<StartRace>()
             .add_message::<RaceStarted>()
             .add_message::<CarFinished>()
             .add_message::<RaceFinished>()
@@ -603,6 +554,7 @@ impl Plugin for RacePlugin {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::car::Motion;
 
     #[test]
     fn standings_put_finishers_first_then_by_distance() {

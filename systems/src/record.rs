@@ -17,10 +17,8 @@ use bevy_ecs::prelude::*;
 
 use crate::car::Drivetrain;
 use crate::car::{Active, Controls, InSession, Motion, Pose, SessionCars};
-use crate::race::RaceFinished;
-use crate::telemetry::RecordedClock;
+use crate::sim::{RaceFinished, RecordedClock, SimSystems, SimTick};
 use crate::timing::{LapTiming, TrackProgress, ticks_to_seconds};
-use crate::{SimSystems, SimTick};
 
 /// Declares the lap row once: [`LapColumns`] (one `Vec` per field), [`LapSample`] (one row),
 /// and [`LapColumns::FIELDS`] (name, unit and description of every `f32` column, in order),
@@ -459,7 +457,8 @@ pub struct RecordPlugin;
 
 impl Plugin for RecordPlugin {
     fn build(&self, app: &mut App) {
-        app.init_resource::<RecordChunk>()
+        app.register_required_components::<InSession, LapRecorder>()
+            .init_resource::<RecordChunk>()
             .configure_sets(
                 FixedUpdate,
                 (RecordSystems::Append, RecordSystems::Close)

@@ -15,8 +15,8 @@ use bevy_app::prelude::*;
 use bevy_ecs::prelude::*;
 
 use crate::car::{Active, InSession, Pose};
+use crate::sim::{SimSystems, SimTick};
 use crate::track::{TrackGeometry, TrackId, Tracks};
-use crate::{SimSystems, SimTick};
 
 /// Largest plausible movement along the track in one tick, in metres (about 4,800 m/s at
 /// 240 Hz): anything larger is a teleport (reset, tow, a corrupt sample) and invalidates the lap.
@@ -105,7 +105,7 @@ pub struct LapCompleted {
 /// Convert ticks (possibly fractional) to seconds.
 #[inline]
 pub fn ticks_to_seconds(ticks: f64) -> f64 {
-    ticks / f64::from(crate::TICK_HZ)
+    ticks / f64::from(crate::sim::TICK_HZ)
 }
 
 /// What one timing step found.
@@ -236,7 +236,8 @@ pub struct TimingPlugin;
 
 impl Plugin for TimingPlugin {
     fn build(&self, app: &mut App) {
-        app.add_message::<LapCompleted>()
+        app.register_required_components::<InSession, LapTiming>()
+            .add_message::<LapCompleted>()
             .configure_sets(
                 FixedUpdate,
                 TimingSystems::Progress.in_set(SimSystems::Timing),

@@ -1,5 +1,5 @@
-//! Telemetry-driven cars: a recording (iRacing, later live telemetry) sets the car's state each
-//! tick instead of physics, and laps are detected on the recording's own lap distance and
+//! Playback of recorded laps: a recording (an iRacing file, or live iRacing telemetry) sets a
+//! car's state each tick instead of physics, and laps are detected on the recording's own lap distance and
 //! clock. The record system then records these cars exactly like simulated ones.
 //!
 //! One tick consumes one recorded sample. Lap times are kept in [`LapTiming`] in the common
@@ -17,9 +17,9 @@
 use bevy_app::prelude::*;
 use bevy_ecs::prelude::*;
 
-use crate::car::{Active, Controls, Drivetrain, InSession, Motion, Pose, TelemetryDriven};
+use crate::car::{Active, Controls, Drivetrain, InSession, Motion, PlaybackDriven, Pose};
+use crate::sim::{RecordedClock, SessionId, SimSystems, TICK_HZ};
 use crate::timing::{LapCompleted, LapTiming, TimingEvent, TimingSystems, TrackProgress};
-use crate::{SimSystems, TICK_HZ};
 
 /// One recorded sample, in ApexSim's units.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -68,13 +68,13 @@ pub struct RecordedSample {
 /// holds all its samples; a live feed is open: samples are pushed as they arrive (one per
 /// tick) until it is closed.
 #[derive(Component, Debug, Clone, Default)]
-pub struct TelemetryFeed {
+pub struct PlaybackFeed {
     samples: Vec<RecordedSample>,
     next: usize,
     open: bool,
 }
 
-impl TelemetryFeed {
+impl PlaybackFeed {
     /// A feed of these samples, in order.
     pub fn new(samples: Vec<RecordedSample>) -> Self {
         Self {
@@ -112,23 +112,6 @@ impl TelemetryFeed {
     /// Whether every sample was played and no more will come.
     pub fn is_done(&self) -> bool {
         !self.open && self.next >= self.samples.len()
-    }
-}
-
-/// The recording's clock for the sample the car shows now; the record system stamps rows with
-/// it instead of the simulation tick.
-#[derive(Component, Debug, Clone, Copy, PartialEq, Default)]
-pub struct RecordedClock {
-    /// Record number of the current sample.
-    pub record: u64,
-    /// Recording time of the current sample in seconds.
-    pub time_s: f64,
-}
-
-impl RecordedClock {
-    /// The clock in ticks (1/240 s), the unit of [`LapTiming`].
-    pub fn ticks(&self) -> f64 {
-        self.time_s * f64::from(TICK_HZ)
     }
 }
 
@@ -384,7 +367,7 @@ pub fn finish_recorded(state: &mut RecordedLapState) -> Option<PendingLapTime> {
 /// Ends a live car's feed: it stops, and a lap still waiting for its official time is handed
 /// out with the samples' time (into [`RecordedLapTimes`]).
 pub fn end_feed(world: &mut World, car: Entity) {
-    if let Some(mut feed) = world.get_mut::<TelemetryFeed>(car) {
+    if let Some(mut feed) = world.get_mut::<PlaybackFeed>(car) {
         feed.close();
     }
     world.entity_mut(car).remove::<Active>();
@@ -413,19 +396,19 @@ fn flags_of(s: &RecordedSample) -> u8 {
 
 /// Plays the next sample into every telemetry-driven car; a car whose feed is done stops being
 /// active (it is no longer timed or recorded).
-pub fn feed_telemetry(
+pub fn feed_playback(
     mut commands: Commands,
     mut cars: Query<
         (
             Entity,
-            &mut TelemetryFeed,
+            &mut PlaybackFeed,
             &mut RecordedClock,
             &mut Pose,
             &mut Motion,
             &mut Controls,
             &mut Drivetrain,
         ),
-        (With<TelemetryDriven>, With<Active>),
+        (With<PlaybackDriven>, With<Active>),
     >,
 ) {
     for (car, mut feed, mut clock, mut pose, mut motion, mut controls, mut drive) in &mut cars {
@@ -464,12 +447,12 @@ pub fn recorded_progress(
         (
             Entity,
             &InSession,
-            &TelemetryFeed,
+            &PlaybackFeed,
             &mut RecordedLapState,
             &mut TrackProgress,
             &mut LapTiming,
         ),
-        (With<TelemetryDriven>, With<Active>),
+        (With<PlaybackDriven>, With<Active>),
     >,
     mut times: ResMut<RecordedLapTimes>,
     mut laps: bevy_ecs::message::MessageWriter<LapCompleted>,
@@ -496,33 +479,30 @@ pub fn recorded_progress(
 
 /// The telemetry systems.
 #[derive(SystemSet, Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum TelemetrySystems {
+pub enum PlaybackSystems {
     /// Plays samples into cars.
     Feed,
     /// Detects recorded laps.
     Progress,
 }
 
-/// Registers [`feed_telemetry`] in [`SimSystems::Input`] and [`recorded_progress`] beside the
+/// Registers [`feed_playback`] in [`SimSystems::Input`] and [`recorded_progress`] beside the
 /// simulated cars' progress in [`SimSystems::Timing`].
-pub struct TelemetryPlugin;
+pub struct PlaybackPlugin;
 
-impl Plugin for TelemetryPlugin {
+impl Plugin for PlaybackPlugin {
     fn build(&self, app: &mut App) {
         app.init_resource::<RecordedLapTimes>()
+            .configure_sets(FixedUpdate, PlaybackSystems::Feed.in_set(SimSystems::Input))
             .configure_sets(
                 FixedUpdate,
-                TelemetrySystems::Feed.in_set(SimSystems::Input),
-            )
-            .configure_sets(
-                FixedUpdate,
-                TelemetrySystems::Progress.in_set(TimingSystems::Progress),
+                PlaybackSystems::Progress.in_set(TimingSystems::Progress),
             )
             .add_systems(
                 FixedUpdate,
                 (
-                    feed_telemetry.in_set(TelemetrySystems::Feed),
-                    recorded_progress.in_set(TelemetrySystems::Progress),
+                    feed_playback.in_set(PlaybackSystems::Feed),
+                    recorded_progress.in_set(PlaybackSystems::Progress),
                 ),
             );
     }
@@ -537,7 +517,7 @@ pub fn spawn_recording(
     hz: f64,
     track_length_m: f32,
 ) -> (Entity, Entity) {
-    spawn_fed(world, id, TelemetryFeed::new(samples), hz, track_length_m)
+    spawn_fed(world, id, PlaybackFeed::new(samples), hz, track_length_m)
 }
 
 /// Spawns a session holding one telemetry-driven car played from `feed` (a recording's, or an
@@ -545,18 +525,15 @@ pub fn spawn_recording(
 pub fn spawn_fed(
     world: &mut World,
     id: uuid::Uuid,
-    feed: TelemetryFeed,
+    feed: PlaybackFeed,
     hz: f64,
     track_length_m: f32,
 ) -> (Entity, Entity) {
-    let session = world.spawn(crate::race::SessionId(id)).id();
+    let session = world.spawn(SessionId(id)).id();
     let car = world
         .spawn((
             InSession(session),
             crate::car::CarIndex(0),
-            Pose::default(),
-            Motion::default(),
-            Controls::default(),
             Drivetrain::default(),
             TrackProgress {
                 distance_m: 0.0,
@@ -564,10 +541,8 @@ pub fn spawn_fed(
                 segment: 0,
                 race_distance_m: 0.0,
             },
-            LapTiming::default(),
-            crate::record::LapRecorder::default(),
             (
-                TelemetryDriven,
+                PlaybackDriven,
                 feed,
                 RecordedClock::default(),
                 RecordedLapState::new(hz, track_length_m),
@@ -689,7 +664,7 @@ mod tests {
 
     #[test]
     fn an_open_feed_plays_what_is_pushed_and_ends_when_closed() {
-        let mut feed = TelemetryFeed::live();
+        let mut feed = PlaybackFeed::live();
         assert!(!feed.is_done());
         for s in lapping(3, 0.5) {
             feed.push(s);
