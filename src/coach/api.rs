@@ -1,6 +1,6 @@
 //! The Racing Coach server's API (its OpenAPI file, `tests/fixtures/openapi/`), as serde
 //! models: the request and response bodies ApexSim sends and reads. Field names, types and
-//! which fields are required follow the file; `tests/coach.rs` checks every model field by
+//! which fields are required follow the file; `tests/it/coach.rs` checks every model field by
 //! field against it, so a change on either side fails a test instead of a request.
 
 use std::collections::BTreeMap;

@@ -3,16 +3,14 @@
 //! recovered by another while a third keeps racing; recovery restores closed laps complete,
 //! never overwrites a complete lap file, and quarantines a corrupt write-ahead file.
 
-mod common;
-
 use std::path::Path;
 use std::time::Duration;
 
+use crate::common::{Child, apexsim};
 use apexsim::archive::index::{Index, IndexedLap};
 use apexsim::archive::wal::{Wal, WalSession, WalSync, recover, wal_path};
 use apexsim::archive::{Date, LapMeta, Source, read_lap, read_lap_meta, write_lap};
 use apexsim::systems::record::{LapClosed, LapSample, RecordChunk};
-use common::{Child, apexsim};
 use uuid::Uuid;
 
 const RECORDING: &str =
@@ -108,7 +106,7 @@ fn a_race_beside_archive_ls_ingest_and_prune_ends_as_it_does_alone() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let content = tmp.path().join("content");
     let data = tmp.path().join("data");
-    common::content_with_mini_oval(&content);
+    crate::common::content_with_mini_oval(&content);
     let (c, d) = (s(&content), s(&data));
     let mut race = Child::spawn(&race_args(c, d, "7", "2", false));
     assert!(
@@ -177,7 +175,7 @@ fn two_races_at_once_on_one_data_directory() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let content = tmp.path().join("content");
     let data = tmp.path().join("data");
-    common::content_with_mini_oval(&content);
+    crate::common::content_with_mini_oval(&content);
     let (c, d) = (s(&content), s(&data));
     let first = Child::spawn(&race_args(c, d, "1", "1", false));
     let second = Child::spawn(&race_args(c, d, "2", "1", false));
@@ -202,7 +200,7 @@ fn a_killed_race_is_recovered_by_another_process_while_a_third_races() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let content = tmp.path().join("content");
     let data = tmp.path().join("data");
-    common::content_with_mini_oval(&content);
+    crate::common::content_with_mini_oval(&content);
     let (c, d) = (s(&content), s(&data));
     let third = Child::spawn(&race_args(c, d, "3", "3", false));
     let mut victim = Child::spawn(&race_args(c, d, "4", "20", false));
@@ -543,7 +541,7 @@ fn analyze_beside_a_live_race_leaves_its_laps_to_the_writer_and_lists_each_lap_o
     let tmp = tempfile::tempdir().expect("tempdir");
     let content = tmp.path().join("content");
     let data = tmp.path().join("data");
-    common::content_with_mini_oval(&content);
+    crate::common::content_with_mini_oval(&content);
     let (c, d) = (s(&content), s(&data));
     let mut race = Child::spawn(&race_args(c, d, "5", "3", false));
     assert!(

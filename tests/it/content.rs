@@ -6,16 +6,14 @@ use std::path::{Path, PathBuf};
 
 use apexsim::content::{Content, ContentError};
 
-mod common;
-
 fn bundled() -> PathBuf {
-    common::bundled_content()
+    crate::common::bundled_content()
 }
 
 /// A copy of the bundled content in a temporary directory.
 fn copy() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
-    common::copy_dir(&bundled(), dir.path());
+    crate::common::copy_dir(&bundled(), dir.path());
     dir
 }
 

@@ -4,18 +4,16 @@
 //! others race on; a faulted session ends alone; SIGTERM delivers the 503, archives and exits
 //! 0 within 10 s; the metrics move.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::common::{Child, content_with_mini_oval, http_get};
 use apexsim::net::client::{self, Client, ClientError};
 use apexsim::net::protocol::{
     self, ClientMessage, FaultKind, PlayerInput, ServerMessage, SessionState, code,
 };
 use apexsim::net::tls::{Trust, parse_fingerprint};
-use common::{Child, content_with_mini_oval, http_get};
 
 struct Server {
     child: Child,
@@ -34,7 +32,7 @@ impl Server {
         let content = dir.path().join("content");
         let data = dir.path().join("data");
         content_with_mini_oval(&content);
-        let served = common::Served::start(&content, &data, env);
+        let served = crate::common::Served::start(&content, &data, env);
         Self {
             quic: served.quic,
             http: served.http,
@@ -61,7 +59,7 @@ impl Server {
 
     /// `apexsim drive` against this server, trusting the certificate file.
     fn drive(&self, args: &[&str]) -> Child {
-        common::drive(&self.content, self.quic, &self.cert, args)
+        crate::common::drive(&self.content, self.quic, &self.cert, args)
     }
 
     fn metrics(&self) -> String {
@@ -85,7 +83,7 @@ fn json(out: &str) -> serde_json::Value {
 }
 
 fn archive_ls(data: &Path, session: &str) -> serde_json::Value {
-    let (code, out, err) = common::apexsim(&[
+    let (code, out, err) = crate::common::apexsim(&[
         "--data",
         data.to_str().expect("utf-8"),
         "archive",

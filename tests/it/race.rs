@@ -1,9 +1,7 @@
 //! `apexsim race`: AI drivers on every bundled track with every bundled car, determinism, and
 //! the command line's answers to bad arguments.
 
-mod common;
-
-use common::{apexsim, bundled_content};
+use crate::common::{apexsim, bundled_content};
 
 use apexsim::content::Content;
 use apexsim::race::{Gap, Race, RaceOptions};

@@ -2,15 +2,13 @@
 //! ground truth in `laps.json`; both record readers agree; bad files are named and the others
 //! go on; re-ingesting does not duplicate; drivers are pseudonymised.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
+use crate::common::apexsim;
 use apexsim::archive::index::Index;
 use apexsim::archive::read_lap;
 use apexsim::ingest::{IngestOptions, ibt, play, read_recording};
 use apexsim::systems::prelude::*;
-use common::apexsim;
 
 fn corpus() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ibt")
@@ -326,7 +324,7 @@ fn live_says_it_needs_windows_and_iracing() {
 fn a_track_built_from_a_recorded_lap_loads_and_the_ai_races_on_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let content = dir.path().join("content");
-    common::copy_dir(&common::bundled_content(), &content);
+    crate::common::copy_dir(&crate::common::bundled_content(), &content);
     let file = corpus().join("iracing_skmodified_langley_2015-05-28_144739_1lap.ibt");
     let content_arg = content.to_str().expect("utf-8");
     let file_arg = file.to_str().expect("utf-8");

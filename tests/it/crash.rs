@@ -7,8 +7,6 @@
 use std::fs;
 use std::process::Command;
 
-mod common;
-
 use apexsim::archive::index::Index;
 use apexsim::archive::read_lap;
 
@@ -17,10 +15,10 @@ fn sigkill_mid_race_loses_less_than_one_flush() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let content = tmp.path().join("content");
     let data = tmp.path().join("data");
-    common::content_with_mini_oval(&content);
+    crate::common::content_with_mini_oval(&content);
     let exe = env!("CARGO_BIN_EXE_apexsim");
     // Four times real time: a lap of about 15 s takes about 4 s.
-    let mut child = common::Child::spawn(&[
+    let mut child = crate::common::Child::spawn(&[
         "--content",
         content.to_str().expect("utf-8"),
         "--data",

@@ -1,14 +1,12 @@
 //! The lap archive: laps from a real simulated race go to Parquet and come back equal, values
 //! and metadata; files land in the Hive layout; nothing half-written is ever visible.
 
-mod common;
-
+use crate::common::{apexsim, bundled_content};
 use apexsim::archive::index::Index;
 use apexsim::archive::{ArchiveError, Date, LapMeta, Source, lap_path, read_lap, write_lap};
 use apexsim::content::Content;
 use apexsim::race::{Race, RaceOptions};
 use apexsim::systems::prelude::*;
-use common::{apexsim, bundled_content};
 
 fn race_laps() -> Vec<RecordedLap> {
     let report = Content::load(&bundled_content());

@@ -3,8 +3,6 @@
 //! upload and device endpoints and checks every request body against the schemas of the
 //! server's OpenAPI file.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -488,7 +486,7 @@ async fn health() -> Response {
 fn run(data: &Path, config: &Path, args: &[&str]) -> (i32, String, String) {
     let mut all = vec!["--data", data.to_str().expect("utf-8")];
     all.extend_from_slice(args);
-    common::apexsim_env(
+    crate::common::apexsim_env(
         &all,
         &[("APEXSIM_CONFIG_DIR", config.to_str().expect("utf-8"))],
     )
@@ -1058,8 +1056,8 @@ fn queued_archive(data: &Path, config: &Path, url: &str) {
 }
 
 /// `apexsim outbox retry --wait WAIT` as a running process.
-fn retry_process(data: &Path, config: &Path, wait: &str) -> common::Child {
-    common::Child::spawn_env(
+fn retry_process(data: &Path, config: &Path, wait: &str) -> crate::common::Child {
+    crate::common::Child::spawn_env(
         &[
             "--data",
             data.to_str().expect("utf-8"),
@@ -1142,8 +1140,8 @@ fn the_race_server_uploads_its_races_laps() {
         dir.path().join("data"),
         dir.path().join("config"),
     );
-    common::content_with_mini_oval(&content);
-    let served = common::Served::start(
+    crate::common::content_with_mini_oval(&content);
+    let served = crate::common::Served::start(
         &content,
         &data,
         &[
@@ -1152,7 +1150,7 @@ fn the_race_server_uploads_its_races_laps() {
         ],
     );
     let (mut server, quic, http) = (served.child, served.quic, served.http);
-    let (code, out, log) = common::drive(
+    let (code, out, log) = crate::common::drive(
         &content,
         quic,
         &data.join("certs/server.crt"),
@@ -1180,7 +1178,7 @@ fn the_race_server_uploads_its_races_laps() {
     }
     // The server's metrics count from the event bus.
     let metric = |name: &str| {
-        let text = common::http_get(http, "/metrics").1;
+        let text = crate::common::http_get(http, "/metrics").1;
         apexsim::net::metrics::scrape_value(&text, name).unwrap_or(0.0)
     };
     // (The uploader publishes its outcome just after the server answered.)

@@ -1,7 +1,5 @@
 //! Helpers shared by the integration tests.
 
-#![allow(dead_code, reason = "each test file uses the helpers it needs")]
-
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
