@@ -129,14 +129,19 @@ fn with_players(n: u64) -> Lobby {
     l
 }
 
-/// Player 1 creates a session (2 AI, 4 players, 3 laps); returns its id.
-fn created(l: &mut Lobby) -> Uuid {
-    l.handle(0, 1, create(2, 4, 3));
+/// `conn` creates a session with `msg`; returns its id.
+fn created_by(l: &mut Lobby, conn: ConnId, msg: ClientMessage) -> Uuid {
+    l.handle(0, conn, msg);
     let outs = outputs(l);
     match effects(&outs).first() {
         Some(Effect::CreateSession { session, .. }) => *session,
         other => panic!("no session created: {other:?}"),
     }
+}
+
+/// Player 1 creates a session (2 AI, 4 players, 3 laps); returns its id.
+fn created(l: &mut Lobby) -> Uuid {
+    created_by(l, 1, create(2, 4, 3))
 }
 
 /// A tick at which players 1 to 3 have just been heard from.
@@ -323,11 +328,7 @@ fn bad_create_requests_are_refused_with_the_reason() {
 #[test]
 fn players_join_in_grid_order_until_the_session_is_full() {
     let mut l = with_players(4);
-    l.handle(0, 1, create(0, 2, 1));
-    let outs = outputs(&mut l);
-    let Some(Effect::CreateSession { session, .. }) = effects(&outs).first().cloned() else {
-        panic!("no session");
-    };
+    let session = created_by(&mut l, 1, create(0, 2, 1));
     l.handle(
         0,
         2,
@@ -430,11 +431,7 @@ fn the_host_starts_the_race_with_ai_filling_the_grid_and_a_countdown() {
         "not in a session"
     );
     // 4 places, 3 AI asked, 2 humans: 2 AI fill the grid.
-    l.handle(0, 1, create(3, 4, 3));
-    let session = match effects(&outputs(&mut l)).first() {
-        Some(Effect::CreateSession { session, .. }) => *session,
-        other => panic!("{other:?}"),
-    };
+    let session = created_by(&mut l, 1, create(3, 4, 3));
     l.handle(
         0,
         2,
@@ -513,11 +510,7 @@ fn the_host_starts_the_race_with_ai_filling_the_grid_and_a_countdown() {
 /// Players 1 and 2 in a started session of 4 cars.
 fn racing() -> (Lobby, Uuid, FakeWorld) {
     let mut l = with_players(3);
-    l.handle(0, 1, create(2, 4, 3));
-    let session = match effects(&outputs(&mut l)).first() {
-        Some(Effect::CreateSession { session, .. }) => *session,
-        other => panic!("{other:?}"),
-    };
+    let session = created(&mut l);
     l.handle(
         0,
         2,
@@ -756,11 +749,7 @@ fn a_silent_connection_is_closed_after_the_heartbeat_timeout() {
 fn a_shutdown_tells_everyone_removes_lobby_sessions_and_drains_racing_ones_to_the_lap_end() {
     let (mut l, racing_session, mut world) = racing();
     // Player 3 holds a session that has not started.
-    l.handle(0, 3, create(0, 4, 1));
-    let waiting = match effects(&outputs(&mut l)).first() {
-        Some(Effect::CreateSession { session, .. }) => *session,
-        other => panic!("{other:?}"),
-    };
+    let waiting = created_by(&mut l, 3, create(0, 4, 1));
     l.shutdown(1000, &world);
     let outs = outputs(&mut l);
     for player in [1, 2, 3] {
