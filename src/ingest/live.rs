@@ -125,7 +125,7 @@ where
     S: Stream<Item = IbtFrame>,
     F: Future<Output = ()>,
 {
-    let mut info = super::describe(session_info, None, hz, opts);
+    let mut info = super::recording::describe(session_info, None, hz, opts);
     info.started_at = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
@@ -167,7 +167,7 @@ where
             continue;
         }
         origin = origin.or(frame.location());
-        let sample = super::to_sample(record, &frame, origin, info.track_length_m);
+        let sample = super::recording::to_sample(record, &frame, origin, info.track_length_m);
         first_time.get_or_insert(sample.time_s);
         last_time = sample.time_s;
         if let Some(mut feed) = sim.world_mut().get_mut::<PlaybackFeed>(car) {

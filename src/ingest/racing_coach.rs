@@ -346,7 +346,7 @@ fn merge(all: &mut Rows, rows: Rows) {
 
 /// The lap length, measured as the iRacing ingest measures it.
 fn track_length(rows: &Rows) -> Option<f32> {
-    super::measured_length(
+    super::recording::measured_length(
         rows.pct
             .iter()
             .zip(&rows.dist)
