@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# Installs what the tests need beyond the Rust toolchain, from Debian's packages:
-#   promtool (package prometheus): the server test lints `/metrics` with it.
+# Installs what CI needs beyond the Rust toolchain:
+#   promtool (Debian's prometheus): the server test lints `/metrics` with it;
+#   the Windows target (rustup) and MinGW's C compiler (Debian's gcc-mingw-w64-x86-64): CI
+#   checks that the binary, `apexsim live` included, builds for Windows.
 # Run by .ci/run; safe to run again (does nothing when everything is there).
 set -euo pipefail
 need=()
 command -v promtool >/dev/null || need+=(prometheus)
+command -v x86_64-w64-mingw32-gcc >/dev/null || need+=(gcc-mingw-w64-x86-64)
 if [ ${#need[@]} -gt 0 ]; then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi
+rustup target list --installed | grep -qx x86_64-pc-windows-gnu ||
+    rustup target add x86_64-pc-windows-gnu

@@ -322,7 +322,8 @@ impl Index {
 
     /// Indexes an archived lap file and, when `upload` names a Racing Coach server and the lap
     /// is complete, puts it in the upload outbox, in one transaction: a lap is never indexed
-    /// without its upload recorded. Returns whether it was queued (now or before).
+    /// without its upload recorded (an invalid lap the target does not want is recorded as
+    /// skipped). Returns whether it was queued to be sent (now or before).
     ///
     /// # Errors
     /// [`ArchiveError::Sqlite`].
@@ -331,7 +332,7 @@ impl Index {
         meta: &LapMeta,
         file: &Path,
         rows: usize,
-        upload: Option<&str>,
+        upload: Option<&super::outbox::UploadTarget>,
     ) -> Result<bool, ArchiveError> {
         let tx = self.conn.unchecked_transaction().map_err(self.sql())?;
         tx.execute(
@@ -351,10 +352,10 @@ impl Index {
             )
             .map_err(self.sql())?;
         let queued = match upload {
-            Some(url) if meta.complete => {
-                super::outbox::enqueue(&tx, url, meta.session, meta.car, meta.lap)
+            Some(target) if meta.complete => {
+                super::outbox::enqueue(&tx, target, meta.session, meta.car, meta.lap, meta.valid)
                     .map_err(self.sql())?;
-                true
+                meta.valid || target.invalid_laps
             }
             _ => false,
         };

@@ -46,7 +46,34 @@ pub enum State {
     Done,
     /// The server refused it (4xx): kept with the error until retried by hand.
     Failed,
+    /// Not sent by choice (an invalid lap, without `--upload-invalid`): kept with the reason;
+    /// `apexsim outbox retry ID` sends it.
+    Skipped,
 }
+
+/// Where complete laps are uploaded, and which.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadTarget {
+    /// The server (normalised).
+    pub url: String,
+    /// Whether invalid laps (a reset, a tow, off track) are sent too; by default they are
+    /// recorded as skipped, with the reason.
+    pub invalid_laps: bool,
+}
+
+impl UploadTarget {
+    /// Valid laps to `url`.
+    pub fn valid_laps(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            invalid_laps: false,
+        }
+    }
+}
+
+/// Why an invalid lap was not sent, as `outbox ls` shows it.
+pub const SKIPPED_INVALID: &str =
+    "invalid lap: not sent (upload with --upload-invalid, or `apexsim outbox retry ID`)";
 
 impl State {
     /// Name in the table and in reports.
@@ -56,13 +83,20 @@ impl State {
             Self::LapSent => "lap_sent",
             Self::Done => "done",
             Self::Failed => "failed",
+            Self::Skipped => "skipped",
         }
     }
 
     fn parse(s: &str) -> Option<Self> {
-        [Self::Pending, Self::LapSent, Self::Done, Self::Failed]
-            .into_iter()
-            .find(|state| state.as_str() == s)
+        [
+            Self::Pending,
+            Self::LapSent,
+            Self::Done,
+            Self::Failed,
+            Self::Skipped,
+        ]
+        .into_iter()
+        .find(|state| state.as_str() == s)
     }
 }
 
@@ -87,8 +121,8 @@ impl rusqlite::types::FromSql for State {
 pub(crate) fn session_removed(tx: &Transaction<'_>, session: Uuid) -> rusqlite::Result<()> {
     let id = session.to_string();
     tx.execute(
-        "DELETE FROM outbox WHERE session_id = ?1 AND state = ?2",
-        params![id, State::Done],
+        "DELETE FROM outbox WHERE session_id = ?1 AND state IN (?2, ?3)",
+        params![id, State::Done, State::Skipped],
     )?;
     tx.execute(
         "UPDATE outbox SET state = ?2, lease_until_ms = NULL,
@@ -144,6 +178,8 @@ pub struct Counts {
     pub done: u64,
     /// Refused, kept for `outbox retry`.
     pub failed: u64,
+    /// Not sent by choice (invalid laps).
+    pub skipped: u64,
 }
 
 impl Counts {
@@ -160,34 +196,42 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// Queues a lap for `url` inside the caller's transaction; a lap already queued for that
-/// server is left as it is.
+/// Queues a lap for `target` inside the caller's transaction; a lap already queued for that
+/// server is left as it is. An invalid lap the target does not want is recorded as skipped,
+/// with the reason. Returns whether a lap to send was queued now.
 ///
 /// # Errors
 /// SQLite's.
 pub(crate) fn enqueue(
     tx: &Transaction<'_>,
-    url: &str,
+    target: &UploadTarget,
     session: Uuid,
     car: u8,
     lap: u16,
+    valid: bool,
 ) -> Result<bool, rusqlite::Error> {
     let now = now_ms();
+    let (state, reason) = if valid || target.invalid_laps {
+        (State::Pending, None)
+    } else {
+        (State::Skipped, Some(SKIPPED_INVALID))
+    };
     let n = tx.execute(
         "INSERT OR IGNORE INTO outbox
-         (url, session_id, car, lap, lap_id, state, created_at_ms, updated_at_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?7, ?6, ?6)",
+         (url, session_id, car, lap, lap_id, state, last_error, created_at_ms, updated_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?7, ?8, ?6, ?6)",
         params![
-            url,
+            target.url,
             session.to_string(),
             car,
             lap,
             lap_id(session, car, lap).to_string(),
             now,
-            State::Pending
+            state,
+            reason
         ],
     )?;
-    Ok(n > 0)
+    Ok(n > 0 && state == State::Pending)
 }
 
 const COLUMNS: &str = "id, url, session_id, car, lap, lap_id, state, attempts, next_at_ms, \
@@ -245,7 +289,11 @@ impl Outbox {
     ///
     /// # Errors
     /// [`ArchiveError::Sqlite`].
-    pub fn enqueue_session(&self, session: Uuid, url: &str) -> Result<usize, ArchiveError> {
+    pub fn enqueue_session(
+        &self,
+        session: Uuid,
+        target: &UploadTarget,
+    ) -> Result<usize, ArchiveError> {
         let laps = self.index.laps(Some(session))?;
         let tx = self
             .index
@@ -254,7 +302,7 @@ impl Outbox {
             .map_err(self.sql())?;
         let mut added = 0;
         for l in laps.iter().filter(|l| l.complete) {
-            if enqueue(&tx, url, l.session, l.car, l.lap).map_err(self.sql())? {
+            if enqueue(&tx, target, l.session, l.car, l.lap, l.valid).map_err(self.sql())? {
                 added += 1;
             }
         }
@@ -400,8 +448,16 @@ impl Outbox {
                     state = CASE WHEN server_lap_id IS NULL THEN ?3 ELSE ?4 END,
                     attempts = 0, next_at_ms = 0, updated_at_ms = ?2,
                     lease_until_ms = CASE WHEN ?1 IS NULL THEN lease_until_ms END
-                 WHERE state != ?5 AND (?1 IS NULL OR id = ?1)",
-                params![id, now_ms(), State::Pending, State::LapSent, State::Done],
+                 WHERE state != ?5 AND (?1 IS NULL OR id = ?1)
+                   AND (state != ?6 OR ?1 IS NOT NULL)",
+                params![
+                    id,
+                    now_ms(),
+                    State::Pending,
+                    State::LapSent,
+                    State::Done,
+                    State::Skipped
+                ],
             )
             .map_err(self.sql())
     }
@@ -472,6 +528,7 @@ impl Outbox {
                 State::LapSent => c.lap_sent += n,
                 State::Done => c.done += n,
                 State::Failed => c.failed += n,
+                State::Skipped => c.skipped += n,
             }
         }
         Ok(c)

@@ -127,7 +127,7 @@ impl WriterHooks for () {}
 pub struct WriterOptions {
     /// Where complete laps are uploaded: each is put in the outbox in the transaction that
     /// indexes it.
-    pub upload: Option<String>,
+    pub upload: Option<super::outbox::UploadTarget>,
     /// What the writer tells the layers above it.
     pub hooks: Box<dyn WriterHooks>,
 }
@@ -333,7 +333,7 @@ struct Worker {
     in_flight: usize,
     commit_tx: Option<SyncSender<Commit>>,
     done_rx: Receiver<Committed>,
-    upload: Option<String>,
+    upload: Option<super::outbox::UploadTarget>,
     hooks: Box<dyn WriterHooks>,
 }
 
@@ -571,7 +571,7 @@ impl Worker {
         let rel = path.strip_prefix(&self.data).unwrap_or(&path).to_owned();
         match self
             .index
-            .put_lap_queued(&lap.meta, &rel, lap.rows, self.upload.as_deref())
+            .put_lap_queued(&lap.meta, &rel, lap.rows, self.upload.as_ref())
         {
             Ok(queued) => {
                 self.hooks.lap_durable(DurableLap {

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use apexsim::archive::outbox::{Counts, Entry, Outbox, State, now_ms};
+use apexsim::archive::outbox::{Counts, Entry, Outbox, State, UploadTarget, now_ms};
 use apexsim::coach::credentials::{self, Credentials, normalize_url};
 use apexsim::coach::{CoachClient, Pipeline, UploadOptions, UploadReport};
 use clap::Subcommand;
@@ -91,27 +91,33 @@ pub struct Upload {
     runtime: tokio::runtime::Handle,
     /// The pipeline: its wiring goes to the archive writer.
     pub pipeline: Pipeline,
-    /// The server, normalised.
-    pub url: String,
+    /// The server (normalised), and whether invalid laps go too.
+    pub target: UploadTarget,
     archiving: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Upload {
-    /// Starts the pipeline for `url` (none without one) on the command's runtime.
+    /// Starts the pipeline for `url` (none without one) on the command's runtime; invalid
+    /// laps are sent too with `invalid_laps`.
     ///
     /// # Errors
     /// A usage error for a URL that is not http(s); the outbox cannot be opened.
     pub fn start(
         ctx: &Context,
         url: Option<&str>,
+        invalid_laps: bool,
         drain: Duration,
         exit_on_interrupt: bool,
     ) -> anyhow::Result<Option<Self>> {
         let Some(url) = url else {
             return Ok(None);
         };
-        let opts = upload_options(Some(url))?;
-        let url = normalize_url(url);
+        let mut opts = upload_options(Some(url))?;
+        opts.invalid_laps = invalid_laps;
+        let target = UploadTarget {
+            url: normalize_url(url),
+            invalid_laps,
+        };
         let runtime = ctx.runtime()?.clone();
         let data = ctx.data.clone();
         let pipeline = runtime
@@ -137,7 +143,7 @@ impl Upload {
         Ok(Some(Self {
             runtime,
             pipeline,
-            url,
+            target,
             archiving,
         }))
     }
@@ -379,8 +385,13 @@ pub fn print_outbox(entries: &[Entry], counts: &Counts, format: Format) -> io::R
         &rows,
     );
     text.push_str(&format!(
-        "{} pending, {} lap sent, {} being sent, {} delivered, {} refused\n",
-        counts.pending, counts.lap_sent, counts.in_flight, counts.done, counts.failed
+        "{} pending, {} lap sent, {} being sent, {} delivered, {} refused, {} skipped (invalid)\n",
+        counts.pending,
+        counts.lap_sent,
+        counts.in_flight,
+        counts.done,
+        counts.failed,
+        counts.skipped
     ));
     emit(&text)
 }
@@ -470,8 +481,8 @@ pub fn print_coach_status(
         table(&["SERVER", "DEVICE", "TOKEN", "SINCE", "HEALTH"], &rows)
     };
     text.push_str(&format!(
-        "outbox: {} pending, {} lap sent, {} delivered, {} refused\n",
-        counts.pending, counts.lap_sent, counts.done, counts.failed
+        "outbox: {} pending, {} lap sent, {} delivered, {} refused, {} skipped (invalid)\n",
+        counts.pending, counts.lap_sent, counts.done, counts.failed, counts.skipped
     ));
     emit(&text)
 }

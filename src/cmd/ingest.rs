@@ -28,10 +28,14 @@ pub struct IngestArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,
-    /// Upload every complete lap and its metrics to this Racing Coach server (recordings
-    /// archived before are queued too).
+    /// Upload every complete, valid lap and its metrics to this Racing Coach server
+    /// (recordings archived before are queued too).
     #[arg(long, value_name = "URL")]
     pub upload: Option<String>,
+    /// Upload invalid laps too (a reset, a tow, off track); by default they are recorded in
+    /// the outbox as skipped, with the reason.
+    #[arg(long, requires = "upload")]
+    pub upload_invalid: bool,
     /// After the ingest, how long to keep delivering laps that fail before leaving them in
     /// the outbox (`apexsim outbox retry` sends them later).
     #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = parse_duration)]
@@ -44,9 +48,12 @@ pub struct LiveArgs {
     /// Store the driver's name instead of a pseudonym.
     #[arg(long)]
     pub keep_driver_names: bool,
-    /// Upload every complete lap and its metrics to this Racing Coach server.
+    /// Upload every complete, valid lap and its metrics to this Racing Coach server.
     #[arg(long, value_name = "URL")]
     pub upload: Option<String>,
+    /// Upload invalid laps too.
+    #[arg(long, requires = "upload")]
+    pub upload_invalid: bool,
 }
 
 /// `apexsim import` commands.
@@ -99,7 +106,13 @@ pub fn ingest(args: &IngestArgs, ctx: &Context) -> anyhow::Result<()> {
         wal_sync: ctx.wal_sync,
         wiring: Default::default(),
     };
-    let upload = Upload::start(ctx, args.upload.as_deref(), args.upload_wait, true)?;
+    let upload = Upload::start(
+        ctx,
+        args.upload.as_deref(),
+        args.upload_invalid,
+        args.upload_wait,
+        true,
+    )?;
     if let Some(u) = &upload {
         opts.wiring = u.pipeline.wiring();
     }
@@ -116,7 +129,7 @@ pub fn ingest(args: &IngestArgs, ctx: &Context) -> anyhow::Result<()> {
         for f in &report.files {
             if let FileOutcome::Skipped { session } = f.outcome {
                 outbox
-                    .enqueue_session(session, &u.url)
+                    .enqueue_session(session, &u.target)
                     .context("queueing archived laps")?;
             }
         }
@@ -137,7 +150,13 @@ pub fn live(args: &LiveArgs, ctx: &Context) -> anyhow::Result<()> {
     };
     // Ctrl-C is how a live session ends: the live loop archives it, then the uploads stop
     // after the lap in flight and the rest waits in the outbox.
-    let upload = Upload::start(ctx, args.upload.as_deref(), Duration::from_secs(30), false)?;
+    let upload = Upload::start(
+        ctx,
+        args.upload.as_deref(),
+        args.upload_invalid,
+        Duration::from_secs(30),
+        false,
+    )?;
     if let Some(u) = &upload {
         opts.wiring = u.pipeline.wiring();
     }

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::upload::{UploadOptions, UploadReport, Uploader};
 use crate::archive::ArchiveError;
+use crate::archive::outbox::UploadTarget;
 use crate::events::{
     ArchiveWiring, Event, EventBus, EventHandler, EventKind, HandlerContext, HandlerRegistry,
     KindStats,
@@ -21,7 +22,7 @@ use crate::events::{
 pub struct Pipeline {
     bus: EventBus,
     registry: HandlerRegistry,
-    url: Option<String>,
+    target: Option<UploadTarget>,
     stop: CancellationToken,
     finish: CancellationToken,
     done: CancellationToken,
@@ -66,8 +67,11 @@ impl Pipeline {
             CancellationToken::new(),
             CancellationToken::new(),
         );
-        let url = opts.url.clone();
-        let task = match &url {
+        let target = opts.url.clone().map(|url| UploadTarget {
+            url,
+            invalid_laps: opts.invalid_laps,
+        });
+        let task = match &target {
             Some(_) => {
                 let uploader = Uploader::new(data, opts, Some(bus.clone()))?;
                 let (s, f, d) = (stop.clone(), finish.clone(), done.clone());
@@ -85,7 +89,7 @@ impl Pipeline {
         Ok(Self {
             bus,
             registry,
-            url,
+            target,
             stop,
             finish,
             done,
@@ -97,7 +101,7 @@ impl Pipeline {
     /// What the archive writer is wired to: the bus, and where to queue laps.
     pub fn wiring(&self) -> ArchiveWiring {
         ArchiveWiring {
-            upload: self.url.clone(),
+            upload: self.target.clone(),
             bus: Some(self.bus.clone()),
         }
     }

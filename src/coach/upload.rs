@@ -73,6 +73,9 @@ pub struct UploadOptions {
     pub grace: Duration,
     /// How long a claimed row is kept from other uploaders.
     pub lease: Duration,
+    /// Whether invalid laps archived by this process are queued to be sent too (by default
+    /// they are recorded as skipped).
+    pub invalid_laps: bool,
 }
 
 impl Default for UploadOptions {
@@ -83,6 +86,7 @@ impl Default for UploadOptions {
             timeout: super::client::DEFAULT_TIMEOUT,
             retry: RetryPolicy::default(),
             grace: Duration::from_secs(10),
+            invalid_laps: false,
             // Longer than a lap and its metrics can take (two requests of `timeout`).
             lease: Duration::from_secs(3 * 60),
         }

@@ -20,7 +20,7 @@ use crate::archive::{ArchiveError, LapMeta};
 pub struct ArchiveWiring {
     /// Where complete laps are uploaded: each is put in the outbox in the transaction that
     /// indexes it.
-    pub upload: Option<String>,
+    pub upload: Option<crate::archive::outbox::UploadTarget>,
     /// Where sessions, laps and metrics are published once durable.
     pub bus: Option<EventBus>,
 }

@@ -42,6 +42,9 @@ pub struct ServerSection {
     /// Racing Coach server every complete lap of every race is uploaded to, with its metrics
     /// (the device token from `apexsim coach login` on this machine is sent).
     pub upload_url: Option<String>,
+    /// Whether invalid laps are uploaded too; by default they are recorded in the outbox as
+    /// skipped.
+    pub upload_invalid_laps: bool,
 }
 
 impl Default for ServerSection {
@@ -54,6 +57,7 @@ impl Default for ServerSection {
             fault_injection: false,
             drain_seconds: 8.0,
             upload_url: None,
+            upload_invalid_laps: false,
         }
     }
 }

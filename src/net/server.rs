@@ -197,6 +197,7 @@ pub async fn run(
                 .as_deref()
                 .map(crate::coach::credentials::normalize_url),
             tokens,
+            invalid_laps: config.server.upload_invalid_laps,
             ..Default::default()
         };
         let drain = Duration::from_secs_f64(config.server.drain_seconds);

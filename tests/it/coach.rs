@@ -801,6 +801,83 @@ fn an_ingest_uploads_every_lap_then_its_metrics_in_order() {
     assert_eq!(ob["counts"]["pending"], 0);
 }
 
+/// The Langley recording with a reset: one complete valid lap and one complete invalid one
+/// (towed to the pits mid-lap).
+const LANGLEY_RESET: &str = "iracing_skmodified_langley_2015-05-28_145046_2laps_reset.ibt";
+
+#[test]
+fn an_invalid_lap_is_not_sent_by_default_and_is_with_upload_invalid() {
+    let file = fixture(LANGLEY_RESET);
+    let file = file.to_str().expect("utf-8");
+    for invalid_too in [false, true] {
+        let server = Server::start();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (data, config) = (dir.path().join("data"), dir.path().join("config"));
+        let mut args = vec!["ingest", file, "--upload", &server.url];
+        if invalid_too {
+            args.push("--upload-invalid");
+        }
+        let (code, out, err) = run(&data, &config, &args);
+        assert_eq!(code, 0, "{out}\n{err}");
+        let index = apexsim::archive::index::Index::open(&data).expect("index");
+        let laps: Vec<_> = index
+            .laps(None)
+            .expect("laps")
+            .into_iter()
+            .filter(|l| l.complete)
+            .collect();
+        let id = |l: &apexsim::archive::index::IndexedLap| {
+            apexsim::archive::outbox::lap_id(l.session, l.car, l.lap).to_string()
+        };
+        let (valid, invalid): (Vec<_>, Vec<_>) = laps.iter().partition(|l| l.valid);
+        assert!(
+            !valid.is_empty() && !invalid.is_empty(),
+            "the recording has valid and invalid complete laps: {laps:?}"
+        );
+        server.with(|s| {
+            for l in &valid {
+                assert!(s.laps.contains_key(&id(l)), "valid lap {} sent", l.lap);
+            }
+            for l in &invalid {
+                assert_eq!(
+                    s.laps.contains_key(&id(l)),
+                    invalid_too,
+                    "invalid lap {} sent only with --upload-invalid",
+                    l.lap
+                );
+            }
+        });
+        let ob = outbox(&data, &config);
+        let skipped: Vec<&Value> = ob["entries"]
+            .as_array()
+            .expect("entries")
+            .iter()
+            .filter(|e| e["state"] == "skipped")
+            .collect();
+        if invalid_too {
+            assert!(skipped.is_empty(), "{ob}");
+        } else {
+            // `outbox ls` says why the lap was not sent.
+            assert_eq!(skipped.len(), invalid.len(), "{ob}");
+            assert!(
+                skipped[0]["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("invalid lap")),
+                "{ob}"
+            );
+            assert_eq!(ob["counts"]["skipped"], invalid.len() as u64);
+            // A bulk retry leaves it; a retry by its id sends it.
+            let (code, _, err) = run(&data, &config, &["outbox", "retry", "--wait", "5s"]);
+            assert_eq!(code, 0, "{err}");
+            server.with(|s| assert!(!s.laps.contains_key(&id(invalid[0]))));
+            let row = skipped[0]["id"].as_i64().expect("id").to_string();
+            let (code, _, err) = run(&data, &config, &["outbox", "retry", &row, "--wait", "5s"]);
+            assert_eq!(code, 0, "{err}");
+            server.with(|s| assert!(s.laps.contains_key(&id(invalid[0]))));
+        }
+    }
+}
+
 #[test]
 fn laps_wait_while_the_server_is_down_and_arrive_exactly_once_after() {
     // A port nobody listens on, for now.
