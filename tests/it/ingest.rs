@@ -101,6 +101,44 @@ fn the_complete_laps_found_in_every_recording_equal_the_ground_truth() {
     assert_eq!(checked, 6);
 }
 
+/// A lap's frames are every sample of it: its rows are the recording's records between its
+/// lines, less the blank records iRacing writes (every channel zero, lap counter 0). The Langley
+/// reset lap (186) spans 1,586 records, one of them blank (at the tow): 1,585 frames.
+#[test]
+fn every_sample_of_a_lap_is_a_row_of_it_and_only_blank_records_are_left_out() {
+    let mut blanks_inside = Vec::new();
+    for f in truth() {
+        let path = corpus().join(f["dest"].as_str().expect("dest"));
+        let bytes = std::fs::read(&path).expect("fixture");
+        let (_, frames) = apexsim::ingest::read_frames(&bytes).expect("frames");
+        let recording = read_recording(&path, &IngestOptions::default()).expect("readable");
+        let mut sim = Simulation::new(SimulationPlugin::default());
+        let laps = play(&mut sim, std::slice::from_ref(&recording));
+        for (time, columns) in &laps[0] {
+            let (first, last) = (columns.tick[0], columns.tick[columns.tick.len() - 1]);
+            let span = &frames[first as usize..=last as usize];
+            let counter = frames[first as usize].lap;
+            let samples = span.iter().filter(|f| !f.is_blank()).count();
+            assert_eq!(columns.len(), samples, "{path:?} lap {}", time.lap);
+            // The span is the recording's lap: every record with its counter, and blanks.
+            assert!(
+                span.iter().all(|f| f.lap == counter || f.is_blank()),
+                "{path:?} lap {}",
+                time.lap
+            );
+            let blanks = span.len() - samples;
+            if blanks > 0 {
+                blanks_inside.push((counter, span.len(), blanks));
+            }
+        }
+    }
+    assert_eq!(
+        blanks_inside,
+        vec![(186, 1586, 1)],
+        "only the reset lap holds a blank record"
+    );
+}
+
 #[test]
 fn pitwall_and_the_own_reader_give_identical_frames_for_version_2_files() {
     let mut compared = 0;
