@@ -133,6 +133,7 @@ fn parquet_write(c: &mut Criterion) {
         started_at: 1_764_000_000,
         finished_at: None,
         sectors: Vec::new(),
+        identity: None,
     };
     let upload_json = |cols: &LapColumns| {
         let body = api::UploadLapBody {
@@ -191,6 +192,7 @@ fn parquet_write(c: &mut Criterion) {
         started_at: 0,
         finished_at: None,
         sectors: Vec::new(),
+        identity: None,
     };
     group.bench_function(format!("parquet_zstd/{LAPS}_laps"), |b| {
         b.iter_batched(

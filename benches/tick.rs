@@ -456,6 +456,7 @@ fn begin_sessions(world: &mut World, recorder: &Recorder) {
                 started_at: 0,
                 finished_at: None,
                 sectors: Vec::new(),
+                identity: None,
             },
             track_length_m: length,
             cars,

@@ -434,6 +434,7 @@ mod tests {
                         started_at: 0,
                         finished_at: None,
                         sectors: Vec::new(),
+                        identity: None,
                     })));
                 }
             }

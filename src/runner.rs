@@ -170,6 +170,7 @@ pub fn session_row(
         started_at: unix_now(),
         finished_at: None,
         sectors: track.sectors.clone(),
+        identity: None,
     }
 }
 

@@ -57,6 +57,30 @@ fn setup(conn: &mut Connection) -> Result<Result<(), usize>, rusqlite::Error> {
     Ok(Ok(()))
 }
 
+/// Who and where a recorded session was, as the recording's session info names it (iRacing's
+/// ids and display names): what a Racing Coach server groups laps by.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct SessionIdentity {
+    /// `WeekendInfo.TrackID`.
+    pub track_id: i64,
+    /// `WeekendInfo.TrackDisplayName`.
+    pub track_name: String,
+    /// `WeekendInfo.TrackConfigName` (`None` when the track has none).
+    pub track_config: Option<String>,
+    /// `WeekendInfo.TrackType` ("road course", "short oval"...).
+    pub track_type: Option<String>,
+    /// `WeekendInfo.SeriesID` (0 outside a series).
+    pub series_id: i64,
+    /// The driver's car: `DriverInfo.Drivers[].CarID`.
+    pub car_id: i64,
+    /// `CarScreenName`.
+    pub car_name: String,
+    /// `CarClassID`.
+    pub car_class_id: i64,
+    /// The session's `SessionType` ("Offline Testing", "Practice", "Race"...).
+    pub session_type: String,
+}
+
 /// A session as the index knows it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct SessionRow {
@@ -79,6 +103,9 @@ pub struct SessionRow {
     /// Where the track's sectors start, as fractions of the lap (the first, at 0, not
     /// listed); empty for one sector.
     pub sectors: Vec<f32>,
+    /// What the recording's session info says the session was; `None` for simulated sessions
+    /// and recordings archived before it was kept.
+    pub identity: Option<SessionIdentity>,
 }
 
 /// Sector starts as stored: comma-separated fractions.
@@ -206,6 +233,25 @@ impl Index {
         )
     }
 
+    /// Records what a recording says its session was, for a session archived before the
+    /// index kept it (a recording ingested again); a known identity is left as it is.
+    ///
+    /// # Errors
+    /// [`ArchiveError::Sqlite`].
+    pub fn put_identity(&self, id: Uuid, identity: &SessionIdentity) -> Result<(), ArchiveError> {
+        let json = serde_json::to_string(identity).map_err(|e| ArchiveError::Sqlite {
+            path: self.path.clone(),
+            source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
+        })?;
+        self.conn
+            .execute(
+                "UPDATE sessions SET identity = ?2 WHERE id = ?1 AND identity IS NULL",
+                params![id.to_string(), json],
+            )
+            .map_err(self.sql())?;
+        Ok(())
+    }
+
     /// Records a session unless it is already known (recovery uses this).
     ///
     /// # Errors
@@ -218,8 +264,8 @@ impl Index {
         self.conn
             .execute(
                 &format!(
-                    "INSERT INTO sessions (id, source, track, car_model, lap_limit, seed, started_at, finished_at, sectors)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) {on_conflict}"
+                    "INSERT INTO sessions (id, source, track, car_model, lap_limit, seed, started_at, finished_at, sectors, identity)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) {on_conflict}"
                 ),
                 params![
                     s.id.to_string(),
@@ -230,7 +276,10 @@ impl Index {
                     s.seed.map(|v| v as i64),
                     s.started_at,
                     s.finished_at,
-                    sectors_text(&s.sectors)
+                    sectors_text(&s.sectors),
+                    s.identity
+                        .as_ref()
+                        .and_then(|i| serde_json::to_string(i).ok())
                 ],
             )
             .map_err(self.sql())?;
@@ -393,7 +442,7 @@ impl Index {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT id, source, track, car_model, lap_limit, seed, started_at, finished_at, sectors
+                "SELECT id, source, track, car_model, lap_limit, seed, started_at, finished_at, sectors, identity
                  FROM sessions WHERE ?1 IS NULL OR id = ?1 ORDER BY started_at DESC, id",
             )
             .map_err(self.sql())?;
@@ -410,6 +459,9 @@ impl Index {
                     started_at: r.get(6)?,
                     finished_at: r.get(7)?,
                     sectors: parse_sectors(&r.get::<_, String>(8)?),
+                    identity: r
+                        .get::<_, Option<String>>(9)?
+                        .and_then(|j| serde_json::from_str(&j).ok()),
                 })
             })
             .map_err(self.sql())?;

@@ -36,14 +36,20 @@ pub fn session_id(session: Uuid, car: u8) -> Uuid {
     Uuid::new_v5(&NAMESPACE, &name)
 }
 
-/// A stable positive id for a name the API wants as a number (track, car): FNV-1a, 31 bits.
+/// Where ApexSim's own ids (simulated tracks and cars, laps from other tools) start: iRacing's
+/// ids are small (tracks and cars in the hundreds or thousands), so 2,000,000,000 up to
+/// 2,099,999,999 never meets one, and still fits the 32-bit integers a server may keep.
+pub const OWN_ID_BASE: i64 = 2_000_000_000;
+
+/// A stable id for a name the API wants as a number (a simulated track or car): FNV-1a of the
+/// name, in the range from [`OWN_ID_BASE`] that iRacing's ids never reach.
 pub fn name_id(name: &str) -> i64 {
     let mut h: u32 = 0x811c_9dc5;
     for b in name.bytes() {
         h ^= u32::from(b);
         h = h.wrapping_mul(0x0100_0193);
     }
-    i64::from(h & 0x7fff_ffff)
+    OWN_ID_BASE + i64::from(h % 100_000_000)
 }
 
 fn rfc3339(unix_s: f64) -> Option<String> {
@@ -56,11 +62,29 @@ fn rfc3339(unix_s: f64) -> Option<String> {
         .map(|t| t.to_string())
 }
 
-/// The session frame of a lap.
+/// The session frame of a lap: a recording's own identity (iRacing's track, car and session
+/// ids and names) when the index has it, else ApexSim's names with ids of its own range.
 pub fn session_frame(session: &SessionRow, meta: &LapMeta) -> api::SessionFrame {
+    let timestamp = rfc3339(session.started_at as f64);
+    let session_id = Some(session_id(meta.session, meta.car));
+    if let Some(id) = &session.identity {
+        return api::SessionFrame {
+            timestamp,
+            session_id,
+            track_id: id.track_id,
+            track_name: id.track_name.clone(),
+            track_config_name: id.track_config.clone(),
+            track_type: id.track_type.clone(),
+            car_id: id.car_id,
+            car_name: id.car_name.clone(),
+            car_class_id: id.car_class_id,
+            series_id: id.series_id,
+            session_type: id.session_type.clone(),
+        };
+    }
     api::SessionFrame {
-        timestamp: rfc3339(session.started_at as f64),
-        session_id: Some(session_id(meta.session, meta.car)),
+        timestamp,
+        session_id,
         track_id: name_id(&meta.track),
         track_name: meta.track.clone(),
         track_config_name: None,
@@ -279,6 +303,7 @@ mod tests {
             started_at: 1_764_000_000,
             finished_at: None,
             sectors: Vec::new(),
+            identity: None,
         }
     }
 

@@ -344,6 +344,11 @@ pub fn ingest(
         for path in batch {
             let outcome = match read_recording(path, opts) {
                 Ok(r) if index.has_finished_session(r.session)? => {
+                    // Archived by a build that did not keep the session's identity: it is
+                    // read from the recording now.
+                    if let Some(identity) = &r.info.identity {
+                        index.put_identity(r.session, identity)?;
+                    }
                     FileOutcome::Skipped { session: r.session }
                 }
                 Ok(r) => match begin_session(&mut writer, r.session, &r.info, WalSync::Off) {
@@ -448,6 +453,7 @@ pub(crate) fn begin_session(
             started_at: info.started_at,
             finished_at: None,
             sectors: info.sectors.clone(),
+            identity: info.identity.clone(),
         },
         info.track_length_m,
         vec![info.driver.clone()],

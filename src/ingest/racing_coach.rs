@@ -397,6 +397,7 @@ fn import_session(
         driver: opts.driver.clone(),
         started_at: all.started_at.unwrap_or(0),
         sectors: opts.sectors.clone(),
+        identity: None,
     };
     let mut archive = begin_session(writer, session, &info, WalSync::Off)?;
     let mut numbers = LapNumbers::default();

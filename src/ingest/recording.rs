@@ -10,6 +10,7 @@ use uuid::Uuid;
 use super::frame::IbtFrame;
 use super::ibt::{self, IbtError, IbtHeader};
 use super::{IngestError, IngestOptions, NAMESPACE, SPIKE_MPS2};
+use crate::archive::index::SessionIdentity;
 
 /// What a recording says about itself.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -39,6 +40,9 @@ pub struct RecordingInfo {
     /// Where the track's sectors start, as fractions of the lap (the session info's split
     /// points; the first, at 0, not listed).
     pub sectors: Vec<f32>,
+    /// iRacing's ids and names of the track, car and session, as the session info gives them
+    /// (`None` for laps from other tools).
+    pub identity: Option<SessionIdentity>,
 }
 
 /// A recording read into samples, ready to play.
@@ -221,12 +225,16 @@ pub(crate) fn describe(
             line("TrackConfigName"),
         ),
     };
+    let me = parsed.and_then(|p| {
+        p.driver_info.as_ref().and_then(|d| {
+            let idx = d.driver_car_idx?;
+            d.drivers.as_ref()?.iter().find(|x| x.car_idx == idx)
+        })
+    });
+    let number = |key: &str| line(key).and_then(|v| v.parse::<i64>().ok());
+    let parsed_id = |v: Option<i32>| v.map(i64::from);
     let (car, driver, session_type) = parsed
         .map(|p| {
-            let me = p.driver_info.as_ref().and_then(|d| {
-                let idx = d.driver_car_idx?;
-                d.drivers.as_ref()?.iter().find(|x| x.car_idx == idx)
-            });
             let session_type = p
                 .session_info
                 .sessions
@@ -248,6 +256,30 @@ pub(crate) fn describe(
     } else {
         pseudonym(&driver)
     };
+    let session_type = session_type
+        .or_else(|| line("SessionType"))
+        .unwrap_or_else(|| "unknown".into());
+    let identity = SessionIdentity {
+        track_id: parsed_id(parsed.and_then(|p| p.weekend_info.track_id))
+            .or_else(|| number("TrackID"))
+            .unwrap_or(0),
+        track_name: track_name.clone(),
+        track_config: track_config.clone().filter(|c| !c.is_empty()),
+        track_type: parsed
+            .and_then(|p| p.weekend_info.track_type.clone())
+            .or_else(|| line("TrackType")),
+        series_id: parsed_id(parsed.and_then(|p| p.weekend_info.series_id))
+            .or_else(|| number("SeriesID"))
+            .unwrap_or(0),
+        car_id: parsed_id(me.and_then(|m| m.car_id))
+            .or_else(|| number("CarID"))
+            .unwrap_or(0),
+        car_name: car.clone(),
+        car_class_id: parsed_id(me.and_then(|m| m.car_class_id))
+            .or_else(|| number("CarClassID"))
+            .unwrap_or(0),
+        session_type: session_type.clone(),
+    };
     let track = slug(if track_id.is_empty() {
         &track_name
     } else {
@@ -266,12 +298,11 @@ pub(crate) fn describe(
         },
         track_length_m: parse_km(&track_length).unwrap_or(0.0),
         car,
-        session_type: session_type
-            .or_else(|| line("SessionType"))
-            .unwrap_or_else(|| "unknown".into()),
+        session_type,
         driver,
         started_at: 0,
         sectors: sectors(parsed, yaml),
+        identity: Some(identity),
     }
 }
 

@@ -509,6 +509,7 @@ fn session_of_meta_of() -> apexsim::archive::writer::ArchiveJob {
         started_at: 1_795_392_000,
         finished_at: None,
         sectors: Vec::new(),
+        identity: None,
     })
 }
 

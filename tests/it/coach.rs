@@ -179,6 +179,8 @@ struct Fake {
     log: Vec<(Req, Option<String>)>,
     /// Laps stored, by id: lap number, frames, lap time, session id.
     laps: BTreeMap<String, (i64, usize, Option<f64>, String)>,
+    /// The session of each lap stored, by lap id.
+    sessions: BTreeMap<String, Value>,
     /// Metrics stored, by lap id: how many times.
     metrics: BTreeMap<String, u32>,
     /// Bodies that broke the schema, metrics for unknown laps.
@@ -328,6 +330,7 @@ async fn upload_lap(
             .to_owned();
         s.laps
             .insert(lap_id.clone(), (lap, frames, lap_time, session));
+        s.sessions.insert(lap_id.clone(), v["session"].clone());
         if std::mem::take(&mut s.lose_next_response) {
             // Stored, but the answer comes after the client gave up.
             Some(Duration::from_secs(3))
@@ -799,6 +802,60 @@ fn an_ingest_uploads_every_lap_then_its_metrics_in_order() {
     let ob = outbox(&data, &config);
     assert_eq!(ob["counts"]["done"], 2);
     assert_eq!(ob["counts"]["pending"], 0);
+}
+
+/// A key's value in a recording's session info (the YAML is plain text inside the file): the
+/// first line `key: value`, as a person reading the file would find it.
+fn session_info_value(file: &Path, key: &str) -> Option<String> {
+    let bytes = std::fs::read(file).expect("fixture");
+    let text = String::from_utf8_lossy(&bytes);
+    text.lines().find_map(|l| {
+        let v = l.trim_start().strip_prefix(key)?.strip_prefix(':')?.trim();
+        Some(v.to_owned())
+    })
+}
+
+#[test]
+fn uploads_name_the_track_car_and_session_as_the_recording_does() {
+    for (name, track_id, car_id) in [
+        (TSUKUBA, 328, 142),
+        (
+            "iracing_skmodified_langley_2015-05-28_144739_1lap.ibt",
+            201,
+            2,
+        ),
+    ] {
+        let server = Server::start();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (data, config) = (dir.path().join("data"), dir.path().join("config"));
+        let path = fixture(name);
+        let file = path.to_str().expect("utf-8");
+        let (code, out, err) = run(&data, &config, &["ingest", file, "--upload", &server.url]);
+        assert_eq!(code, 0, "{out}\n{err}");
+        let info = |key| session_info_value(&path, key).unwrap_or_default();
+        let number = |key| info(key).parse::<i64>().expect("a number");
+        assert_eq!((number("TrackID"), number("CarID")), (track_id, car_id));
+        server.with(|s| {
+            assert!(!s.sessions.is_empty(), "{name}: laps uploaded");
+            for session in s.sessions.values() {
+                assert_eq!(session["track_id"], number("TrackID"), "{name}");
+                assert_eq!(session["track_name"], info("TrackDisplayName"), "{name}");
+                let config = info("TrackConfigName");
+                let expected_config = (!config.is_empty()).then_some(config);
+                assert_eq!(
+                    session["track_config_name"].as_str().map(str::to_owned),
+                    expected_config,
+                    "{name}"
+                );
+                assert_eq!(session["track_type"], info("TrackType"), "{name}");
+                assert_eq!(session["series_id"], number("SeriesID"), "{name}");
+                assert_eq!(session["car_id"], number("CarID"), "{name}");
+                assert_eq!(session["car_name"], info("CarScreenName"), "{name}");
+                assert_eq!(session["car_class_id"], number("CarClassID"), "{name}");
+                assert_eq!(session["session_type"], info("SessionType"), "{name}");
+            }
+        });
+    }
 }
 
 /// The Langley recording with a reset: one complete valid lap and one complete invalid one

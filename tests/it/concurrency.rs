@@ -479,6 +479,7 @@ fn many_connections_opening_a_fresh_index_at_once_all_succeed() {
                         started_at: 0,
                         finished_at: None,
                         sectors: Vec::new(),
+                        identity: None,
                     })
                     .expect("write");
             })

@@ -80,4 +80,8 @@ CREATE TABLE outbox (
 );
 CREATE INDEX idx_outbox_due ON outbox(state, next_at_ms);
 "#,
+    r#"
+-- What a recording's session info says the session was (iRacing's ids and names), for uploads.
+ALTER TABLE sessions ADD COLUMN identity TEXT;
+"#,
 ];

@@ -136,6 +136,7 @@ pub(crate) fn archive_wal(
         started_at: session.started_at,
         finished_at: None,
         sectors: Vec::new(),
+        identity: None,
     })?;
     let date = Date::parse(&session.date).unwrap_or_else(Date::today);
     for ((car, row_lap), columns) in wal.laps {
