@@ -91,6 +91,40 @@ fn sector_start(s: &str) -> Result<f32, String> {
     }
 }
 
+/// How `ingest` and `live` upload: where, which laps, how long the uploads may go on at the
+/// end, and whether Ctrl-C during the archiving ends the process.
+struct UploadArgs<'a> {
+    url: Option<&'a str>,
+    invalid_laps: bool,
+    drain: Duration,
+    exit_on_interrupt: bool,
+}
+
+/// The ingest options of `ingest` and `live`, and their upload pipeline when they upload (its
+/// wiring goes to the archive writer).
+fn archiving(
+    ctx: &Context,
+    keep_driver_names: bool,
+    upload: &UploadArgs<'_>,
+) -> anyhow::Result<(IngestOptions, Option<Upload>)> {
+    let upload = Upload::start(
+        ctx,
+        upload.url,
+        upload.invalid_laps,
+        upload.drain,
+        upload.exit_on_interrupt,
+    )?;
+    let opts = IngestOptions {
+        keep_driver_names,
+        wal_sync: ctx.wal_sync,
+        wiring: upload
+            .as_ref()
+            .map(|u| u.pipeline.wiring())
+            .unwrap_or_default(),
+    };
+    Ok((opts, upload))
+}
+
 /// `apexsim ingest`: every recording archived, its laps uploaded with `--upload`.
 ///
 /// # Errors
@@ -101,21 +135,13 @@ pub fn ingest(args: &IngestArgs, ctx: &Context) -> anyhow::Result<()> {
     if files.is_empty() {
         return Err(UsageError("no .ibt files found in the given paths".into()).into());
     }
-    let mut opts = IngestOptions {
-        keep_driver_names: args.keep_driver_names,
-        wal_sync: ctx.wal_sync,
-        wiring: Default::default(),
+    let upload = UploadArgs {
+        url: args.upload.as_deref(),
+        invalid_laps: args.upload_invalid,
+        drain: args.upload_wait,
+        exit_on_interrupt: true,
     };
-    let upload = Upload::start(
-        ctx,
-        args.upload.as_deref(),
-        args.upload_invalid,
-        args.upload_wait,
-        true,
-    )?;
-    if let Some(u) = &upload {
-        opts.wiring = u.pipeline.wiring();
-    }
+    let (opts, upload) = archiving(ctx, args.keep_driver_names, &upload)?;
     let mut bar = Progress::new("ingest");
     let report = apexsim::ingest::ingest(&files, &ctx.data, &opts, |done, total, records| {
         bar.update(done, total, records)
@@ -143,23 +169,15 @@ pub fn ingest(args: &IngestArgs, ctx: &Context) -> anyhow::Result<()> {
 /// # Errors
 /// The live loop's failures; refused uploads.
 pub fn live(args: &LiveArgs, ctx: &Context) -> anyhow::Result<()> {
-    let mut opts = IngestOptions {
-        keep_driver_names: args.keep_driver_names,
-        wal_sync: ctx.wal_sync,
-        wiring: Default::default(),
-    };
     // Ctrl-C is how a live session ends: the live loop archives it, then the uploads stop
     // after the lap in flight and the rest waits in the outbox.
-    let upload = Upload::start(
-        ctx,
-        args.upload.as_deref(),
-        args.upload_invalid,
-        Duration::from_secs(30),
-        false,
-    )?;
-    if let Some(u) = &upload {
-        opts.wiring = u.pipeline.wiring();
-    }
+    let upload = UploadArgs {
+        url: args.upload.as_deref(),
+        invalid_laps: args.upload_invalid,
+        drain: Duration::from_secs(30),
+        exit_on_interrupt: false,
+    };
+    let (opts, upload) = archiving(ctx, args.keep_driver_names, &upload)?;
     let report = apexsim::ingest::live::run(&ctx.data, &opts)?;
     print_live(&report).context("writing the live report")?;
     if let Some(u) = upload {
