@@ -61,16 +61,6 @@ pub struct UploadTarget {
     pub invalid_laps: bool,
 }
 
-impl UploadTarget {
-    /// Valid laps to `url`.
-    pub fn valid_laps(url: impl Into<String>) -> Self {
-        Self {
-            url: url.into(),
-            invalid_laps: false,
-        }
-    }
-}
-
 /// Why an invalid lap was not sent, as `outbox ls` shows it.
 pub const SKIPPED_INVALID: &str =
     "invalid lap: not sent (upload with --upload-invalid, or `apexsim outbox retry ID`)";

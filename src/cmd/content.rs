@@ -83,15 +83,15 @@ pub fn track(cmd: TrackCommand, ctx: &Context) -> anyhow::Result<()> {
         width,
         format,
     } = cmd;
-    let dir: PathBuf = ctx.content_dir.clone();
-    let built = from_ibt(&file, lap, &name, width, &dir).map_err(|e| match e {
+    let dir = &ctx.content_dir;
+    let built = from_ibt(&file, lap, &name, width, dir).map_err(|e| match e {
         TrackBuildError::NoLap { .. }
         | TrackBuildError::NotClean { .. }
         | TrackBuildError::Exists(_) => anyhow::Error::new(UsageError(e.to_string())),
         other => anyhow::Error::new(other),
     })?;
     // The new track must load like any other content.
-    let check = Content::load(&dir);
+    let check = Content::load(dir);
     let problems: Vec<String> = check
         .errors
         .iter()

@@ -544,7 +544,7 @@ impl Lobby {
         }
         let ai = usize::from(s.ai_count).min(usize::from(s.max_players) - s.roster.len());
         let host_car = self.players.get(&s.host).map_or(0, |p| p.car);
-        let mut grid: Vec<GridSlot> = s
+        let grid: Vec<GridSlot> = s
             .roster
             .iter()
             .filter_map(|c| self.players.get(c).map(|p| (c, p)))
@@ -558,7 +558,6 @@ impl Lobby {
                 driver,
             })
             .collect();
-        grid.truncate(16);
         let roster = s.roster.clone();
         let (track, lap_limit) = (s.track, u16::from(s.lap_limit));
         tracing::info!(session = %id, cars = grid.len(), humans = roster.len(), "countdown started");

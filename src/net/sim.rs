@@ -235,7 +235,7 @@ impl SimServer {
         let mut finished = 0u64;
         loop {
             self.handle_control();
-            self.deliver();
+            finished += self.deliver();
             let started = Instant::now();
             let stepped = std::panic::catch_unwind(AssertUnwindSafe(|| self.sim.step())).is_ok();
             if !stepped {
@@ -247,8 +247,9 @@ impl SimServer {
                 }
             }
             let tick = self.sim.tick();
-            let heard = std::mem::take(&mut self.sim.world_mut().resource_mut::<NetInputs>().heard);
-            for conn in heard {
+            // Drained in place: the buffer keeps its capacity from tick to tick.
+            let mut inputs = self.sim.world_mut().resource_mut::<NetInputs>();
+            for conn in inputs.heard.drain(..) {
                 self.lobby.heard(tick, conn);
             }
             let view = WorldView {
