@@ -81,6 +81,22 @@ pub struct SessionIdentity {
     pub session_type: String,
 }
 
+/// Stored as JSON text in `sessions.identity`.
+impl rusqlite::ToSql for SessionIdentity {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        serde_json::to_string(self)
+            .map(rusqlite::types::ToSqlOutput::from)
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
+    }
+}
+
+impl rusqlite::types::FromSql for SessionIdentity {
+    fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        serde_json::from_str(value.as_str()?)
+            .map_err(|e| rusqlite::types::FromSqlError::Other(Box::new(e)))
+    }
+}
+
 /// A session as the index knows it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct SessionRow {
@@ -215,7 +231,8 @@ impl Index {
         Ok(Self { conn, path })
     }
 
-    fn sql(&self) -> impl Fn(rusqlite::Error) -> ArchiveError + '_ {
+    /// Maps SQLite's errors to the archive's, naming the database.
+    pub(crate) fn sql(&self) -> impl Fn(rusqlite::Error) -> ArchiveError + '_ {
         |source| ArchiveError::Sqlite {
             path: self.path.clone(),
             source,
@@ -239,14 +256,10 @@ impl Index {
     /// # Errors
     /// [`ArchiveError::Sqlite`].
     pub fn put_identity(&self, id: Uuid, identity: &SessionIdentity) -> Result<(), ArchiveError> {
-        let json = serde_json::to_string(identity).map_err(|e| ArchiveError::Sqlite {
-            path: self.path.clone(),
-            source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
-        })?;
         self.conn
             .execute(
                 "UPDATE sessions SET identity = ?2 WHERE id = ?1 AND identity IS NULL",
-                params![id.to_string(), json],
+                params![id.to_string(), identity],
             )
             .map_err(self.sql())?;
         Ok(())
@@ -278,8 +291,6 @@ impl Index {
                     s.finished_at,
                     sectors_text(&s.sectors),
                     s.identity
-                        .as_ref()
-                        .and_then(|i| serde_json::to_string(i).ok())
                 ],
             )
             .map_err(self.sql())?;
@@ -459,9 +470,7 @@ impl Index {
                     started_at: r.get(6)?,
                     finished_at: r.get(7)?,
                     sectors: parse_sectors(&r.get::<_, String>(8)?),
-                    identity: r
-                        .get::<_, Option<String>>(9)?
-                        .and_then(|j| serde_json::from_str(&j).ok()),
+                    identity: r.get(9)?,
                 })
             })
             .map_err(self.sql())?;

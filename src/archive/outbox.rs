@@ -268,10 +268,7 @@ impl Outbox {
     }
 
     fn sql(&self) -> impl Fn(rusqlite::Error) -> ArchiveError + '_ {
-        |source| ArchiveError::Sqlite {
-            path: self.index.path().to_owned(),
-            source,
-        }
+        self.index.sql()
     }
 
     /// Queues every complete lap of a session already in the archive for `url` (a recording
