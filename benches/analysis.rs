@@ -15,7 +15,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use apexsim::analysis::lap::{Detect, moving_average, regions};
-use apexsim::analysis::query::{LapFilter, ensure_metrics, query_laps, summarize};
+use apexsim::analysis::measure::ensure_metrics;
+use apexsim::analysis::query::{LapFilter, query_laps, summarize};
 use apexsim::analysis::{Thresholds, lap_metrics};
 use apexsim::archive::wal::WalSync;
 use apexsim::content::Content;

@@ -10,6 +10,7 @@
 pub mod across;
 pub mod compare;
 pub mod lap;
+pub mod measure;
 pub mod plot;
 pub mod query;
 pub mod store;
