@@ -134,6 +134,9 @@ fn parquet_write(c: &mut Criterion) {
         finished_at: None,
         sectors: Vec::new(),
         identity: None,
+        template_id: None,
+        ended_by: None,
+        laps_pruned_at: None,
     };
     let upload_json = |cols: &LapColumns| {
         let body = api::UploadLapBody {
@@ -193,6 +196,9 @@ fn parquet_write(c: &mut Criterion) {
         finished_at: None,
         sectors: Vec::new(),
         identity: None,
+        template_id: None,
+        ended_by: None,
+        laps_pruned_at: None,
     };
     group.bench_function(format!("parquet_zstd/{LAPS}_laps"), |b| {
         b.iter_batched(

@@ -41,7 +41,7 @@ pub use durable::{StagedLap, stage_lap, sync_dir, write_lap, write_lap_as};
 pub use encode::{encode_lap, lap_batch};
 pub use format::{lap_path, lap_schema};
 pub use read::{read_lap, read_lap_columns, read_lap_meta};
-pub use retention::{DERIVED_DIR, PruneReport, parse_duration, prune};
+pub use retention::{DERIVED_DIR, PruneReport, parse_duration, prune, prune_laps};
 
 /// Version of the lap schema and metadata; readers check it. Version 3 added the lap's
 /// identity as columns ([`IDENTITY_COLUMNS`]); version 2 gear and rpm.

@@ -12,6 +12,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use apexsim_systems::car::CarSpec;
 use apexsim_systems::track::{TrackGeometry, TrackGeometryError};
@@ -104,7 +105,7 @@ fn at_line(line: usize) -> String {
 }
 
 /// A car model.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CarContent {
     /// Stable id.
     pub id: Uuid,
@@ -140,6 +141,22 @@ pub struct TrackContent {
     pub path: PathBuf,
 }
 
+/// Two versions of a track are equal when they load the same: the same manifest, geometry
+/// and sectors.
+impl PartialEq for TrackContent {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+            && self.slug == other.slug
+            && self.name == other.name
+            && self.version == other.version
+            && self.sectors == other.sectors
+            && self.path == other.path
+            && self.geometry.width_m() == other.geometry.width_m()
+            && self.geometry.points() == other.geometry.points()
+            && self.geometry.grid_slots().len() == other.geometry.grid_slots().len()
+    }
+}
+
 /// How a templated session starts (seed 003 section 9).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -173,25 +190,118 @@ pub struct RaceTemplate {
     pub lap_limit: u8,
     /// How sessions start.
     pub start_mode: StartMode,
-    /// Cron expression (minute hour day month weekday) for scheduled templates.
-    pub schedule: Option<String>,
+    /// When scheduled sessions start (seed 003 section 9), for scheduled templates.
+    pub schedule: Option<Schedule>,
+    /// Humans a countdown session waits for before it starts by itself (at least 1).
+    pub min_players: u8,
+    /// The lap limits a custom session from this template may ask for.
+    pub lap_limit_bounds: (u8, u8),
+    /// The AI counts a custom session from this template may ask for.
+    pub ai_count_bounds: (u8, u8),
     /// 0..=100, weight in the rotation.
     pub rotation_weight: u8,
-    /// Inactive templates are skipped; templates with missing references are made inactive.
+    /// What the file says (`active`, true when left out).
+    pub enabled: bool,
+    /// Inactive templates are skipped: those the file disables and those whose track or one of
+    /// whose cars is missing.
     pub active: bool,
     /// The file.
     pub path: PathBuf,
 }
 
-/// Everything loaded from a content directory, each list ordered by slug.
+impl RaceTemplate {
+    /// Whether `car` may race in this template's sessions.
+    pub fn allows(&self, car: Uuid) -> bool {
+        self.allowed_cars.is_empty() || self.allowed_cars.contains(&car)
+    }
+}
+
+/// A cron expression, checked when loaded: `minute hour day month weekday`, in UTC (a sixth
+/// leading field for seconds is accepted).
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    text: String,
+    cron: croner::Cron,
+}
+
+impl Schedule {
+    /// Parses a cron expression.
+    ///
+    /// # Errors
+    /// What the cron parser says is wrong with it.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let fields = text.split_whitespace().count();
+        if !(5..=6).contains(&fields) {
+            return Err(format!(
+                "{text:?}: a cron expression has 5 fields (minute hour day month weekday), found {fields}"
+            ));
+        }
+        let cron = croner::parser::CronParser::builder()
+            .seconds(croner::parser::Seconds::Optional)
+            .build()
+            .parse(text)
+            .map_err(|e| format!("{text:?}: {e}"))?;
+        Ok(Self {
+            text: text.to_owned(),
+            cron,
+        })
+    }
+
+    /// The first time at or after `unix_s` (Unix seconds) the schedule matches.
+    pub fn next_at_or_after(&self, unix_s: i64) -> Option<i64> {
+        let at = chrono::DateTime::from_timestamp(unix_s, 0)?;
+        self.cron
+            .find_next_occurrence(&at, true)
+            .ok()
+            .map(|t| t.timestamp())
+    }
+
+    /// The expression as written.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+impl fmt::Display for Schedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl std::str::FromStr for Schedule {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+/// An entry whose file changed into something that does not load: the previous version stays
+/// in use, and this says why the new one was refused.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Quarantined {
+    /// The manifest (or centerline) that does not load.
+    pub path: PathBuf,
+    /// The kind of entry: "car", "track" or "template".
+    pub kind: &'static str,
+    /// The entry kept, by slug.
+    pub slug: String,
+    /// What is wrong, with the file and line.
+    pub error: String,
+}
+
+/// Everything loaded from a content directory, each list ordered by slug. Entries are shared
+/// (`Arc`) so a session keeps the version it started with when the content is reloaded.
 #[derive(Debug, Clone, Default)]
 pub struct Content {
     /// Car models.
-    pub cars: Vec<CarContent>,
+    pub cars: Vec<Arc<CarContent>>,
     /// Tracks.
-    pub tracks: Vec<TrackContent>,
+    pub tracks: Vec<Arc<TrackContent>>,
     /// Race templates.
-    pub templates: Vec<RaceTemplate>,
+    pub templates: Vec<Arc<RaceTemplate>>,
+    /// Entries whose files changed into something that does not load (only after a reload).
+    pub quarantined: Vec<Quarantined>,
 }
 
 /// The result of loading a content directory: what loaded, and every problem found.
@@ -216,57 +326,104 @@ impl Content {
     /// Loads `dir/cars`, `dir/tracks` and `dir/templates`. Never fails as a whole: bad files are
     /// reported in [`LoadReport::errors`] and left out.
     pub fn load(dir: &Path) -> LoadReport {
+        Self::load_over(dir, None)
+    }
+
+    /// Loads `dir` again after a change (seed 003 section 10): an entry whose file no longer
+    /// loads keeps its `previous` version and is listed in [`Content::quarantined`], with the
+    /// error also in [`LoadReport::errors`]; entries whose files are gone go; templates are
+    /// checked against the content as reloaded (one whose track or car is missing is
+    /// inactive until it is back).
+    pub fn reload(dir: &Path, previous: &Content) -> LoadReport {
+        Self::load_over(dir, Some(previous))
+    }
+
+    fn load_over(dir: &Path, previous: Option<&Content>) -> LoadReport {
         let mut report = LoadReport::default();
         let errors = &mut report.errors;
         let content = &mut report.content;
+        let quarantined = &mut content.quarantined;
         for (slug, path) in subdirs(&dir.join("cars"), "car.toml", errors) {
             let loaded = load_car(&slug, &path).map(|car| (car, Vec::new()));
-            add_unique(&mut content.cars, loaded, errors);
+            let kept = previous.and_then(|p| p.cars.iter().find(|c| c.slug == slug));
+            add_entry(&mut content.cars, loaded, kept, quarantined, errors);
         }
         for (slug, path) in subdirs(&dir.join("tracks"), "track.toml", errors) {
             let loaded = load_track(&slug, &path).map(|track| (track, Vec::new()));
-            add_unique(&mut content.tracks, loaded, errors);
+            let kept = previous.and_then(|p| p.tracks.iter().find(|t| t.slug == slug));
+            add_entry(&mut content.tracks, loaded, kept, quarantined, errors);
         }
         for (slug, path) in files(&dir.join("templates"), "toml", errors) {
             let loaded = load_template(&slug, &path, content);
-            add_unique(&mut content.templates, loaded, errors);
+            let kept = previous
+                .and_then(|p| p.templates.iter().find(|t| t.slug == slug))
+                .map(|t| Arc::new(recheck_template(t, content)));
+            let quarantined = &mut content.quarantined;
+            add_entry(
+                &mut content.templates,
+                loaded,
+                kept.as_ref(),
+                quarantined,
+                errors,
+            );
         }
         report
     }
 
+    /// The car with this id.
+    pub fn car_by_id(&self, id: Uuid) -> Option<&Arc<CarContent>> {
+        self.cars.iter().find(|c| c.id == id)
+    }
+
+    /// The track with this id.
+    pub fn track_by_id(&self, id: Uuid) -> Option<&Arc<TrackContent>> {
+        self.tracks.iter().find(|t| t.id == id)
+    }
+
+    /// The template with this id.
+    pub fn template_by_id(&self, id: Uuid) -> Option<&Arc<RaceTemplate>> {
+        self.templates.iter().find(|t| t.id == id)
+    }
+
     /// The car whose slug, id or name (any case) is `key`.
-    pub fn car(&self, key: &str) -> Option<&CarContent> {
+    pub fn car(&self, key: &str) -> Option<&Arc<CarContent>> {
         self.cars
             .iter()
             .find(|c| c.slug == key || c.id.to_string() == key || c.name.eq_ignore_ascii_case(key))
     }
 
     /// The track whose slug, id or name (any case) is `key`.
-    pub fn track(&self, key: &str) -> Option<&TrackContent> {
+    pub fn track(&self, key: &str) -> Option<&Arc<TrackContent>> {
         self.tracks
             .iter()
             .find(|t| t.slug == key || t.id.to_string() == key || t.name.eq_ignore_ascii_case(key))
     }
 
     /// The template whose slug, id or name (any case) is `key`.
-    pub fn template(&self, key: &str) -> Option<&RaceTemplate> {
+    pub fn template(&self, key: &str) -> Option<&Arc<RaceTemplate>> {
         self.templates
             .iter()
             .find(|t| t.slug == key || t.id.to_string() == key || t.name.eq_ignore_ascii_case(key))
     }
 }
 
-/// A loaded entry with an id and the file it came from.
+/// A loaded entry with an id, a slug and the file it came from.
 trait Entry {
+    const KIND: &'static str;
     fn id(&self) -> Uuid;
+    fn slug(&self) -> &str;
     fn path(&self) -> &Path;
 }
 
 macro_rules! entry {
-    ($($t:ty),*) => {$(
+    ($($t:ty => $kind:literal),*) => {$(
         impl Entry for $t {
+            const KIND: &'static str = $kind;
             fn id(&self) -> Uuid {
                 self.id
+            }
+            fn slug(&self) -> &str {
+                &self.slug
             }
             fn path(&self) -> &Path {
                 &self.path
@@ -274,30 +431,71 @@ macro_rules! entry {
         }
     )*};
 }
-entry!(CarContent, TrackContent, RaceTemplate);
+entry!(CarContent => "car", TrackContent => "track", RaceTemplate => "template");
 
 /// Adds a loaded entry (with the problems that did not reject it) unless its id is taken;
-/// otherwise, or when loading failed, records why.
-fn add_unique<T: Entry>(
-    list: &mut Vec<T>,
+/// otherwise, or when loading failed, records why. On a reload, an entry that fails keeps its
+/// previous version (`kept`), quarantined.
+fn add_entry<T: Entry>(
+    list: &mut Vec<Arc<T>>,
     loaded: Result<(T, Vec<ContentError>), ContentError>,
+    kept: Option<&Arc<T>>,
+    quarantined: &mut Vec<Quarantined>,
     errors: &mut Vec<ContentError>,
 ) {
-    match loaded {
+    let entry = match loaded {
         Ok((entry, problems)) => {
             if let Some(other) = list.iter().find(|e| e.id() == entry.id()) {
-                errors.push(ContentError::DuplicateId {
+                Err(ContentError::DuplicateId {
                     path: entry.path().to_owned(),
                     id: entry.id(),
                     other: other.path().to_owned(),
-                });
+                })
             } else {
                 errors.extend(problems);
-                list.push(entry);
+                Ok(entry)
             }
         }
-        Err(e) => errors.push(e),
+        Err(e) => Err(e),
+    };
+    match (entry, kept) {
+        (Ok(entry), _) => list.push(Arc::new(entry)),
+        (Err(e), Some(old)) if !list.iter().any(|x| x.id() == old.id()) => {
+            quarantined.push(Quarantined {
+                path: error_path(&e).unwrap_or_else(|| old.path().to_owned()),
+                kind: T::KIND,
+                slug: old.slug().to_owned(),
+                error: e.to_string(),
+            });
+            errors.push(e);
+            list.push(old.clone());
+        }
+        (Err(e), _) => errors.push(e),
     }
+}
+
+/// The file a content error is about.
+fn error_path(e: &ContentError) -> Option<PathBuf> {
+    match e {
+        ContentError::Io { path, .. }
+        | ContentError::Syntax { path, .. }
+        | ContentError::Field { path, .. }
+        | ContentError::Centerline { path, .. }
+        | ContentError::DuplicateId { path, .. }
+        | ContentError::UnknownReference { path, .. } => Some(path.clone()),
+    }
+}
+
+/// A template kept from before a reload, its `active` recomputed against the reloaded content
+/// (it stays inactive while its track or one of its cars is missing).
+fn recheck_template(t: &RaceTemplate, content: &Content) -> RaceTemplate {
+    let mut t = t.clone();
+    t.active = t.enabled
+        && content.track_by_id(t.track_id).is_some()
+        && t.allowed_cars
+            .iter()
+            .all(|id| content.car_by_id(*id).is_some());
+    t
 }
 
 /// `(slug, dir/<slug>/<file>)` for every subdirectory, ordered by slug.
@@ -695,6 +893,9 @@ struct TemplateFile {
     rotation_weight: Spanned<u8>,
     #[serde(default = "yes")]
     active: bool,
+    min_players: Option<Spanned<u8>>,
+    lap_limit_range: Option<Spanned<[u8; 2]>>,
+    ai_count_range: Option<Spanned<[u8; 2]>>,
 }
 
 fn yes() -> bool {
@@ -716,15 +917,7 @@ fn load_template(
     let start_mode = *file.start_mode.get_ref();
     let schedule = match (&file.schedule, start_mode) {
         (Some(s), StartMode::Scheduled) => {
-            let fields = s.get_ref().split_whitespace().count();
-            if fields != 5 {
-                return Err(c.field(
-                    "schedule",
-                    s,
-                    format!("cron expression needs 5 fields (minute hour day month weekday), found {fields}"),
-                ));
-            }
-            Some(s.get_ref().clone())
+            Some(Schedule::parse(s.get_ref()).map_err(|e| c.field("schedule", s, e))?)
         }
         (None, StartMode::Scheduled) => {
             return Err(c.field(
@@ -770,6 +963,35 @@ fn load_template(
         }
         allowed_cars.push(id);
     }
+    let min_players = match &file.min_players {
+        Some(v) => c.int_range("min_players", v, 1, max_players)?,
+        None => 1,
+    };
+    let lap_limit = c.int_range("lap_limit", &file.lap_limit, 1, 99)?;
+    let bounds = |field: &str, v: &Option<Spanned<[u8; 2]>>, lo: u8, hi: u8, default: u8| {
+        let Some(v) = v else {
+            return Ok((lo, hi));
+        };
+        let [a, b] = *v.get_ref();
+        if a > b || a < lo || b > hi || !(a..=b).contains(&default) {
+            return Err(c.field(
+                field,
+                v,
+                format!(
+                    "[{a}, {b}] must be a range within {lo}..={hi} holding the default {default}"
+                ),
+            ));
+        }
+        Ok((a, b))
+    };
+    let lap_limit_bounds = bounds("lap_limit_range", &file.lap_limit_range, 1, 99, lap_limit)?;
+    let ai_count_bounds = bounds(
+        "ai_count_range",
+        &file.ai_count_range,
+        0,
+        max_players,
+        default_ai_count,
+    )?;
     let template = RaceTemplate {
         id: c.uuid("id", &file.id)?,
         slug: slug.to_owned(),
@@ -778,10 +1000,14 @@ fn load_template(
         allowed_cars,
         max_players,
         default_ai_count,
-        lap_limit: c.int_range("lap_limit", &file.lap_limit, 1, 99)?,
+        lap_limit,
         start_mode,
         schedule,
+        min_players,
+        lap_limit_bounds,
+        ai_count_bounds,
         rotation_weight: c.int_range("rotation_weight", &file.rotation_weight, 0, 100)?,
+        enabled: file.active,
         active: file.active && problems.is_empty(),
         path: path.to_owned(),
     };

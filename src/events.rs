@@ -435,6 +435,9 @@ mod tests {
                         finished_at: None,
                         sectors: Vec::new(),
                         identity: None,
+                        template_id: None,
+                        ended_by: None,
+                        laps_pruned_at: None,
                     })));
                 }
             }

@@ -2,6 +2,7 @@
 //! or run as fast as the CPU allows. It is the demo and the end-to-end benchmark of the
 //! simulation.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use apexsim_systems::prelude::*;
@@ -168,7 +169,7 @@ pub struct Race {
     recorded: Vec<RecordedLap>,
     recorded_laps: usize,
     recorded_rows: usize,
-    track: TrackContent,
+    track: Arc<TrackContent>,
     archive: Option<Recorder>,
 }
 
@@ -458,6 +459,7 @@ impl Race {
                 finished_at: unix_now(),
                 results: result_entries(&report.results),
                 fault: None,
+                ended_by: None,
             });
             // The writer removes the write-ahead file once every lap is durable and indexed;
             // otherwise it stays, and the next start recovers from it.

@@ -171,6 +171,9 @@ pub fn session_row(
         finished_at: None,
         sectors: track.sectors.clone(),
         identity: None,
+        template_id: None,
+        ended_by: None,
+        laps_pruned_at: None,
     }
 }
 

@@ -251,6 +251,13 @@ fn client_message() -> impl Strategy<Value = ClientMessage> {
                 lap_limit: l,
             }
         }),
+        (uuid(), any::<Option<u8>>(), any::<Option<u8>>()).prop_map(|(t, l, a)| {
+            ClientMessage::CreateFromTemplate {
+                template_id: t,
+                lap_limit: l,
+                ai_count: a,
+            }
+        }),
         uuid().prop_map(|session_id| ClientMessage::JoinSession { session_id }),
         Just(ClientMessage::LeaveSession),
         Just(ClientMessage::StartSession),
@@ -289,15 +296,23 @@ fn server_message() -> impl Strategy<Value = ServerMessage> {
         (
             uuid(),
             proptest::option::of(".{0,30}"),
+            proptest::option::of(".{0,30}"),
             proptest::collection::vec(standing, 0..16)
         )
-            .prop_map(
-                |(session_id, fault, standings)| ServerMessage::SessionResults {
+            .prop_map(|(session_id, fault, ended_by, standings)| {
+                ServerMessage::SessionResults {
                     session_id,
                     fault,
+                    ended_by,
                     standings,
                 }
-            ),
+            }),
+        (proptest::option::of(uuid()), ".{0,60}").prop_map(|(session_id, message)| {
+            ServerMessage::Announcement {
+                session_id,
+                message,
+            }
+        }),
         proptest::collection::vec(
             (any::<u8>(), ".{0,20}", proptest::option::of(uuid())),
             0..16

@@ -122,6 +122,12 @@ pub struct SessionRow {
     /// What the recording's session info says the session was; `None` for simulated sessions
     /// and recordings archived before it was kept.
     pub identity: Option<SessionIdentity>,
+    /// The race template a server session was made from.
+    pub template_id: Option<Uuid>,
+    /// Who ended the session early ("ended by admin alice"), when an operator did.
+    pub ended_by: Option<String>,
+    /// When retention removed the session's laps (Unix seconds); its summary and results stay.
+    pub laps_pruned_at: Option<i64>,
 }
 
 /// Sector starts as stored: comma-separated fractions.
@@ -277,8 +283,8 @@ impl Index {
         self.conn
             .execute(
                 &format!(
-                    "INSERT INTO sessions (id, source, track, car_model, lap_limit, seed, started_at, finished_at, sectors, identity)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) {on_conflict}"
+                    "INSERT INTO sessions (id, source, track, car_model, lap_limit, seed, started_at, finished_at, sectors, identity, template_id)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) {on_conflict}"
                 ),
                 params![
                     s.id.to_string(),
@@ -290,7 +296,8 @@ impl Index {
                     s.started_at,
                     s.finished_at,
                     sectors_text(&s.sectors),
-                    s.identity
+                    s.identity,
+                    s.template_id.map(|t| t.to_string())
                 ],
             )
             .map_err(self.sql())?;
@@ -336,6 +343,7 @@ impl Index {
         id: Uuid,
         finished_at: i64,
         results: &[ResultEntry],
+        ended_by: Option<&str>,
     ) -> Result<(), ArchiveError> {
         let path = self.path.clone();
         let sql = |source| ArchiveError::Sqlite {
@@ -344,8 +352,8 @@ impl Index {
         };
         let tx = self.conn.transaction().map_err(sql)?;
         tx.execute(
-            "UPDATE sessions SET finished_at = ?2 WHERE id = ?1",
-            params![id.to_string(), finished_at],
+            "UPDATE sessions SET finished_at = ?2, ended_by = ?3 WHERE id = ?1",
+            params![id.to_string(), finished_at, ended_by],
         )
         .map_err(sql)?;
         tx.execute(
@@ -453,7 +461,8 @@ impl Index {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT id, source, track, car_model, lap_limit, seed, started_at, finished_at, sectors, identity
+                "SELECT id, source, track, car_model, lap_limit, seed, started_at, finished_at, sectors, identity,
+                        template_id, ended_by, laps_pruned_at
                  FROM sessions WHERE ?1 IS NULL OR id = ?1 ORDER BY started_at DESC, id",
             )
             .map_err(self.sql())?;
@@ -471,6 +480,11 @@ impl Index {
                     finished_at: r.get(7)?,
                     sectors: parse_sectors(&r.get::<_, String>(8)?),
                     identity: r.get(9)?,
+                    template_id: r
+                        .get::<_, Option<String>>(10)?
+                        .and_then(|t| Uuid::parse_str(&t).ok()),
+                    ended_by: r.get(11)?,
+                    laps_pruned_at: r.get(12)?,
                 })
             })
             .map_err(self.sql())?;
@@ -636,6 +650,27 @@ impl Index {
         tx.execute(
             "DELETE FROM sessions WHERE id = ?1",
             params![id.to_string()],
+        )
+        .map_err(self.sql())?;
+        super::outbox::session_removed(&tx, id).map_err(self.sql())?;
+        tx.commit().map_err(self.sql())
+    }
+
+    /// Removes a session's lap rows (not its files), keeping its summary and results, and
+    /// marks when (`laps_pruned_at`); uploads still queued for its laps fail as pruned.
+    ///
+    /// # Errors
+    /// [`ArchiveError::Sqlite`].
+    pub fn delete_laps(&self, id: Uuid, at: i64) -> Result<(), ArchiveError> {
+        let tx = self.conn.unchecked_transaction().map_err(self.sql())?;
+        tx.execute(
+            "DELETE FROM laps WHERE session_id = ?1",
+            params![id.to_string()],
+        )
+        .map_err(self.sql())?;
+        tx.execute(
+            "UPDATE sessions SET laps_pruned_at = ?2 WHERE id = ?1",
+            params![id.to_string(), at],
         )
         .map_err(self.sql())?;
         super::outbox::session_removed(&tx, id).map_err(self.sql())?;

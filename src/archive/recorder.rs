@@ -64,6 +64,8 @@ pub enum RecorderMsg {
         results: Vec<ResultEntry>,
         /// Why it ended abnormally.
         fault: Option<String>,
+        /// Who ended it early, when an operator did (it is classified and archived).
+        ended_by: Option<String>,
     },
 }
 
@@ -222,7 +224,8 @@ impl State {
                     finished_at,
                     results,
                     fault,
-                } => self.end(session, finished_at, results, fault),
+                    ended_by,
+                } => self.end(session, finished_at, results, fault, ended_by),
             }
         }
         // Sessions still open (the process is stopping without ending them) stay unfinished
@@ -323,6 +326,7 @@ impl State {
         finished_at: i64,
         results: Vec<ResultEntry>,
         fault: Option<String>,
+        ended_by: Option<String>,
     ) {
         self.cars.retain(|_, (s, _)| *s != session);
         let Some(live) = self.sessions.remove(&session) else {
@@ -330,7 +334,9 @@ impl State {
         };
         self.wal_syncs += live.archive.wal_syncs();
         let errors = match fault {
-            None => live.archive.finish(&mut self.writer, finished_at, results),
+            None => live
+                .archive
+                .finish_ended_by(&mut self.writer, finished_at, results, ended_by),
             Some(reason) => {
                 tracing::warn!(%session, %reason, "session ended in a fault: archived unfinished");
                 live.archive.abandon(&mut self.writer)

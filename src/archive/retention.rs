@@ -69,11 +69,49 @@ pub struct PruneReport {
 /// [`ArchiveError`] when the index or a file cannot be changed; sessions already pruned stay
 /// pruned.
 pub fn prune(data: &Path, index: &index::Index, cutoff: i64) -> Result<PruneReport, ArchiveError> {
+    prune_with(data, index, cutoff, Keep::Nothing)
+}
+
+/// What a prune keeps of the sessions it removes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Keep {
+    /// Nothing: `apexsim archive prune`.
+    Nothing,
+    /// The sessions' summaries and results in the index (seed 003 section 11): the server's
+    /// retention. The sessions are marked with when their laps went.
+    Summaries {
+        /// Unix seconds.
+        now: i64,
+    },
+}
+
+/// The server's retention (seed 003 section 11): every session that started before `cutoff`
+/// loses its lap files, the files derived from them and its lap rows, while its summary and
+/// results stay in the index (marked with `laps_pruned_at = now`). Sessions already pruned
+/// and sessions a live process is writing are left alone.
+///
+/// # Errors
+/// As [`prune`].
+pub fn prune_laps(
+    data: &Path,
+    index: &index::Index,
+    cutoff: i64,
+    now: i64,
+) -> Result<PruneReport, ArchiveError> {
+    prune_with(data, index, cutoff, Keep::Summaries { now })
+}
+
+fn prune_with(
+    data: &Path,
+    index: &index::Index,
+    cutoff: i64,
+    keep: Keep,
+) -> Result<PruneReport, ArchiveError> {
     let mut report = PruneReport::default();
     for session in index
         .sessions()?
         .into_iter()
-        .filter(|s| s.started_at < cutoff)
+        .filter(|s| s.started_at < cutoff && s.laps_pruned_at.is_none())
     {
         if wal::is_live(data, session.id) {
             report.live_sessions += 1;
@@ -109,7 +147,10 @@ pub fn prune(data: &Path, index: &index::Index, cutoff: i64) -> Result<PruneRepo
         for rel in &partitions {
             report.bytes += remove_derived(data, rel, &name);
         }
-        index.delete_session(session.id)?;
+        match keep {
+            Keep::Nothing => index.delete_session(session.id)?,
+            Keep::Summaries { now } => index.delete_laps(session.id, now)?,
+        }
         report.sessions += 1;
     }
     Ok(report)

@@ -121,29 +121,42 @@ impl ArchiveSession {
     /// before is durable, then removes the write-ahead file. Returns the write-ahead append
     /// failures (a session with any stays unfinished).
     pub fn finish(
-        mut self,
+        self,
         writer: &mut ArchiveWriter,
         finished_at: i64,
         results: Vec<ResultEntry>,
     ) -> Vec<String> {
+        self.finish_ended_by(writer, finished_at, results, None)
+    }
+
+    /// [`Self::finish`] for a session an operator ended early, saying who.
+    pub fn finish_ended_by(
+        mut self,
+        writer: &mut ArchiveWriter,
+        finished_at: i64,
+        results: Vec<ResultEntry>,
+        ended_by: Option<String>,
+    ) -> Vec<String> {
         let finished = self.errors.is_empty().then_some((finished_at, results));
-        self.close(writer, finished)
+        self.close(writer, finished, ended_by)
     }
 
     /// The session ended in an error: its laps are still written, it stays unfinished, and the
     /// write-ahead file is kept for recovery.
     pub fn abandon(mut self, writer: &mut ArchiveWriter) -> Vec<String> {
-        self.close(writer, None)
+        self.close(writer, None, None)
     }
 
     fn close(
         &mut self,
         writer: &mut ArchiveWriter,
         finished: Option<(i64, Vec<ResultEntry>)>,
+        ended_by: Option<String>,
     ) -> Vec<String> {
         writer.submit(ArchiveJob::Close(Box::new(SessionClose {
             id: self.id,
             finished,
+            ended_by,
             wal: self.wal.take(),
         })));
         std::mem::take(&mut self.errors)

@@ -63,6 +63,8 @@ pub struct SessionClose {
     /// Unix seconds and classification, when the session ended normally; `None` when it ended
     /// in an error (its laps are written, it stays unfinished, its write-ahead file is kept).
     pub finished: Option<(i64, Vec<ResultEntry>)>,
+    /// Who ended the session early, when an operator did.
+    pub ended_by: Option<String>,
     /// The session's write-ahead file, held locked until the session is closed.
     pub wal: Option<Wal>,
 }
@@ -508,7 +510,10 @@ impl Worker {
                     return;
                 }
                 match &close.finished {
-                    Some((at, results)) => self.index.finish_session(close.id, *at, results),
+                    Some((at, results)) => {
+                        self.index
+                            .finish_session(close.id, *at, results, close.ended_by.as_deref())
+                    }
                     None => Ok(()),
                 }
             }

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use apexsim::content::Content;
 use apexsim::ingest::track::{TrackBuildError, from_ibt};
+use apexsim::net::watch::ContentStatus;
 use clap::Subcommand;
 use serde::Serialize;
 
@@ -52,14 +53,17 @@ fn track_width(s: &str) -> Result<f32, String> {
     }
 }
 
-/// `apexsim content`: lists the content; its problems make the command fail (exit 2).
+/// `apexsim content`: lists the content and, when a server runs on the data directory, what
+/// it has quarantined; the content's problems make the command fail (exit 2).
 ///
 /// # Errors
 /// A usage error naming how many problems the content has.
 pub fn list(format: Format, ctx: &Context) -> anyhow::Result<()> {
     let report = Content::load(&ctx.content_dir);
     let errors: Vec<String> = report.errors.iter().map(ToString::to_string).collect();
-    print_content(&report.content, &errors, format).context("writing the content list")?;
+    let server = ContentStatus::read(&ctx.data);
+    print_content(&report.content, &errors, server.as_ref(), format)
+        .context("writing the content list")?;
     if !errors.is_empty() {
         return Err(UsageError(format!(
             "{} problem(s) in {}",
@@ -110,13 +114,20 @@ struct ContentSummary<'a> {
     tracks: Vec<(&'a str, &'a str, f32, usize)>,
     templates: Vec<(&'a str, &'a str, bool)>,
     errors: Vec<String>,
+    /// What the server on the data directory loaded last.
+    server: Option<&'a ContentStatus>,
 }
 
 /// Prints what a content directory holds and every problem found in it.
 ///
 /// # Errors
 /// Writing to standard output failed.
-pub fn print_content(content: &Content, errors: &[String], format: Format) -> io::Result<()> {
+pub fn print_content(
+    content: &Content,
+    errors: &[String],
+    server: Option<&ContentStatus>,
+    format: Format,
+) -> io::Result<()> {
     let summary = ContentSummary {
         cars: content
             .cars
@@ -141,6 +152,7 @@ pub fn print_content(content: &Content, errors: &[String], format: Format) -> io
             .map(|t| (t.slug.as_str(), t.name.as_str(), t.active))
             .collect(),
         errors: errors.to_vec(),
+        server,
     };
     if format == Format::Json {
         return emit_json(&summary);
@@ -173,6 +185,20 @@ pub fn print_content(content: &Content, errors: &[String], format: Format) -> io
     );
     for e in errors {
         text += &format!("error: {e}\n");
+    }
+    if let Some(s) = server {
+        text += &format!(
+            "\nserver on this data directory: {} reloads, last at {}; {} quarantined\n",
+            s.reloads,
+            s.loaded_at,
+            s.quarantined.len()
+        );
+        for q in &s.quarantined {
+            text += &format!(
+                "quarantined {} {} (the previous version is in use): {}\n",
+                q.kind, q.slug, q.error
+            );
+        }
     }
     emit(&text)
 }

@@ -22,9 +22,10 @@ pub struct DriveArgs {
     /// The first bot creates a session (the default).
     #[arg(long, conflicts_with = "join")]
     pub create: bool,
-    /// Join this session instead of creating one.
-    #[arg(long, value_name = "SESSION_ID")]
-    pub join: Option<uuid::Uuid>,
+    /// Join this session instead of creating one; `next` joins the rotation session the
+    /// lobby announces.
+    #[arg(long, value_name = "SESSION_ID|next", value_parser = join_target)]
+    pub join: Option<JoinTarget>,
     /// Track of the created session (slug, name or id).
     #[arg(long, default_value = "oval_simple")]
     pub track: String,
@@ -52,6 +53,24 @@ pub struct DriveArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,
+}
+
+/// What `--join` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinTarget {
+    /// A session by id.
+    Session(uuid::Uuid),
+    /// The rotation's open session.
+    Next,
+}
+
+fn join_target(s: &str) -> Result<JoinTarget, String> {
+    if s.eq_ignore_ascii_case("next") {
+        return Ok(JoinTarget::Next);
+    }
+    uuid::Uuid::parse_str(s)
+        .map(JoinTarget::Session)
+        .map_err(|e| format!("{s:?}: a session id or `next` ({e})"))
 }
 
 /// A certificate's SHA-256, with or without colons.
@@ -90,7 +109,8 @@ pub fn run(args: &DriveArgs, ctx: &Context) -> anyhow::Result<()> {
         token: args.token.clone(),
         bots: usize::from(args.bots),
         mode: match args.join {
-            Some(id) => Mode::Join(id),
+            Some(JoinTarget::Session(id)) => Mode::Join(id),
+            Some(JoinTarget::Next) => Mode::JoinNext,
             None => Mode::Create {
                 track: args.track.clone(),
                 laps: args.laps,

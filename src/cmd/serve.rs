@@ -66,6 +66,7 @@ pub fn run(args: &ServeArgs, ctx: &Context) -> anyhow::Result<()> {
     let setup = Setup {
         config,
         content,
+        content_dir: Some(ctx.content_dir.clone()),
         data: data.to_owned(),
         wal_sync: ctx.wal_sync,
     };

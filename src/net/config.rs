@@ -21,6 +21,10 @@ pub struct ServerConfig {
     pub logging: LoggingSection,
     /// `[auth]`
     pub auth: AuthSection,
+    /// `[content]`
+    pub content: ContentSection,
+    /// `[admin]`
+    pub admin: AdminSection,
 }
 
 /// `[server]`: sessions and limits.
@@ -45,6 +49,19 @@ pub struct ServerSection {
     /// Whether invalid laps are uploaded too; by default they are recorded in the outbox as
     /// skipped.
     pub upload_invalid_laps: bool,
+    /// Whether the server runs sessions by itself from the templates (seed 003 section 9):
+    /// the rotation's open session and the scheduled templates' sessions.
+    pub run_templates: bool,
+    /// Seconds a countdown session stays open to joiners before it may start.
+    pub lobby_window_seconds: u64,
+    /// Seed of the rotation's picks and the AI's paces; random when left out.
+    pub seed: Option<u64>,
+    /// Hours the laps of finished sessions are kept; left out, they are kept for ever. The
+    /// sessions' summaries and results stay in the index.
+    pub retention_hours: Option<u64>,
+    /// When the retention runs: a cron expression in UTC (a sixth, leading field counts
+    /// seconds).
+    pub retention_schedule: String,
 }
 
 impl Default for ServerSection {
@@ -58,6 +75,11 @@ impl Default for ServerSection {
             drain_seconds: 8.0,
             upload_url: None,
             upload_invalid_laps: false,
+            run_templates: true,
+            lobby_window_seconds: 60,
+            seed: None,
+            retention_hours: None,
+            retention_schedule: "17 * * * *".into(),
         }
     }
 }
@@ -140,6 +162,34 @@ pub struct AuthSection {
     pub tokens: Vec<String>,
 }
 
+/// `[content]`: hot reload of the content directory (seed 003 section 10).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ContentSection {
+    /// Watch the content directory and reload what changes.
+    pub watch: bool,
+    /// Quiet time after the last change before a reload, in ms (editors write in bursts).
+    pub debounce_ms: u64,
+}
+
+impl Default for ContentSection {
+    fn default() -> Self {
+        Self {
+            watch: true,
+            debounce_ms: 300,
+        }
+    }
+}
+
+/// `[admin]`: operators of the admin routes, by name, with their tokens
+/// (`[admin.tokens]` `alice = "…"`), sent as `Authorization: Bearer …`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminSection {
+    /// Operator name to token; empty, the admin routes refuse everyone.
+    pub tokens: std::collections::BTreeMap<String, String>,
+}
+
 /// Why the configuration is not usable.
 #[derive(Debug, Error)]
 #[non_exhaustive]
@@ -162,7 +212,7 @@ pub enum ConfigError {
     },
 }
 
-const SECTIONS: [&str; 4] = ["server", "network", "logging", "auth"];
+const SECTIONS: [&str; 6] = ["server", "network", "logging", "auth", "content", "admin"];
 
 impl ServerConfig {
     /// Loads `path` (defaults when `None`, or when `path` is `server.toml` and does not exist)
@@ -255,6 +305,14 @@ impl ServerConfig {
             crate::coach::CoachClient::new(url, None, crate::coach::client::DEFAULT_TIMEOUT)
                 .map_err(|e| format!("server.upload_url: {e}"))?;
         }
+        if let Err(e) = crate::content::Schedule::parse(&self.server.retention_schedule) {
+            return Err(format!("server.retention_schedule: {e}"));
+        }
+        if let Some((name, _)) = self.admin.tokens.iter().find(|(_, t)| t.len() < 16) {
+            return Err(format!(
+                "admin.tokens.{name}: a token must be at least 16 characters"
+            ));
+        }
         if self.auth.require_token && self.auth.tokens.iter().all(String::is_empty) {
             return Err("auth.require_token is set but auth.tokens is empty".into());
         }
@@ -277,6 +335,21 @@ impl ServerConfig {
                 acc | t.as_bytes().ct_eq(token.as_bytes()).unwrap_u8()
             })
             == 1
+    }
+}
+
+impl ServerConfig {
+    /// The operator whose token `bearer` is, compared in constant time with every configured
+    /// token; `None` when it is nobody's.
+    pub fn admin_operator(&self, bearer: &str) -> Option<&str> {
+        use subtle::ConstantTimeEq as _;
+        let mut found = None;
+        for (name, token) in &self.admin.tokens {
+            if bool::from(token.as_bytes().ct_eq(bearer.as_bytes())) {
+                found = Some(name.as_str());
+            }
+        }
+        found
     }
 }
 

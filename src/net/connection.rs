@@ -41,6 +41,8 @@ pub struct Shared {
     pub to_sim: mpsc::Sender<ToSim>,
     /// Inputs to the simulation thread.
     pub inputs: mpsc::Sender<(ConnId, PlayerInput)>,
+    /// The content as last loaded, for `/ready`.
+    pub content: std::sync::Mutex<super::watch::ContentStatus>,
 }
 
 /// Server build version: major * 10000 + minor * 100 + patch.

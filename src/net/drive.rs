@@ -18,8 +18,8 @@ use uuid::Uuid;
 
 use super::client::{Client, ClientError};
 use super::protocol::{
-    CarTelemetry, ClientMessage, PlayerInput, ServerMessage, SessionState, Standing, TrackInfo,
-    code,
+    CarTelemetry, ClientMessage, PlayerInput, ServerMessage, SessionState, Standing, StartMode,
+    TrackInfo, code,
 };
 use super::tls::Trust;
 
@@ -37,6 +37,9 @@ pub enum Mode {
     },
     /// Every bot joins this session and waits for its host to start it.
     Join(Uuid),
+    /// Every bot joins the rotation session the lobby announces (with a car it allows) and
+    /// waits for it to start; a manual one is started by the bot that hosts it once all are in.
+    JoinNext,
 }
 
 /// `apexsim drive` options.
@@ -172,7 +175,7 @@ pub async fn run(opts: DriveOptions) -> Result<DriveReport, DriveError> {
         .map_err(|source| DriveError::Client { bot: 0, source })?;
     let (session_tx, session_rx) = watch::channel(match &opts.mode {
         Mode::Join(id) => Some(*id),
-        Mode::Create { .. } => None,
+        Mode::Create { .. } | Mode::JoinNext => None,
     });
     let session_tx = Arc::new(session_tx);
     let mut tasks = Vec::new();
@@ -351,9 +354,14 @@ async fn run_bot(
         ..BotStats::default()
     };
     // The lobby arrives first.
-    let tracks = loop {
-        if let ServerMessage::LobbyState { track_configs, .. } = next_msg(bot, &mut client).await? {
-            break track_configs;
+    let (tracks, mut sessions) = loop {
+        if let ServerMessage::LobbyState {
+            track_configs,
+            available_sessions,
+            ..
+        } = next_msg(bot, &mut client).await?
+        {
+            break (track_configs, available_sessions);
         }
     };
     let host = bot == 0 && matches!(opts.mode, Mode::Create { .. });
@@ -372,6 +380,34 @@ async fn run_bot(
                 max_players,
                 ai_count: *ai,
                 lap_limit: *laps,
+            })
+            .await
+            .map_err(client_err)?;
+    } else if matches!(opts.mode, Mode::JoinNext) {
+        // The rotation's open session, once the lobby lists one.
+        let next = loop {
+            if let Some(s) = sessions
+                .iter()
+                .find(|s| s.rotation && s.state == SessionState::Lobby)
+            {
+                break s.clone();
+            }
+            if let ServerMessage::LobbyState {
+                available_sessions, ..
+            } = next_msg(bot, &mut client).await?
+            {
+                sessions = available_sessions;
+            }
+        };
+        if let Some(&car) = next.allowed_cars.first() {
+            client
+                .send(&ClientMessage::SelectCar { car_config_id: car })
+                .await
+                .map_err(client_err)?;
+        }
+        client
+            .send(&ClientMessage::JoinSession {
+                session_id: next.id,
             })
             .await
             .map_err(client_err)?;
@@ -416,11 +452,17 @@ async fn run_bot(
         match next_msg(bot, &mut client).await? {
             ServerMessage::LobbyState {
                 available_sessions, ..
-            } if host => {
+            } => {
+                // The creator starts its session; in a rotation session, the bot the lobby
+                // made host starts a manual one (the others start by themselves).
                 let all_in = available_sessions.iter().any(|s| {
                     s.id == session
                         && s.state == SessionState::Lobby
                         && usize::from(s.player_count) >= opts.bots
+                        && (host
+                            || (s.rotation
+                                && s.start_mode == StartMode::Manual
+                                && s.host_name == stats.name))
                 });
                 if all_in {
                     client

@@ -6,22 +6,29 @@
 //! ([`Lobby::poll`]): messages to deliver, connections to close and effects on the world.
 //!
 //! Every deadline is counted in ticks: the countdown, the heartbeat timeout, the clean-up of
-//! finished sessions, the lobby broadcast interval and the shutdown's drain. There are no
-//! sockets, channels, threads or clocks in here, so the whole life of a session is unit-tested
-//! in-process with a manual clock.
+//! finished sessions, the lobby broadcast interval, the countdown sessions' lobby window and
+//! the shutdown's drain; scheduled templates read the wall clock the shell passes to
+//! [`Lobby::tick`]. There are no sockets, channels, threads or clocks in here, so the whole
+//! life of a session is unit-tested in-process with a manual clock.
+//!
+//! Race operations (seed 003 section 9) live here too: the template rotation and the
+//! scheduled sessions ([`rotation`]), custom sessions from a template, content reloaded
+//! while sessions run ([`Lobby::content_changed`]) and the operator's actions ([`admin`]).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
+use apexsim_systems::SimRng;
 use apexsim_systems::prelude::{COUNTDOWN_TICKS, FinishReason, TICK_HZ};
 use uuid::Uuid;
 
 use super::config::ServerConfig;
 use super::protocol::{
     CarConfigSummary, CarInfo, ClientMessage, CloseReason, FaultKind, GridEntry, LobbyPlayer,
-    ServerMessage, SessionState, SessionSummary, TrackConfigSummary, TrackInfo, code,
+    ServerMessage, SessionState, SessionSummary, StartMode, TemplateSummary, TrackConfigSummary,
+    TrackInfo, code,
 };
-use crate::content::{CarContent, Content};
+use crate::content::{CarContent, Content, RaceTemplate, TrackContent};
 
 /// A connection's id on this server (never reused while the process lives).
 pub type ConnId = u64;
@@ -42,13 +49,23 @@ pub struct LobbyConfig {
     pub heartbeat_timeout_ticks: u64,
     /// Whether a host may fault its own session (drills and tests).
     pub fault_injection: bool,
+    /// How long a countdown session stays open to joiners before it may start.
+    pub lobby_window_ticks: u64,
+    /// Whether the server runs sessions by itself: the rotation's and the scheduled ones.
+    pub run_templates: bool,
+    /// Seed of the rotation's picks.
+    pub seed: u64,
 }
 
 impl LobbyConfig {
-    /// The server configuration's limits, with its seconds and milliseconds as ticks.
-    pub fn from_server(config: &ServerConfig) -> Self {
+    /// The server configuration's limits, with its seconds and milliseconds as ticks; the
+    /// rotation picks from `seed`.
+    pub fn from_server(config: &ServerConfig, seed: u64) -> Self {
         let hz = f64::from(TICK_HZ);
         Self {
+            lobby_window_ticks: config.server.lobby_window_seconds * u64::from(TICK_HZ),
+            run_templates: config.server.run_templates,
+            seed,
             max_sessions: config.server.max_sessions,
             session_timeout_ticks: config.server.session_timeout_seconds * u64::from(TICK_HZ),
             drain_ticks: (config.server.drain_seconds * hz).ceil() as u64,
@@ -63,9 +80,21 @@ impl LobbyConfig {
 struct Player {
     id: Uuid,
     name: String,
-    car: usize,
+    /// The car model selected; `None` for the content's first.
+    car: Option<Uuid>,
     session: Option<Uuid>,
     last_heard: u64,
+}
+
+/// Where a session came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A player made it (from a track, or from a template).
+    Custom,
+    /// The rotation made it.
+    Rotation,
+    /// A scheduled template's occurrence at `at` (Unix seconds).
+    Scheduled { at: i64 },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -78,8 +107,15 @@ enum Phase {
 #[derive(Debug)]
 struct Session {
     id: Uuid,
-    track: usize,
-    host: ConnId,
+    /// The track as it was when the session was made (a reload does not change it).
+    track: Arc<TrackContent>,
+    /// The player who may start it; rotation and scheduled sessions have none until a human
+    /// joins, and only manual ones are started by their host.
+    host: Option<ConnId>,
+    template: Option<Arc<RaceTemplate>>,
+    kind: Kind,
+    start_mode: StartMode,
+    created: u64,
     max_players: u8,
     ai_count: u8,
     lap_limit: u8,
@@ -92,6 +128,25 @@ struct Session {
     drain_laps: Option<Vec<u16>>,
     /// Ended by the shutdown's drain: no fault in its results.
     interrupted: bool,
+    /// Ended by an operator: who.
+    ended_by: Option<String>,
+}
+
+impl Session {
+    fn allows(&self, car: Uuid) -> bool {
+        self.template.as_ref().is_none_or(|t| t.allows(car))
+    }
+
+    fn state(&self, now: u64) -> SessionState {
+        match self.phase {
+            Phase::Lobby => SessionState::Lobby,
+            Phase::Running { started } if now < started + u64::from(COUNTDOWN_TICKS) => {
+                SessionState::Countdown
+            }
+            Phase::Running { .. } => SessionState::Racing,
+            Phase::Finished { .. } => SessionState::Finished,
+        }
+    }
 }
 
 /// The lobby and every session's life cycle. See the module documentation.
@@ -106,6 +161,11 @@ pub struct Lobby {
     last_broadcast: Option<u64>,
     drain_until: Option<u64>,
     ids: SessionIds,
+    rng: SimRng,
+    /// The wall clock of the last tick, Unix seconds.
+    wall_s: i64,
+    /// Each scheduled template's next start, Unix seconds.
+    schedule: BTreeMap<Uuid, i64>,
 }
 
 /// Where session ids come from.
@@ -134,7 +194,6 @@ impl Lobby {
     pub fn new(content: Arc<Content>, config: LobbyConfig, ids: SessionIds) -> Self {
         Self {
             content,
-            config,
             players: BTreeMap::new(),
             sessions: Vec::new(),
             out: VecDeque::new(),
@@ -142,7 +201,30 @@ impl Lobby {
             last_broadcast: None,
             drain_until: None,
             ids,
+            rng: SimRng::seeded(config.seed),
+            config,
+            wall_s: 0,
+            schedule: BTreeMap::new(),
         }
+    }
+
+    /// The content was reloaded: new sessions and grids use it, sessions already made keep
+    /// their track, running ones their cars; players whose car is gone get the first one.
+    pub fn content_changed(&mut self, content: Arc<Content>) {
+        for p in self.players.values_mut() {
+            if p.car.is_some_and(|id| content.car_by_id(id).is_none()) {
+                p.car = None;
+            }
+        }
+        let active: Vec<Uuid> = content
+            .templates
+            .iter()
+            .filter(|t| t.active && t.schedule.is_some())
+            .map(|t| t.id)
+            .collect();
+        self.schedule.retain(|id, _| active.contains(id));
+        self.content = content;
+        self.lobby_dirty = true;
     }
 
     /// The next thing to do, oldest first.
@@ -178,7 +260,7 @@ impl Lobby {
             Player {
                 id: player,
                 name,
-                car: 0,
+                car: None,
                 session: None,
                 last_heard: now,
             },
@@ -230,17 +312,27 @@ impl Lobby {
                 },
             ),
             ClientMessage::SelectCar { car_config_id } => {
-                match self.content.cars.iter().position(|c| c.id == car_config_id) {
-                    Some(car) => {
-                        player.car = car;
-                        self.lobby_dirty = true;
-                    }
-                    None => self.error(
+                let session = player.session;
+                if self.content.car_by_id(car_config_id).is_none() {
+                    return self.error(
                         conn,
                         code::NOT_FOUND,
                         format!("unknown car {car_config_id}"),
-                    ),
+                    );
                 }
+                let refused = session
+                    .and_then(|id| self.sessions.iter().find(|s| s.id == id))
+                    .filter(|s| s.phase == Phase::Lobby)
+                    .and_then(|s| s.template.as_ref())
+                    .filter(|t| !t.allows(car_config_id))
+                    .map(|t| self.not_allowed(t, car_config_id));
+                if let Some(message) = refused {
+                    return self.error(conn, code::BAD_REQUEST, message);
+                }
+                if let Some(p) = self.players.get_mut(&conn) {
+                    p.car = Some(car_config_id);
+                }
+                self.lobby_dirty = true;
             }
             ClientMessage::CreateSession {
                 track_config_id,
@@ -248,6 +340,11 @@ impl Lobby {
                 ai_count,
                 lap_limit,
             } => self.create(conn, track_config_id, max_players, ai_count, lap_limit),
+            ClientMessage::CreateFromTemplate {
+                template_id,
+                lap_limit,
+                ai_count,
+            } => self.create_from_template(now, conn, template_id, lap_limit, ai_count),
             ClientMessage::JoinSession { session_id } => self.join(conn, session_id),
             ClientMessage::LeaveSession => match player.session {
                 Some(session) => {
@@ -256,7 +353,7 @@ impl Lobby {
                 }
                 None => self.error(conn, code::BAD_REQUEST, "not in a session"),
             },
-            ClientMessage::StartSession => self.start(now, conn),
+            ClientMessage::StartSession => self.host_start(now, conn),
             ClientMessage::InjectFault { kind } => self.inject(conn, kind),
             // The connection answers these itself (authentication, goodbye).
             ClientMessage::Authenticate { .. } | ClientMessage::Disconnect => {}
@@ -338,11 +435,25 @@ impl Lobby {
     /// races' results delivered, the drain advanced, finished sessions cleaned up after their
     /// timeout, and the lobby's state broadcast when it changed (at most every
     /// [`LOBBY_EVERY_TICKS`]).
-    pub fn tick(&mut self, now: u64, view: &dyn RaceView) {
+    ///
+    /// Then, unless the server is shutting down, the race operations: scheduled templates'
+    /// sessions are announced [`rotation::ANNOUNCE_AHEAD_S`] before their time (`wall_s`, the
+    /// wall clock in Unix seconds) and started at it, the rotation's next session is made when
+    /// none is open, and countdown sessions start once their window has passed with enough
+    /// players.
+    pub fn tick(&mut self, now: u64, wall_s: i64, view: &dyn RaceView) {
+        self.wall_s = wall_s;
         self.close_silent(now);
         self.finish_ended(now, view);
         self.drain(now, view);
         self.clean_up(now);
+        if self.drain_until.is_none() {
+            if self.config.run_templates {
+                self.run_schedule(now);
+                self.rotate(now);
+            }
+            self.auto_start(now);
+        }
         self.broadcast(now);
     }
 
@@ -374,6 +485,27 @@ impl Lobby {
         self.players.get(&conn).and_then(|p| p.session)
     }
 
+    /// Why `conn` may not make a session now, if it may not.
+    fn refuse_create(&self, conn: ConnId) -> Option<(u16, String)> {
+        if self.drain_until.is_some() {
+            return Some((code::UNAVAILABLE, "server shutting down".into()));
+        }
+        if self.session_of(conn).is_some() {
+            return Some((
+                code::CONFLICT,
+                "already in a session: leave it first".into(),
+            ));
+        }
+        if self.sessions.len() >= self.config.max_sessions {
+            let max = self.config.max_sessions;
+            return Some((
+                code::UNAVAILABLE,
+                format!("the server holds its maximum of {max} sessions"),
+            ));
+        }
+        None
+    }
+
     fn create(
         &mut self,
         conn: ConnId,
@@ -382,24 +514,12 @@ impl Lobby {
         ai_count: u8,
         lap_limit: u8,
     ) {
-        if self.drain_until.is_some() {
-            return self.error(conn, code::UNAVAILABLE, "server shutting down");
+        if let Some((code, message)) = self.refuse_create(conn) {
+            return self.error(conn, code, message);
         }
-        if self.session_of(conn).is_some() {
-            return self.error(conn, code::CONFLICT, "already in a session: leave it first");
-        }
-        if self.sessions.len() >= self.config.max_sessions {
-            let max = self.config.max_sessions;
-            return self.error(
-                conn,
-                code::UNAVAILABLE,
-                format!("the server holds its maximum of {max} sessions"),
-            );
-        }
-        let Some(track) = self.content.tracks.iter().position(|t| t.id == track_id) else {
+        let Some(t) = self.content.track_by_id(track_id).cloned() else {
             return self.error(conn, code::NOT_FOUND, format!("unknown track {track_id}"));
         };
-        let t = &self.content.tracks[track];
         let slots = t.geometry.grid_slots().len().min(16);
         if max_players == 0 || usize::from(max_players) > slots {
             return self.error(
@@ -415,28 +535,86 @@ impl Lobby {
                 format!("lap_limit = {lap_limit}: must be 1..=99"),
             );
         }
+        let id = self.new_session(NewSession {
+            now: 0,
+            kind: Kind::Custom,
+            track: t,
+            template: None,
+            host: Some(conn),
+            max_players,
+            ai_count,
+            lap_limit,
+        });
+        self.join(conn, id);
+    }
+
+    /// Makes a session (in its lobby) and the world's entity for it; returns its id.
+    fn new_session(&mut self, n: NewSession) -> Uuid {
         let id = self.ids.next();
-        tracing::info!(session = %id, track = %t.slug, max_players, ai_count, lap_limit, "session created");
+        let start_mode = match (&n.template, n.kind) {
+            (_, Kind::Custom) | (None, _) => StartMode::Manual,
+            (Some(t), _) => t.start_mode,
+        };
+        tracing::info!(
+            session = %id,
+            track = %n.track.slug,
+            template = n.template.as_ref().map(|t| t.name.as_str()),
+            kind = ?n.kind,
+            max_players = n.max_players,
+            ai_count = n.ai_count,
+            lap_limit = n.lap_limit,
+            "session created"
+        );
         self.out.push_back(Output::World(Effect::CreateSession {
             session: id,
-            track,
-            lap_limit: u16::from(lap_limit),
+            track: n.track.clone(),
+            lap_limit: u16::from(n.lap_limit),
         }));
         self.sessions.push(Session {
             id,
-            track,
-            host: conn,
-            max_players,
-            ai_count: ai_count.min(max_players),
-            lap_limit,
+            track: n.track,
+            host: n.host,
+            template: n.template,
+            kind: n.kind,
+            start_mode,
+            created: n.now,
+            max_players: n.max_players,
+            ai_count: n.ai_count.min(n.max_players),
+            lap_limit: n.lap_limit,
             roster: Vec::new(),
             grid: Vec::new(),
             phase: Phase::Lobby,
             ending: false,
             drain_laps: None,
             interrupted: false,
+            ended_by: None,
         });
-        self.join(conn, id);
+        self.lobby_dirty = true;
+        id
+    }
+
+    /// What refusing `car` in a session of `template` says: the cars it allows.
+    fn not_allowed(&self, template: &RaceTemplate, car: Uuid) -> String {
+        let name = |id: &Uuid| {
+            self.content
+                .car_by_id(*id)
+                .map_or_else(|| id.to_string(), |c| format!("{} ({})", c.name, c.id))
+        };
+        let allowed: Vec<String> = template.allowed_cars.iter().map(name).collect();
+        format!(
+            "car {} is not allowed in this session; allowed: {}",
+            name(&car),
+            allowed.join(", ")
+        )
+    }
+
+    /// The car `conn`'s player drives next: the one selected, else the content's first.
+    fn car_of(&self, conn: ConnId) -> Option<Arc<CarContent>> {
+        let p = self.players.get(&conn)?;
+        p.car
+            .and_then(|id| self.content.car_by_id(id))
+            .or_else(|| self.content.cars.first())
+            .cloned()
     }
 
     fn join(&mut self, conn: ConnId, id: Uuid) {
@@ -457,9 +635,39 @@ impl Lobby {
                 format!("session {id} is full ({max} players)"),
             );
         }
+        let Some(k) = self.sessions.iter().position(|s| s.id == id) else {
+            return;
+        };
+        // A player who chose no car gets the first the session allows.
+        let chose = self.players.get(&conn).and_then(|p| p.car);
+        let first_allowed = self.sessions[k].template.as_ref().and_then(|t| {
+            t.allowed_cars
+                .iter()
+                .find(|id| self.content.car_by_id(**id).is_some())
+                .copied()
+        });
+        if let (None, Some(allowed), Some(p)) = (chose, first_allowed, self.players.get_mut(&conn))
+        {
+            p.car = Some(allowed);
+        }
+        let Some(car) = self.car_of(conn) else {
+            return self.error(conn, code::NOT_FOUND, "the server has no car");
+        };
+        if let Some(t) = self.sessions[k]
+            .template
+            .as_ref()
+            .filter(|t| !t.allows(car.id))
+        {
+            let message = self.not_allowed(t, car.id);
+            return self.error(conn, code::BAD_REQUEST, message);
+        }
+        let s = &mut self.sessions[k];
         s.roster.push(conn);
+        if s.host.is_none() {
+            s.host = Some(conn);
+        }
         let position = s.roster.len() as u8;
-        let track = &self.content.tracks[s.track];
+        let track = s.track.clone();
         let Some(player) = self.players.get_mut(&conn) else {
             return;
         };
@@ -474,7 +682,7 @@ impl Lobby {
                 width_m: track.geometry.width_m(),
                 centerline: track.geometry.points().to_vec(),
             },
-            car: car_info(&self.content.cars[player.car]),
+            car: car_info(&car),
         };
         self.send(To::One(conn), msg);
         self.lobby_dirty = true;
@@ -492,14 +700,16 @@ impl Lobby {
         };
         let s = &mut self.sessions[k];
         s.roster.retain(|&c| c != conn);
-        if s.host == conn
-            && let Some(&next) = s.roster.first()
-        {
-            s.host = next;
-            tracing::info!(session = %id, conn = next, "host handed on");
+        if s.host == Some(conn) {
+            s.host = s.roster.first().copied();
+            match s.host {
+                Some(next) => tracing::info!(session = %id, conn = next, "host handed on"),
+                None if s.kind != Kind::Custom => {}
+                None => s.host = Some(conn),
+            }
         }
         match s.phase {
-            Phase::Lobby if s.roster.is_empty() => {
+            Phase::Lobby if s.roster.is_empty() && s.kind == Kind::Custom => {
                 self.sessions.remove(k);
                 self.out
                     .push_back(Output::World(Effect::RemoveSession { session: id }));
@@ -525,7 +735,7 @@ impl Lobby {
         self.lobby_dirty = true;
     }
 
-    fn start(&mut self, now: u64, conn: ConnId) {
+    fn host_start(&mut self, now: u64, conn: ConnId) {
         if self.drain_until.is_some() {
             return self.error(conn, code::UNAVAILABLE, "server shutting down");
         }
@@ -536,20 +746,53 @@ impl Lobby {
             return;
         };
         let s = &self.sessions[k];
-        if s.host != conn {
+        if s.host != Some(conn) {
             return self.error(conn, code::FORBIDDEN, "only the host can start the session");
         }
         if s.phase != Phase::Lobby {
             return self.error(conn, code::CONFLICT, "the session has already started");
         }
+        if s.start_mode != StartMode::Manual {
+            let how = match s.start_mode {
+                StartMode::Countdown => "once enough players joined and its lobby window passed",
+                _ => "at its scheduled time",
+            };
+            return self.error(
+                conn,
+                code::CONFLICT,
+                format!("this session starts by itself, {how}"),
+            );
+        }
+        self.begin(now, k);
+    }
+
+    /// Builds session `k`'s grid (its humans in the order they joined, then the AI on the
+    /// free places) and starts the countdown.
+    fn begin(&mut self, now: u64, k: usize) {
+        let s = &self.sessions[k];
+        let id = s.id;
         let ai = usize::from(s.ai_count).min(usize::from(s.max_players) - s.roster.len());
-        let host_car = self.players.get(&s.host).map_or(0, |p| p.car);
-        let grid: Vec<GridSlot> = s
+        // The AI drives the host's car, else the first car the session allows.
+        let ai_car = s
+            .host
+            .and_then(|h| self.car_of(h))
+            .filter(|c| s.allows(c.id))
+            .or_else(|| self.content.cars.iter().find(|c| s.allows(c.id)).cloned());
+        let humans: Vec<(String, Arc<CarContent>, Option<(Uuid, ConnId)>)> = s
             .roster
             .iter()
-            .filter_map(|c| self.players.get(c).map(|p| (c, p)))
-            .map(|(&c, p)| (p.name.clone(), p.car, Some((p.id, c))))
-            .chain((0..ai).map(|i| (crate::runner::driver_name(i), host_car, None)))
+            .filter_map(|&c| {
+                let p = self.players.get(&c)?;
+                Some((p.name.clone(), self.car_of(c)?, Some((p.id, c))))
+            })
+            .collect();
+        let ai_cars = ai_car.as_ref().map_or(0, |_| ai);
+        let grid: Vec<GridSlot> = humans
+            .into_iter()
+            .chain(
+                (0..ai_cars)
+                    .filter_map(|i| Some((crate::runner::driver_name(i), ai_car.clone()?, None))),
+            )
             .enumerate()
             .map(|(i, (name, car, driver))| GridSlot {
                 car_index: i as u8,
@@ -558,13 +801,19 @@ impl Lobby {
                 driver,
             })
             .collect();
+        if grid.is_empty() {
+            tracing::warn!(session = %id, "no car to put on the grid: the session waits");
+            return;
+        }
         let roster = s.roster.clone();
-        let (track, lap_limit) = (s.track, u16::from(s.lap_limit));
+        let (track, lap_limit) = (s.track.clone(), u16::from(s.lap_limit));
+        let template = s.template.as_ref().map(|t| t.id);
         tracing::info!(session = %id, cars = grid.len(), humans = roster.len(), "countdown started");
         self.out.push_back(Output::World(Effect::StartRace {
             session: id,
             track,
             lap_limit,
+            template,
             grid: grid.clone(),
         }));
         let entries = grid
@@ -575,13 +824,15 @@ impl Lobby {
                 player_id: g.driver.map(|(p, _)| p),
             })
             .collect();
-        self.send(
-            To::Many(roster),
-            ServerMessage::SessionStarting {
-                countdown_seconds: (COUNTDOWN_TICKS / TICK_HZ) as u8,
-                grid: entries,
-            },
-        );
+        if !roster.is_empty() {
+            self.send(
+                To::Many(roster),
+                ServerMessage::SessionStarting {
+                    countdown_seconds: (COUNTDOWN_TICKS / TICK_HZ) as u8,
+                    grid: entries,
+                },
+            );
+        }
         let s = &mut self.sessions[k];
         s.grid = grid;
         s.phase = Phase::Running { started: now };
@@ -646,8 +897,9 @@ impl Lobby {
                 continue;
             };
             let id = s.id;
+            let ended_by = s.ended_by.clone();
             let fault = match reason {
-                FinishReason::Fault(m) if !s.interrupted => Some(m),
+                FinishReason::Fault(m) if !s.interrupted && ended_by.is_none() => Some(m),
                 _ => None,
             };
             let standings = view.standings(id);
@@ -659,6 +911,7 @@ impl Lobby {
                     ServerMessage::SessionResults {
                         session_id: id,
                         fault: fault.clone(),
+                        ended_by: ended_by.clone(),
                         standings: standings.clone(),
                     },
                 );
@@ -667,6 +920,7 @@ impl Lobby {
                 session: id,
                 standings,
                 fault,
+                ended_by,
             }));
             for c in conns {
                 if let Some(p) = self.players.get_mut(&c) {
@@ -751,12 +1005,11 @@ impl Lobby {
             .map(|p| LobbyPlayer {
                 id: p.id,
                 name: p.name.clone(),
-                selected_car: self.content.cars.get(p.car).map(|c| c.id),
+                selected_car: p.car.or_else(|| self.content.cars.first().map(|c| c.id)),
                 in_session: p.session,
             })
             .collect();
         players.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
-        let countdown = u64::from(COUNTDOWN_TICKS);
         ServerMessage::LobbyState {
             players_in_lobby: players,
             available_sessions: self
@@ -764,20 +1017,26 @@ impl Lobby {
                 .iter()
                 .map(|s| SessionSummary {
                     id: s.id,
-                    track_name: self.content.tracks[s.track].name.clone(),
-                    host_name: name_of(&s.host),
+                    track_name: s.track.name.clone(),
+                    host_name: s.host.as_ref().map_or_else(String::new, name_of),
                     player_count: s.roster.len() as u8,
                     max_players: s.max_players,
                     ai_count: s.ai_count,
                     lap_limit: s.lap_limit,
-                    state: match s.phase {
-                        Phase::Lobby => SessionState::Lobby,
-                        Phase::Running { started } if now < started + countdown => {
-                            SessionState::Countdown
-                        }
-                        Phase::Running { .. } => SessionState::Racing,
-                        Phase::Finished { .. } => SessionState::Finished,
+                    state: s.state(now),
+                    template_id: s.template.as_ref().map(|t| t.id),
+                    template_name: s.template.as_ref().map(|t| t.name.clone()),
+                    rotation: s.kind == Kind::Rotation,
+                    start_mode: s.start_mode,
+                    starts_at_unix_s: match s.kind {
+                        Kind::Scheduled { at } => Some(at),
+                        _ => None,
                     },
+                    allowed_cars: s
+                        .template
+                        .as_ref()
+                        .map(|t| t.allowed_cars.clone())
+                        .unwrap_or_default(),
                 })
                 .collect(),
             car_configs: self
@@ -800,6 +1059,23 @@ impl Lobby {
                     name: t.name.clone(),
                 })
                 .collect(),
+            templates: self
+                .content
+                .templates
+                .iter()
+                .map(|t| TemplateSummary {
+                    id: t.id,
+                    name: t.name.clone(),
+                    track_id: t.track_id,
+                    active: t.active,
+                    start_mode: t.start_mode,
+                    max_players: t.max_players,
+                    lap_limit: t.lap_limit,
+                    lap_limit_range: t.lap_limit_bounds,
+                    ai_count_range: t.ai_count_bounds,
+                    allowed_cars: t.allowed_cars.clone(),
+                })
+                .collect(),
         }
     }
 }
@@ -813,7 +1089,21 @@ pub fn car_info(car: &CarContent) -> CarInfo {
     }
 }
 
+/// What [`Lobby::new_session`] makes.
+struct NewSession {
+    now: u64,
+    kind: Kind,
+    track: Arc<TrackContent>,
+    template: Option<Arc<RaceTemplate>>,
+    host: Option<ConnId>,
+    max_players: u8,
+    ai_count: u8,
+    lap_limit: u8,
+}
+
+pub mod admin;
 mod io;
+pub mod rotation;
 
 pub use io::{CarLap, Counts, Effect, GridSlot, Output, RaceView, To};
 

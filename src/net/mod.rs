@@ -2,6 +2,7 @@
 //! simulation thread that runs every session in one world, the connection tasks, health and
 //! metrics over HTTP, and the client bots of `apexsim drive`.
 
+pub mod admin;
 pub mod client;
 pub mod config;
 pub mod connection;
@@ -12,5 +13,6 @@ pub mod protocol;
 pub mod server;
 pub mod sim;
 pub mod tls;
+pub mod watch;
 
 pub use server::shutdown_signal;

@@ -21,8 +21,10 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use uuid::Uuid;
 
+pub use crate::content::StartMode;
+
 /// Version of this protocol; a client speaking another is refused at authentication.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The TLS application protocol (ALPN) of the QUIC connection.
 pub const ALPN: &[u8] = b"apexsim/1";
@@ -76,6 +78,8 @@ pub enum CloseReason {
     ServerFull,
     /// The server is shutting down.
     ShuttingDown,
+    /// An operator removed the player (the reason was sent before, in an error message).
+    Kicked,
 }
 
 impl CloseReason {
@@ -90,6 +94,7 @@ impl CloseReason {
             Self::AuthRefused => "authentication refused",
             Self::ServerFull => "server full",
             Self::ShuttingDown => "server shutting down",
+            Self::Kicked => "kicked by an operator",
         }
     }
 
@@ -140,6 +145,17 @@ pub enum ClientMessage {
         ai_count: u8,
         /// Laps, 1 to 99.
         lap_limit: u8,
+    },
+    /// Creates a custom session from a race template (its track, grid size and allowed cars)
+    /// and joins it as its host; the lap limit and AI count may be changed within the
+    /// template's bounds.
+    CreateFromTemplate {
+        /// A template id from [`ServerMessage::LobbyState`].
+        template_id: Uuid,
+        /// Laps, within the template's `lap_limit_range`; `None` for its default.
+        lap_limit: Option<u8>,
+        /// AI cars, within the template's `ai_count_range`; `None` for its default.
+        ai_count: Option<u8>,
     },
     /// Joins a session in its lobby.
     JoinSession {
@@ -201,6 +217,8 @@ pub enum ServerMessage {
         car_configs: Vec<CarConfigSummary>,
         /// Tracks.
         track_configs: Vec<TrackConfigSummary>,
+        /// Race templates, active or not.
+        templates: Vec<TemplateSummary>,
     },
     /// Joined (or created) a session.
     SessionJoined {
@@ -228,6 +246,8 @@ pub enum ServerMessage {
         session_id: Uuid,
         /// `None` when the race ended normally; the fault otherwise.
         fault: Option<String>,
+        /// Who ended the race early ("ended by admin alice"), when an operator did.
+        ended_by: Option<String>,
         /// Winner first.
         standings: Vec<Standing>,
     },
@@ -242,6 +262,13 @@ pub enum ServerMessage {
     PlayerDisconnected {
         /// The player.
         player_id: Uuid,
+    },
+    /// A message from the server's operator, to the lobby or to one session.
+    Announcement {
+        /// The session it is for; `None` for everyone.
+        session_id: Option<Uuid>,
+        /// The text.
+        message: String,
     },
 }
 
@@ -290,6 +317,43 @@ pub struct SessionSummary {
     pub lap_limit: u8,
     /// State.
     pub state: SessionState,
+    /// The template it was made from, if any.
+    pub template_id: Option<Uuid>,
+    /// That template's name.
+    pub template_name: Option<String>,
+    /// Made by the server's rotation (the session `drive --join next` joins).
+    pub rotation: bool,
+    /// How it starts.
+    pub start_mode: StartMode,
+    /// When a scheduled session's countdown begins, Unix seconds.
+    pub starts_at_unix_s: Option<i64>,
+    /// Car models allowed; empty for every car.
+    pub allowed_cars: Vec<Uuid>,
+}
+
+/// A race template in the lobby list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TemplateSummary {
+    /// Id.
+    pub id: Uuid,
+    /// Name.
+    pub name: String,
+    /// Track id.
+    pub track_id: Uuid,
+    /// Whether sessions can be made from it (its track and cars are loaded).
+    pub active: bool,
+    /// How its sessions start.
+    pub start_mode: StartMode,
+    /// Grid size.
+    pub max_players: u8,
+    /// Default laps.
+    pub lap_limit: u8,
+    /// Laps a custom session may ask for.
+    pub lap_limit_range: (u8, u8),
+    /// AI cars a custom session may ask for.
+    pub ai_count_range: (u8, u8),
+    /// Car models allowed; empty for every car.
+    pub allowed_cars: Vec<Uuid>,
 }
 
 /// A car model in the lobby list.

@@ -25,6 +25,7 @@ use super::connection::{Shared, connection};
 use super::metrics::{Metrics, Refusal};
 use super::sim::{SimReport, SimServer, ToSim};
 use super::tls;
+use super::watch::ContentStatus;
 use crate::archive::recorder::Recorder;
 use crate::archive::wal::WalSync;
 use crate::content::Content;
@@ -140,6 +141,8 @@ pub struct Setup {
     pub config: ServerConfig,
     /// Cars, tracks and templates.
     pub content: Content,
+    /// The directory they were loaded from, watched for changes when `[content] watch` is on.
+    pub content_dir: Option<PathBuf>,
     /// The data directory (archive, logs, certificate).
     pub data: PathBuf,
     /// When the sessions' write-ahead files are fsynced.
@@ -168,6 +171,7 @@ pub async fn run(
     let Setup {
         config,
         content,
+        content_dir,
         data,
         wal_sync,
     } = setup;
@@ -224,8 +228,46 @@ pub async fn run(
         next_conn: AtomicU64::new(1),
         to_sim,
         inputs,
+        content: std::sync::Mutex::new(ContentStatus::of(&content, 0)),
     });
-    let seed = Uuid::new_v4().as_u64_pair().0;
+    let seed = config
+        .server
+        .seed
+        .unwrap_or_else(|| Uuid::new_v4().as_u64_pair().0);
+    let content = Arc::new(content);
+    let _watcher = match (&content_dir, config.content.watch) {
+        (Some(dir), true) => {
+            let status = Arc::new(std::sync::Mutex::new(ContentStatus::of(&content, 0)));
+            match super::watch::watch(
+                dir,
+                &data,
+                content.clone(),
+                Duration::from_millis(config.content.debounce_ms),
+                shared.to_sim.clone(),
+                status.clone(),
+            ) {
+                Ok(w) => {
+                    tracing::info!(dir = %dir.display(), "watching the content for changes");
+                    Some((w, status))
+                }
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the content: no hot reload");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    if let Err(e) = ContentStatus::of(&content, 0).write(&data) {
+        tracing::warn!(error = %e, "cannot write the content status");
+    }
+    let retention = config.server.retention_hours.map(|hours| {
+        tokio::spawn(retention_loop(
+            data.clone(),
+            hours,
+            config.server.retention_schedule.clone(),
+        ))
+    });
     // The world is not `Send`: it is built on its own thread.
     let sim_thread = std::thread::Builder::new()
         .name("apexsim-sim".into())
@@ -247,7 +289,21 @@ pub async fn run(
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(render_metrics))
+        .merge(super::admin::routes())
         .with_state(shared.clone());
+    // The watcher's status, mirrored into what `/ready` reads.
+    let status_task = _watcher.as_ref().map(|(_, status)| {
+        let (status, shared) = (status.clone(), shared.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                let now = status.lock().map(|s| s.clone()).ok();
+                if let (Some(now), Ok(mut shown)) = (now, shared.content.lock()) {
+                    *shown = now;
+                }
+            }
+        })
+    });
     let mut http_stop = stop_rx.clone();
     let http_task = tokio::spawn(async move {
         let _ = axum::serve(http, router)
@@ -290,6 +346,12 @@ pub async fn run(
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
     tasks.shutdown().await;
     let _ = http_task.await;
+    if let Some(t) = status_task {
+        t.abort();
+    }
+    if let Some(t) = retention {
+        t.abort();
+    }
     let sim = report.unwrap_or_else(|| SimReport {
         ticks: 0,
         sessions_finished: 0,
@@ -373,11 +435,63 @@ async fn health(State(shared): State<Arc<Shared>>) -> (StatusCode, &'static str)
     }
 }
 
-async fn ready(State(shared): State<Arc<Shared>>) -> (StatusCode, &'static str) {
-    if shared.ready.load(Ordering::SeqCst) && shared.accepting.load(Ordering::SeqCst) {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+/// `ready` or `not ready`, then the content's details: what is loaded, the templates
+/// inactive and each quarantined entry with its error.
+async fn ready(State(shared): State<Arc<Shared>>) -> (StatusCode, String) {
+    let (status, mut text) =
+        if shared.ready.load(Ordering::SeqCst) && shared.accepting.load(Ordering::SeqCst) {
+            (StatusCode::OK, "ready\n".to_owned())
+        } else {
+            (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".to_owned())
+        };
+    if let Ok(c) = shared.content.lock() {
+        text.push_str(&format!(
+            "content: {} cars, {} tracks, {} templates, {} reloads\n",
+            c.cars, c.tracks, c.templates, c.reloads
+        ));
+        for t in &c.inactive_templates {
+            text.push_str(&format!("inactive template: {t}\n"));
+        }
+        for q in &c.quarantined {
+            text.push_str(&format!("quarantined {} {}: {}\n", q.kind, q.slug, q.error));
+        }
+    }
+    (status, text)
+}
+
+/// Prunes the laps of sessions older than `hours` at every time `schedule` names; session
+/// summaries and results stay (seed 003 section 11), live sessions are never touched.
+async fn retention_loop(data: PathBuf, hours: u64, schedule: String) {
+    let Ok(schedule) = crate::content::Schedule::parse(&schedule) else {
+        return;
+    };
+    tracing::info!(hours, schedule = %schedule, "retention on");
+    loop {
+        let now = crate::runner::unix_now();
+        let Some(next) = schedule.next_at_or_after(now + 1) else {
+            return;
+        };
+        tokio::time::sleep(Duration::from_secs((next - now).max(1) as u64)).await;
+        let data = data.clone();
+        let pruned = tokio::task::spawn_blocking(move || {
+            let index = crate::archive::index::Index::open(&data)?;
+            let now = crate::runner::unix_now();
+            let cutoff = now - (hours as i64).saturating_mul(3600);
+            crate::archive::prune_laps(&data, &index, cutoff, now)
+        })
+        .await;
+        match pruned {
+            Ok(Ok(r)) if r.sessions > 0 || r.live_sessions > 0 => tracing::info!(
+                sessions = r.sessions,
+                laps = r.laps,
+                bytes = r.bytes,
+                live_left = r.live_sessions,
+                "retention: laps pruned, summaries kept"
+            ),
+            Ok(Ok(_)) => tracing::debug!("retention: nothing to prune"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "retention failed"),
+            Err(e) => tracing::warn!(error = %e, "retention task failed"),
+        }
     }
 }
 

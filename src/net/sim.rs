@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::config::ServerConfig;
+use super::lobby::admin::{AdminError, AdminReply, AdminRequest};
 use super::lobby::{
     CarLap, Effect, GridSlot, Lobby, LobbyConfig, Output, RaceView, SessionIds, To,
 };
@@ -28,7 +29,7 @@ use super::protocol::{
 use crate::archive::index::ResultEntry;
 use crate::archive::recorder::{RecordedCar, Recorder, RecorderMsg};
 use crate::archive::writer::WriterReport;
-use crate::content::Content;
+use crate::content::{Content, TrackContent};
 use crate::runner::{Entry, FLUSH_TICKS, Paced, Pacer, classify, session_row, unix_now};
 
 pub use super::lobby::ConnId;
@@ -79,24 +80,33 @@ pub enum ToSim {
     },
     /// SIGTERM/SIGINT: tell every client, drain, archive, stop.
     Shutdown,
+    /// The content directory was reloaded.
+    Content(Arc<Content>),
+    /// An operator's request, answered on `reply`.
+    Admin {
+        /// What to do.
+        request: AdminRequest,
+        /// Where the answer goes.
+        reply: tokio::sync::oneshot::Sender<Result<AdminReply, AdminError>>,
+    },
 }
 
-/// A session as the world holds it: its entity and its cars by index, with the names the
-/// classification shows.
+/// A session as the world holds it: its entity and its cars by index, with the driver and car
+/// names the classification shows.
 struct WorldSession {
     entity: Entity,
-    cars: Vec<(Entity, String, usize)>,
+    cars: Vec<(Entity, String, String)>,
 }
 
 /// Everything the simulation thread owns.
 pub struct SimServer {
     sim: Simulation,
-    content: Arc<Content>,
     lobby: Lobby,
     metrics: Metrics,
     control: mpsc::Receiver<ToSim>,
     recorder: Recorder,
-    track_ids: Vec<TrackId>,
+    /// The tracks registered in the world, each version once.
+    tracks: Vec<(Arc<TrackContent>, TrackId)>,
     sessions: HashMap<Uuid, WorldSession>,
     flush_now: bool,
 }
@@ -116,7 +126,6 @@ pub struct SimReport {
 struct WorldView<'a> {
     world: &'a bevy_ecs::world::World,
     sessions: &'a HashMap<Uuid, WorldSession>,
-    content: &'a Content,
 }
 
 impl RaceView for WorldView<'_> {
@@ -138,7 +147,7 @@ impl RaceView for WorldView<'_> {
             .map(|(car, driver, model)| Entry {
                 car: *car,
                 driver: driver.clone(),
-                car_name: &self.content.cars[*model].name,
+                car_name: model,
             })
             .collect();
         classify(self.world, &entries)
@@ -172,9 +181,9 @@ impl RaceView for WorldView<'_> {
 }
 
 impl SimServer {
-    /// Builds the world with the network systems and loads every track.
+    /// Builds the world with the network systems; the lobby's rotation picks from `seed`.
     pub fn new(
-        content: Content,
+        content: Arc<Content>,
         config: ServerConfig,
         metrics: Metrics,
         control: mpsc::Receiver<ToSim>,
@@ -201,29 +210,18 @@ impl SimServer {
                 send_telemetry.in_set(SimSystems::Snapshot),
             ),
         );
-        let track_ids = content
-            .tracks
-            .iter()
-            .map(|t| {
-                sim.world_mut()
-                    .resource_mut::<Tracks>()
-                    .add(t.geometry.clone())
-            })
-            .collect();
-        let content = Arc::new(content);
         let lobby = Lobby::new(
-            content.clone(),
-            LobbyConfig::from_server(&config),
+            content,
+            LobbyConfig::from_server(&config, seed),
             SessionIds::Random,
         );
         Self {
             sim,
-            content,
             lobby,
             metrics,
             control,
             recorder,
-            track_ids,
+            tracks: Vec::new(),
             sessions: HashMap::new(),
             flush_now: false,
         }
@@ -255,9 +253,8 @@ impl SimServer {
             let view = WorldView {
                 world: self.sim.world(),
                 sessions: &self.sessions,
-                content: &self.content,
             };
-            self.lobby.tick(tick, &view);
+            self.lobby.tick(tick, unix_now(), &view);
             self.handle_faults();
             finished += self.deliver();
             if tick.is_multiple_of(FLUSH_TICKS) || std::mem::take(&mut self.flush_now) {
@@ -324,9 +321,12 @@ impl SimServer {
                     let view = WorldView {
                         world: self.sim.world(),
                         sessions: &self.sessions,
-                        content: &self.content,
                     };
                     self.lobby.shutdown(now, &view);
+                }
+                ToSim::Content(content) => self.lobby.content_changed(content),
+                ToSim::Admin { request, reply } => {
+                    let _ = reply.send(self.lobby.admin(now, request));
                 }
             }
         }
@@ -424,11 +424,12 @@ impl SimServer {
                 track,
                 lap_limit,
             } => {
+                let track = self.track_id(&track);
                 let entity = spawn_session(
                     self.sim.world_mut(),
                     SessionConfig {
                         id: session,
-                        track: self.track_ids[track],
+                        track,
                         rules: RaceRules {
                             lap_limit,
                             ..RaceRules::default()
@@ -457,8 +458,9 @@ impl SimServer {
                 session,
                 track,
                 lap_limit,
+                template,
                 grid,
-            } => self.start_race(session, track, lap_limit, &grid),
+            } => self.start_race(session, &track, lap_limit, template, &grid),
             Effect::HandToAi { session, car_index } => {
                 let Some(car) = self.car(session, car_index) else {
                     return;
@@ -507,6 +509,7 @@ impl SimServer {
                 session,
                 standings,
                 fault,
+                ended_by,
             } => {
                 self.recorder.send(RecorderMsg::End {
                     session,
@@ -523,6 +526,7 @@ impl SimServer {
                         })
                         .collect(),
                     fault,
+                    ended_by,
                 });
                 if let Some(s) = self.sessions.get(&session) {
                     let world = self.sim.world_mut();
@@ -538,8 +542,34 @@ impl SimServer {
         }
     }
 
+    /// The world's id of this version of a track, registered on first use (a reloaded track
+    /// is another version; sessions made before keep theirs).
+    fn track_id(&mut self, track: &Arc<TrackContent>) -> TrackId {
+        if let Some((_, id)) = self
+            .tracks
+            .iter()
+            .find(|(t, _)| Arc::ptr_eq(t, track) || **t == **track)
+        {
+            return *id;
+        }
+        let id = self
+            .sim
+            .world_mut()
+            .resource_mut::<Tracks>()
+            .add(track.geometry.clone());
+        self.tracks.push((track.clone(), id));
+        id
+    }
+
     /// Places the grid, starts the countdown and begins the session's recording.
-    fn start_race(&mut self, session: Uuid, track: usize, lap_limit: u16, grid: &[GridSlot]) {
+    fn start_race(
+        &mut self,
+        session: Uuid,
+        track: &TrackContent,
+        lap_limit: u16,
+        template: Option<Uuid>,
+        grid: &[GridSlot],
+    ) {
         let Some(entity) = self.sessions.get(&session).map(|s| s.entity) else {
             return;
         };
@@ -547,7 +577,7 @@ impl SimServer {
         let mut cars = Vec::with_capacity(grid.len());
         for slot in grid {
             let world = self.sim.world_mut();
-            let spec = self.content.cars[slot.car].spec;
+            let spec = slot.car.spec;
             let kind = match slot.driver {
                 Some(_) => DriverKind::Human,
                 None => DriverKind::Ai {
@@ -562,7 +592,7 @@ impl SimServer {
                             .insert(NetDriver { conn, input_seq: 0 });
                         world.resource_mut::<NetInputs>().cars.insert(conn, car);
                     }
-                    cars.push((car, slot.name.clone(), slot.car));
+                    cars.push((car, slot.name.clone(), slot.car.name.clone()));
                 }
                 Err(e) => tracing::error!(error = %e, "cannot place a car"),
             }
@@ -577,12 +607,13 @@ impl SimServer {
                 entity: *car,
                 index: i as u8,
                 driver: driver.clone(),
-                car_model: self.content.cars[*model].name.clone(),
+                car_model: model.clone(),
             })
             .collect();
-        let track = &self.content.tracks[track];
+        let mut row = session_row(session, track, lap_limit, None, &recorded);
+        row.template_id = template;
         self.recorder.send(RecorderMsg::Begin {
-            row: session_row(session, track, lap_limit, None, &recorded),
+            row,
             track_length_m: track.geometry.length_m(),
             cars: recorded,
             ack: None,

@@ -510,6 +510,9 @@ fn session_of_meta_of() -> apexsim::archive::writer::ArchiveJob {
         finished_at: None,
         sectors: Vec::new(),
         identity: None,
+        template_id: None,
+        ended_by: None,
+        laps_pruned_at: None,
     })
 }
 

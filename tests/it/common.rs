@@ -261,8 +261,18 @@ pub struct Served {
 }
 
 impl Served {
-    /// Starts the server and waits (30 s at most) until it logs that it serves.
+    /// Starts the server and waits (30 s at most) until it logs that it serves. The server runs
+    /// no session by itself (`server.run_templates` off) unless `env` turns it on, so a test
+    /// owns the sessions it counts.
     pub fn start(content: &Path, data: &Path, env: &[(&str, &str)]) -> Self {
+        let mut env = env.to_vec();
+        if !env
+            .iter()
+            .any(|(k, _)| *k == "APEXSIM_SERVER_RUN_TEMPLATES")
+        {
+            env.push(("APEXSIM_SERVER_RUN_TEMPLATES", "false"));
+        }
+        let env = env.as_slice();
         let mut child = Child::spawn_env(
             &[
                 "--content",

@@ -480,6 +480,9 @@ fn many_connections_opening_a_fresh_index_at_once_all_succeed() {
                         finished_at: None,
                         sectors: Vec::new(),
                         identity: None,
+                        template_id: None,
+                        ended_by: None,
+                        laps_pruned_at: None,
                     })
                     .expect("write");
             })

@@ -243,3 +243,91 @@ fn sectors_must_be_increasing_fractions() {
     let oval = good.track("oval_simple").expect("oval");
     assert_eq!(oval.sectors, vec![0.5]);
 }
+
+#[test]
+fn a_reload_quarantines_a_broken_file_keeps_its_previous_version_and_recovers() {
+    let dir = copy();
+    let first = Content::load(dir.path()).content;
+    let gt3 = dir.path().join("cars/gt3_generic/car.toml");
+    let good = fs::read_to_string(&gt3).expect("read");
+    edit(&gt3, "mass_kg = ", "mass_kg = = ");
+    let report = Content::reload(dir.path(), &first);
+    let text = report.to_string();
+    assert!(text.contains("car.toml:"), "file and line: {text}");
+    let q = &report.content.quarantined;
+    assert_eq!(q.len(), 1, "{q:?}");
+    assert_eq!((q[0].kind, q[0].slug.as_str()), ("car", "gt3_generic"));
+    assert!(
+        q[0].error.contains(&format!("{}:", gt3.display())),
+        "{}",
+        q[0].error
+    );
+    let kept = report
+        .content
+        .car("gt3_generic")
+        .expect("the old car stays");
+    assert_eq!(kept.spec, first.car("gt3_generic").expect("gt3").spec);
+    assert!(
+        report
+            .content
+            .template("gt3_sprint")
+            .expect("sprint")
+            .active,
+        "templates of a quarantined car stay active"
+    );
+    // A new file that never loaded is an error but not quarantined: nothing to keep.
+    fs::create_dir_all(dir.path().join("cars/broken")).expect("dir");
+    fs::write(dir.path().join("cars/broken/car.toml"), "id = ").expect("write");
+    let report = Content::reload(dir.path(), &report.content);
+    assert_eq!(report.content.quarantined.len(), 1);
+    assert!(report.content.car("broken").is_none());
+    fs::remove_dir_all(dir.path().join("cars/broken")).expect("rm");
+
+    // Fixed, heavier: the new version loads, nothing quarantined.
+    fs::write(
+        &gt3,
+        good.replacen("mass_kg = 1300.0", "mass_kg = 1400.0", 1),
+    )
+    .expect("write");
+    let fixed = Content::reload(dir.path(), &report.content);
+    assert!(fixed.errors.is_empty(), "{fixed}");
+    assert!(fixed.content.quarantined.is_empty());
+    assert_eq!(
+        fixed.content.car("gt3_generic").expect("gt3").spec.mass_kg,
+        1400.0
+    );
+
+    // A template whose track is deleted turns inactive, and comes back with it.
+    let road = dir.path().join("tracks/road_course_a");
+    let aside = dir.path().join("road_course_a.aside");
+    fs::rename(&road, &aside).expect("move the track away");
+    let gone = Content::reload(dir.path(), &fixed.content);
+    assert!(
+        gone.content.track("road_course_a").is_none(),
+        "a deleted track goes"
+    );
+    assert!(!gone.content.template("gt3_sprint").expect("listed").active);
+    fs::rename(&aside, &road).expect("move it back");
+    let back = Content::reload(dir.path(), &gone.content);
+    assert!(back.content.template("gt3_sprint").expect("listed").active);
+}
+
+#[test]
+fn a_bad_schedule_and_bad_override_ranges_are_named() {
+    let dir = copy();
+    let t = dir.path().join("templates/formula_endurance.toml");
+    edit(&t, "schedule = \"0 20 * * 6\"", "schedule = \"0 25 * * 6\"");
+    let (_, text, _) = only_error(dir.path());
+    assert!(
+        text.contains("formula_endurance.toml:9: field `schedule`: \"0 25 * * 6\""),
+        "{text}"
+    );
+    let dir = copy();
+    let t = dir.path().join("templates/gt3_sprint.toml");
+    edit(&t, "lap_limit_range = [3, 15]", "lap_limit_range = [6, 15]");
+    let (_, text, _) = only_error(dir.path());
+    assert!(
+        text.contains("gt3_sprint.toml:10: field `lap_limit_range`: [6, 15] must be a range within 1..=99 holding the default 5"),
+        "{text}"
+    );
+}

@@ -593,6 +593,7 @@ async fn a_faulted_session_ends_alone() {
                 session_id,
                 fault,
                 standings,
+                ..
             } => {
                 assert_eq!(session_id, session);
                 let fault = fault.expect("a fault result");
@@ -662,6 +663,7 @@ async fn sigterm_delivers_503_archives_and_exits_within_10_s() {
             session_id,
             fault,
             standings,
+            ..
         } => {
             assert_eq!(session_id, session);
             assert_eq!(fault, None, "an interrupted race is not a fault");

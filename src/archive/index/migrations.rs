@@ -84,4 +84,11 @@ CREATE INDEX idx_outbox_due ON outbox(state, next_at_ms);
 -- What a recording's session info says the session was (iRacing's ids and names), for uploads.
 ALTER TABLE sessions ADD COLUMN identity TEXT;
 "#,
+    r#"
+-- Race operations: the template a server session was made from, who ended it early (an
+-- operator), and when retention removed its laps (the summary and results stay).
+ALTER TABLE sessions ADD COLUMN template_id TEXT;
+ALTER TABLE sessions ADD COLUMN ended_by TEXT;
+ALTER TABLE sessions ADD COLUMN laps_pruned_at INTEGER;
+"#,
 ];

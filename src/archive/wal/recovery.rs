@@ -137,6 +137,9 @@ pub(crate) fn archive_wal(
         finished_at: None,
         sectors: Vec::new(),
         identity: None,
+        template_id: None,
+        ended_by: None,
+        laps_pruned_at: None,
     })?;
     let date = Date::parse(&session.date).unwrap_or_else(Date::today);
     for ((car, row_lap), columns) in wal.laps {

@@ -1,10 +1,13 @@
 //! What the lobby core says and reads: its outputs (messages to deliver, connections to
 //! close, effects on the world) and the view of the world it reads each tick.
 
+use std::sync::Arc;
+
 use apexsim_systems::prelude::FinishReason;
 use uuid::Uuid;
 
 use super::ConnId;
+use crate::content::{CarContent, TrackContent};
 use crate::net::protocol::{CloseReason, FaultKind, ServerMessage, Standing};
 
 /// Who a message goes to.
@@ -25,8 +28,8 @@ pub struct GridSlot {
     pub car_index: u8,
     /// Driver name.
     pub name: String,
-    /// The car model: an index into the content's cars.
-    pub car: usize,
+    /// The car model, as it was when the grid was made.
+    pub car: Arc<CarContent>,
     /// The human driving it, `None` for the AI.
     pub driver: Option<(Uuid, ConnId)>,
 }
@@ -38,8 +41,8 @@ pub enum Effect {
     CreateSession {
         /// Its id.
         session: Uuid,
-        /// An index into the content's tracks.
-        track: usize,
+        /// The track, as it was when the session was made.
+        track: Arc<TrackContent>,
         /// Laps.
         lap_limit: u16,
     },
@@ -53,10 +56,12 @@ pub enum Effect {
     StartRace {
         /// Which.
         session: Uuid,
-        /// An index into the content's tracks.
-        track: usize,
+        /// The session's track.
+        track: Arc<TrackContent>,
         /// Laps.
         lap_limit: u16,
+        /// The template the session was made from, recorded with it.
+        template: Option<Uuid>,
         /// The cars, by index.
         grid: Vec<GridSlot>,
     },
@@ -91,6 +96,8 @@ pub enum Effect {
         standings: Vec<Standing>,
         /// Why it ended abnormally.
         fault: Option<String>,
+        /// Who ended it early, when an operator did.
+        ended_by: Option<String>,
     },
 }
 

@@ -21,6 +21,9 @@ fn content() -> Arc<Content> {
 
 const TIMEOUT: u64 = 5 * 240;
 
+/// The wall clock of tests that do not schedule anything (2026-12-02 00:00 UTC, a Wednesday).
+const WALL: i64 = 1_796_169_600;
+
 fn config() -> LobbyConfig {
     LobbyConfig {
         max_sessions: 2,
@@ -28,6 +31,9 @@ fn config() -> LobbyConfig {
         drain_ticks: 8 * 240,
         heartbeat_timeout_ticks: TIMEOUT,
         fault_injection: true,
+        lobby_window_ticks: 60 * 240,
+        run_templates: false,
+        seed: 7,
     }
 }
 
@@ -149,7 +155,7 @@ fn step(l: &mut Lobby, now: u64, world: &FakeWorld) {
     for c in 1..=3 {
         l.heard(now, c);
     }
-    l.tick(now, world);
+    l.tick(now, WALL, world);
 }
 
 fn session_state(l: &mut Lobby, now: u64, world: &FakeWorld) -> Option<SessionState> {
@@ -188,18 +194,18 @@ fn a_new_player_gets_the_lobby_and_changes_are_broadcast_at_most_at_4_hz() {
         }
         other => panic!("{other:?}"),
     }
-    l.tick(0, &world);
+    l.tick(0, WALL, &world);
     assert_eq!(to(&outputs(&mut l), 1).len(), 1, "the change is broadcast");
     l.connect(10, 2, Uuid::from_u128(2), "two".into());
     outputs(&mut l);
-    l.tick(10, &world);
+    l.tick(10, WALL, &world);
     assert!(to(&outputs(&mut l), 1).is_empty(), "not within 60 ticks");
-    l.tick(LOBBY_EVERY_TICKS, &world);
+    l.tick(LOBBY_EVERY_TICKS, WALL, &world);
     let outs = outputs(&mut l);
     assert!(
         matches!(to(&outs, 1).as_slice(), [ServerMessage::LobbyState { players_in_lobby, .. }] if players_in_lobby.len() == 2)
     );
-    l.tick(LOBBY_EVERY_TICKS * 3, &world);
+    l.tick(LOBBY_EVERY_TICKS * 3, WALL, &world);
     assert!(outputs(&mut l).is_empty(), "nothing changed, nothing sent");
 }
 
@@ -226,7 +232,7 @@ fn a_car_is_selected_by_id_and_an_unknown_one_is_404() {
     match effects(&outs).as_slice() {
         [Effect::StartRace { grid, .. }] => {
             assert!(
-                grid.iter().all(|g| g.car == 1),
+                grid.iter().all(|g| g.car.id == car),
                 "AI cars take the host's car"
             );
         }
@@ -258,7 +264,7 @@ fn creating_a_session_joins_its_host_with_the_track_and_car() {
                 lap_limit: 3,
             },
         ] => {
-            assert_eq!(content().tracks[*track].id, oval());
+            assert_eq!(track.id, oval());
             *session
         }
         other => panic!("{other:?}"),
@@ -578,6 +584,7 @@ fn a_finished_race_sends_results_ends_the_session_and_is_cleaned_up_after_its_ti
                 ServerMessage::SessionResults {
                     session_id,
                     fault: None,
+                    ended_by: None,
                     standings,
                 },
             ] => {
@@ -708,13 +715,13 @@ fn a_silent_connection_is_closed_after_the_heartbeat_timeout() {
         l.heard(t, 1);
         l.handle(t, 2, ClientMessage::Heartbeat { client_tick: 0 });
     }
-    l.tick(TIMEOUT - 1, &world);
+    l.tick(TIMEOUT - 1, WALL, &world);
     assert!(
         !outputs(&mut l)
             .iter()
             .any(|o| matches!(o, Output::Close { .. }))
     );
-    l.tick(TIMEOUT, &world);
+    l.tick(TIMEOUT, WALL, &world);
     let outs = outputs(&mut l);
     let closed: Vec<_> = outs
         .iter()
@@ -727,7 +734,7 @@ fn a_silent_connection_is_closed_after_the_heartbeat_timeout() {
     assert_eq!(l.counts().players, 2);
     // Later, player 2 falls silent: its car goes to the AI.
     l.heard(TIMEOUT * 2, 1);
-    l.tick(TIMEOUT * 2, &world);
+    l.tick(TIMEOUT * 2, WALL, &world);
     let outs = outputs(&mut l);
     assert!(outs.contains(&Output::Close {
         conn: 2,
@@ -872,8 +879,14 @@ fn the_config_turns_seconds_into_ticks() {
     server.server.drain_seconds = 8.0;
     server.server.session_timeout_seconds = 300;
     server.network.heartbeat_timeout_ms = 1500;
-    let c = LobbyConfig::from_server(&server);
+    server.server.lobby_window_seconds = 45;
+    let c = LobbyConfig::from_server(&server, 3);
+    assert_eq!(c.lobby_window_ticks, 45 * 240);
+    assert!(c.run_templates, "templates run by default");
+    assert_eq!(c.seed, 3);
     assert_eq!(c.drain_ticks, 8 * 240);
     assert_eq!(c.session_timeout_ticks, 300 * 240);
     assert_eq!(c.heartbeat_timeout_ticks, 360);
 }
+
+mod operations;
