@@ -443,7 +443,7 @@ async fn run_bot(
             break (session_id, driver);
         }
     };
-    if host {
+    if host || matches!(opts.mode, Mode::JoinNext) {
         session_tx.send_replace(Some(session));
     }
     // The host starts once every bot is in; everyone waits for the grid.

@@ -12,6 +12,7 @@ mod concurrency;
 mod content;
 mod crash;
 mod ingest;
+mod operations;
 mod race;
 mod racing_coach;
 mod server;

@@ -15,23 +15,29 @@ use apexsim::net::protocol::{
 };
 use apexsim::net::tls::{Trust, parse_fingerprint};
 
-struct Server {
-    child: Child,
-    quic: SocketAddr,
-    http: SocketAddr,
-    cert: PathBuf,
-    fingerprint: String,
-    content: PathBuf,
-    data: PathBuf,
-    _dir: tempfile::TempDir,
+pub(crate) struct Server {
+    pub(crate) child: Child,
+    pub(crate) quic: SocketAddr,
+    pub(crate) http: SocketAddr,
+    pub(crate) cert: PathBuf,
+    pub(crate) fingerprint: String,
+    pub(crate) content: PathBuf,
+    pub(crate) data: PathBuf,
+    pub(crate) _dir: tempfile::TempDir,
 }
 
 impl Server {
-    fn start(env: &[(&str, &str)]) -> Self {
+    pub(crate) fn start(env: &[(&str, &str)]) -> Self {
+        Self::start_prepared(env, |_, _| {})
+    }
+
+    /// [`Server::start`] after `prepare` has changed the content and data directories.
+    pub(crate) fn start_prepared(env: &[(&str, &str)], prepare: impl FnOnce(&Path, &Path)) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let content = dir.path().join("content");
         let data = dir.path().join("data");
         content_with_mini_oval(&content);
+        prepare(&content, &data);
         let served = crate::common::Served::start(&content, &data, env);
         Self {
             quic: served.quic,
@@ -46,43 +52,43 @@ impl Server {
     }
 
     /// An authenticated client (no token).
-    async fn connect(&self, endpoint: &quinn::Endpoint, name: &str) -> Client {
+    pub(crate) async fn connect(&self, endpoint: &quinn::Endpoint, name: &str) -> Client {
         Client::connect(endpoint, self.quic, "", name)
             .await
             .unwrap_or_else(|e| panic!("{name}: {e}"))
     }
 
-    fn pinned(&self) -> quinn::Endpoint {
+    pub(crate) fn pinned(&self) -> quinn::Endpoint {
         let fp = parse_fingerprint(&self.fingerprint).expect("fingerprint");
         client::endpoint(&Trust::Fingerprint(fp)).expect("endpoint")
     }
 
     /// `apexsim drive` against this server, trusting the certificate file.
-    fn drive(&self, args: &[&str]) -> Child {
+    pub(crate) fn drive(&self, args: &[&str]) -> Child {
         crate::common::drive(&self.content, self.quic, &self.cert, args)
     }
 
-    fn metrics(&self) -> String {
+    pub(crate) fn metrics(&self) -> String {
         http_get(self.http, "/metrics").1
     }
 
-    fn stop(self) -> (i32, String, String, PathBuf, tempfile::TempDir) {
+    pub(crate) fn stop(self) -> (i32, String, String, PathBuf, tempfile::TempDir) {
         self.child.terminate();
         let (code, out, log) = self.child.finish();
         (code, out, log, self.data, self._dir)
     }
 }
 
-fn metric(text: &str, series: &str) -> f64 {
+pub(crate) fn metric(text: &str, series: &str) -> f64 {
     apexsim::net::metrics::scrape_value(text, series).unwrap_or(0.0)
 }
 
-fn json(out: &str) -> serde_json::Value {
+pub(crate) fn json(out: &str) -> serde_json::Value {
     let line = out.lines().last().unwrap_or_else(|| panic!("no output"));
     serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {out}"))
 }
 
-fn archive_ls(data: &Path, session: &str) -> serde_json::Value {
+pub(crate) fn archive_ls(data: &Path, session: &str) -> serde_json::Value {
     let (code, out, err) = crate::common::apexsim(&[
         "--data",
         data.to_str().expect("utf-8"),
@@ -128,7 +134,7 @@ fn promtool_accepts(exposition: &str) {
 }
 
 /// Next control message that is not a lobby update.
-async fn next(client: &mut Client) -> ServerMessage {
+pub(crate) async fn next(client: &mut Client) -> ServerMessage {
     loop {
         let msg = tokio::time::timeout(Duration::from_secs(20), client.recv())
             .await
@@ -142,7 +148,7 @@ async fn next(client: &mut Client) -> ServerMessage {
 }
 
 /// Keeps a client's connection talking (inputs at 20 Hz) while a test waits.
-fn keep_alive(conn: quinn::Connection) -> tokio::task::JoinHandle<()> {
+pub(crate) fn keep_alive(conn: quinn::Connection) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         for seq in 1.. {
             let input = PlayerInput {
@@ -162,7 +168,7 @@ fn keep_alive(conn: quinn::Connection) -> tokio::task::JoinHandle<()> {
 }
 
 /// Creates a session on the mini oval with AI cars and starts it; returns its id.
-async fn create_and_start(client: &mut Client, ai: u8, laps: u8) -> uuid::Uuid {
+pub(crate) async fn create_and_start(client: &mut Client, ai: u8, laps: u8) -> uuid::Uuid {
     let track = loop {
         if let Some(Ok(ServerMessage::LobbyState { track_configs, .. })) = client.recv().await {
             break track_configs
