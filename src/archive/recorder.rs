@@ -53,6 +53,8 @@ pub enum RecorderMsg {
     },
     /// The rows of the last flush interval.
     Chunk(RecordChunk),
+    /// The race templates as loaded (at start and after each content reload), for the index.
+    Templates(Vec<crate::content::RaceTemplate>),
     /// A session ended: finished with its results, or in a fault (unfinished, write-ahead file
     /// kept).
     End {
@@ -211,6 +213,10 @@ impl State {
                     if let Some(ack) = ack {
                         let _ = ack.send(result);
                     }
+                }
+                RecorderMsg::Templates(templates) => {
+                    self.writer
+                        .submit(crate::archive::writer::ArchiveJob::Templates(templates));
                 }
                 RecorderMsg::Chunk(mut chunk) => {
                     let started = Instant::now();

@@ -424,6 +424,13 @@ async fn serve_connection(
         }
         Some(reason) => {
             tracing::info!(%reason, "connection closed");
+            // What was written before (a kick's reason, say) reaches the client first: a close
+            // drops the stream data not yet acknowledged.
+            let _ = tokio::time::timeout(Duration::from_millis(500), async {
+                let _ = send.finish();
+                let _ = send.stopped().await;
+            })
+            .await;
             close(conn, reason);
         }
         None => {

@@ -216,13 +216,9 @@ impl Lobby {
                 p.car = None;
             }
         }
-        let active: Vec<Uuid> = content
-            .templates
-            .iter()
-            .filter(|t| t.active && t.schedule.is_some())
-            .map(|t| t.id)
-            .collect();
-        self.schedule.retain(|id, _| active.contains(id));
+        // Schedules may have changed: the next times are found again (an occurrence already
+        // announced is not announced twice).
+        self.schedule.clear();
         self.content = content;
         self.lobby_dirty = true;
     }
@@ -339,7 +335,7 @@ impl Lobby {
                 max_players,
                 ai_count,
                 lap_limit,
-            } => self.create(conn, track_config_id, max_players, ai_count, lap_limit),
+            } => self.create(now, conn, track_config_id, max_players, ai_count, lap_limit),
             ClientMessage::CreateFromTemplate {
                 template_id,
                 lap_limit,
@@ -508,6 +504,7 @@ impl Lobby {
 
     fn create(
         &mut self,
+        now: u64,
         conn: ConnId,
         track_id: Uuid,
         max_players: u8,
@@ -536,7 +533,7 @@ impl Lobby {
             );
         }
         let id = self.new_session(NewSession {
-            now: 0,
+            now,
             kind: Kind::Custom,
             track: t,
             template: None,

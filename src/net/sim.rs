@@ -210,6 +210,9 @@ impl SimServer {
                 send_telemetry.in_set(SimSystems::Snapshot),
             ),
         );
+        recorder.send(RecorderMsg::Templates(
+            content.templates.iter().map(|t| (**t).clone()).collect(),
+        ));
         let lobby = Lobby::new(
             content,
             LobbyConfig::from_server(&config, seed),
@@ -324,7 +327,10 @@ impl SimServer {
                     };
                     self.lobby.shutdown(now, &view);
                 }
-                ToSim::Content(content) => self.lobby.content_changed(content),
+                ToSim::Content(content) => {
+                    self.store_templates(&content);
+                    self.lobby.content_changed(content);
+                }
                 ToSim::Admin { request, reply } => {
                     let _ = reply.send(self.lobby.admin(now, request));
                 }
@@ -540,6 +546,12 @@ impl SimServer {
                 }
             }
         }
+    }
+
+    /// The templates go to the index (seed 003 section 9: `race_templates`).
+    fn store_templates(&self, content: &Content) {
+        let templates = content.templates.iter().map(|t| (**t).clone()).collect();
+        self.recorder.send(RecorderMsg::Templates(templates));
     }
 
     /// The world's id of this version of a track, registered on first use (a reloaded track

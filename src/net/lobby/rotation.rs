@@ -107,6 +107,13 @@ impl Lobby {
                 .next_at_or_after(next.saturating_add(1))
                 .unwrap_or(i64::MAX);
             self.schedule.insert(t.id, after);
+            let announced = self.sessions.iter().any(|s| {
+                s.kind == (Kind::Scheduled { at: next })
+                    && s.template.as_ref().is_some_and(|x| x.id == t.id)
+            });
+            if announced {
+                continue;
+            }
             if self.sessions.len() >= self.config.max_sessions {
                 tracing::warn!(template = %t.name, at = next, "scheduled session skipped: the server holds its maximum of sessions");
                 continue;

@@ -300,6 +300,10 @@ fn a_scheduled_template_is_announced_five_minutes_ahead_and_starts_on_time_with_
     };
     let listed = sessions_listed(&outs, 1).expect("announced");
     assert_eq!(listed[0].starts_at_unix_s, Some(at));
+    // A reload finds the schedule's times again; the occurrence is not announced twice.
+    let same = l.content.clone();
+    l.content_changed(same);
+    assert!(effects(&step(&mut l, at - ANNOUNCE_AHEAD_S + 1)).is_empty());
     assert_eq!(listed[0].start_mode, StartMode::Scheduled);
     assert!(!listed[0].rotation);
     // Joinable early; nothing starts before the time.
