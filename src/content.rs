@@ -917,7 +917,18 @@ fn load_template(
     let start_mode = *file.start_mode.get_ref();
     let schedule = match (&file.schedule, start_mode) {
         (Some(s), StartMode::Scheduled) => {
-            Some(Schedule::parse(s.get_ref()).map_err(|e| c.field("schedule", s, e))?)
+            let schedule = Schedule::parse(s.get_ref()).map_err(|e| c.field("schedule", s, e))?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            if schedule.next_at_or_after(now).is_none() {
+                return Err(c.field(
+                    "schedule",
+                    s,
+                    format!("{:?} never matches a time from now on", s.get_ref()),
+                ));
+            }
+            Some(schedule)
         }
         (None, StartMode::Scheduled) => {
             return Err(c.field(

@@ -578,3 +578,35 @@ proptest! {
         prop_assert!(used <= http_bound(bytes.len()), "{used} bytes for {}", bytes.len());
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// A template's `schedule` is outside text: any string parses to a schedule or is refused
+    /// with a message, and finding its next time never panics, whatever the clock says.
+    #[test]
+    fn a_schedule_parses_or_is_refused_and_never_panics(
+        text in "[0-9*/,\\- LW#?a-zA-Z]{0,32}",
+        at in any::<i64>(),
+    ) {
+        match apexsim::content::Schedule::parse(&text) {
+            Ok(s) => {
+                let _ = s.next_at_or_after(at);
+                let _ = s.next_at_or_after(1_796_169_600);
+            }
+            Err(message) => prop_assert!(!message.is_empty()),
+        }
+    }
+
+    #[test]
+    fn a_schedule_of_cron_fields_finds_a_time_at_or_after_the_clock(
+        fields in proptest::collection::vec("(\\*|[0-9]{1,2}|\\*/[1-9]|[0-9]-[0-9]{1,2})", 5),
+    ) {
+        let text = fields.join(" ");
+        if let Ok(s) = apexsim::content::Schedule::parse(&text)
+            && let Some(next) = s.next_at_or_after(1_796_169_600)
+        {
+            prop_assert!(next >= 1_796_169_600, "{text}: {next}");
+        }
+    }
+}

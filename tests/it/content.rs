@@ -323,6 +323,14 @@ fn a_bad_schedule_and_bad_override_ranges_are_named() {
         "{text}"
     );
     let dir = copy();
+    let t = dir.path().join("templates/formula_endurance.toml");
+    edit(&t, "schedule = \"0 20 * * 6\"", "schedule = \"0 0 31 2 *\"");
+    let (_, text, _) = only_error(dir.path());
+    assert!(
+        text.contains("field `schedule`: \"0 0 31 2 *\" never matches a time from now on"),
+        "{text}"
+    );
+    let dir = copy();
     let t = dir.path().join("templates/gt3_sprint.toml");
     edit(&t, "lap_limit_range = [3, 15]", "lap_limit_range = [6, 15]");
     let (_, text, _) = only_error(dir.path());
