@@ -16,7 +16,8 @@ use crate::archive::wal::WalSync;
 use crate::archive::writer::{ArchiveWriter, WriterReport};
 mod watch;
 
-pub use watch::{BOARD_EVERY, Board, BoardRow, LapLine, Phase, RaceEvent};
+pub use crate::runner::{BoardRow, Phase};
+pub use watch::{BOARD_EVERY, Board, LapLine, RaceEvent};
 
 use crate::content::{Content, TrackContent};
 use crate::runner::{

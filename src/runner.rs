@@ -118,6 +118,132 @@ pub fn classify(world: &bevy_ecs::world::World, cars: &[Entry<'_>]) -> Vec<Resul
     results
 }
 
+/// Where a race is, as watchers see it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Phase {
+    /// Waiting for the start.
+    Lobby,
+    /// Counting down to the green light.
+    Countdown {
+        /// Seconds left, rounded up.
+        seconds: u32,
+    },
+    /// Racing.
+    Racing {
+        /// Race time in seconds.
+        race_s: f64,
+    },
+    /// Over.
+    Finished,
+}
+
+impl Phase {
+    /// The phase of the session `session` at `tick`.
+    pub fn of(world: &bevy_ecs::world::World, session: Entity, tick: u64) -> Self {
+        match world.get::<RaceState>(session) {
+            Some(RaceState::Countdown { remaining_ticks }) => Self::Countdown {
+                seconds: remaining_ticks.div_ceil(TICK_HZ),
+            },
+            Some(RaceState::Racing { start_tick }) => Self::Racing {
+                race_s: ticks_to_seconds(tick.saturating_sub(*start_tick) as f64),
+            },
+            Some(RaceState::Finished { .. }) => Self::Finished,
+            Some(RaceState::Lobby) | None => Self::Lobby,
+        }
+    }
+}
+
+/// One line of a live timing board.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BoardRow {
+    /// Position now.
+    pub position: usize,
+    /// Grid position (1 = pole): the car's index in the session plus one.
+    pub grid: u8,
+    /// Driver.
+    pub driver: String,
+    /// Car model.
+    pub car: String,
+    /// The lap the car is on (laps completed once it finished).
+    pub lap: u16,
+    /// Its last lap, in seconds.
+    pub last_lap_s: Option<f64>,
+    /// Its best valid lap, in seconds.
+    pub best_lap_s: Option<f64>,
+    /// Behind the leader: seconds (estimated from the distance and the car's speed while
+    /// racing), or laps.
+    pub gap: Gap,
+    /// Behind the car ahead, the same way.
+    pub interval: Gap,
+    /// Whether it took the chequered flag.
+    pub finished: bool,
+}
+
+/// The live timing board of a session's cars (given in grid order), leader first: the
+/// [`classify`] order, with the gaps of cars still racing estimated from the distance between
+/// them and the follower's speed (laps when a whole lap or more).
+pub fn board_rows(
+    world: &bevy_ecs::world::World,
+    cars: &[Entry<'_>],
+    lap_limit: u16,
+    track_length_m: f32,
+) -> Vec<BoardRow> {
+    let results = classify(world, cars);
+    let at = |grid: u8| {
+        let car = cars[usize::from(grid - 1)].car;
+        let d = world
+            .get::<TrackProgress>(car)
+            .map_or(0.0, |p| p.race_distance_m);
+        let v = world.get::<Motion>(car).map_or(0.0, |m| m.speed_mps);
+        (d, f64::from(v))
+    };
+    let length = f64::from(track_length_m.max(1.0));
+    let behind = |ahead: f64, d: f64, v: f64| {
+        if ahead - d >= length {
+            Gap::Laps(((ahead - d) / length) as u16)
+        } else {
+            Gap::Seconds((ahead - d).max(0.0) / v.max(1.0))
+        }
+    };
+    let lead = results.first().map_or(0.0, |r| at(r.grid).0);
+    let mut rows: Vec<BoardRow> = Vec::with_capacity(results.len());
+    for (k, r) in results.iter().enumerate() {
+        let car = cars[usize::from(r.grid - 1)].car;
+        let timing = world.get::<LapTiming>(car).copied().unwrap_or_default();
+        let finished = world
+            .get::<Finish>(car)
+            .is_some_and(|f| f.position.is_some());
+        let (d, v) = at(r.grid);
+        let gap = match r.gap {
+            Gap::Dnf if r.position == 1 => Gap::Leader,
+            Gap::Dnf => behind(lead, d, v),
+            g => g,
+        };
+        let interval = match (k, results.get(k.wrapping_sub(1))) {
+            (0, _) | (_, None) => Gap::Leader,
+            (_, Some(ahead)) => match (r.total_time_s, ahead.total_time_s) {
+                (Some(t), Some(a)) if r.laps == ahead.laps => Gap::Seconds(t - a),
+                (Some(_), Some(_)) => Gap::Laps(ahead.laps - r.laps),
+                _ => behind(at(ahead.grid).0, d, v),
+            },
+        };
+        rows.push(BoardRow {
+            position: r.position,
+            grid: r.grid,
+            driver: r.driver.clone(),
+            car: r.car.clone(),
+            lap: timing.lap.min(lap_limit).max(r.laps),
+            last_lap_s: timing.last_lap_ticks.map(ticks_to_seconds),
+            best_lap_s: r.best_lap_s,
+            gap,
+            interval,
+            finished,
+        });
+    }
+    rows
+}
+
 /// The index rows of a classification.
 pub fn result_entries(results: &[ResultRow]) -> Vec<ResultEntry> {
     results

@@ -2,7 +2,8 @@
 # Installs what CI needs beyond the Rust toolchain:
 #   promtool (Debian's prometheus): the server test lints `/metrics` with it;
 #   the Windows target (rustup) and MinGW's C compiler (Debian's gcc-mingw-w64-x86-64): CI
-#   checks that the binary, `apexsim live` included, builds for Windows.
+#   checks that the binary, `apexsim live` included, builds for Windows;
+#   Debian's chromium and Playwright in a venv (tools/browser/run.sh): the web pages' tests.
 # Run by .ci/run; safe to run again (does nothing when everything is there).
 set -euo pipefail
 need=()
@@ -16,3 +17,4 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 rustup target list --installed | grep -qx x86_64-pc-windows-gnu ||
     rustup target add x86_64-pc-windows-gnu
+"$(dirname "$0")/browser/run.sh"

@@ -41,8 +41,12 @@ pub struct Shared {
     pub to_sim: mpsc::Sender<ToSim>,
     /// Inputs to the simulation thread.
     pub inputs: mpsc::Sender<(ConnId, PlayerInput)>,
-    /// The content as last loaded, for `/ready`.
-    pub content: std::sync::Mutex<super::watch::ContentStatus>,
+    /// The content as last loaded, for `/ready` and the live page's maps.
+    pub content: Arc<std::sync::Mutex<super::watch::Loaded>>,
+    /// The data directory (the index the results pages read).
+    pub data: std::path::PathBuf,
+    /// The live timing, as JSON, at 20 Hz.
+    pub live: tokio::sync::watch::Receiver<Arc<str>>,
 }
 
 /// Server build version: major * 10000 + minor * 100 + patch.

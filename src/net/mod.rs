@@ -7,6 +7,7 @@ pub mod client;
 pub mod config;
 pub mod connection;
 pub mod drive;
+pub mod live;
 pub mod lobby;
 pub mod metrics;
 pub mod protocol;
@@ -14,5 +15,6 @@ pub mod server;
 pub mod sim;
 pub mod tls;
 pub mod watch;
+pub mod web;
 
 pub use server::shutdown_signal;

@@ -216,6 +216,25 @@ pub async fn run(
     })
     .map_err(io("starting the recorder thread"))?;
 
+    let content = Arc::new(content);
+    let loaded = Arc::new(std::sync::Mutex::new(super::watch::Loaded::new(
+        content.clone(),
+    )));
+    // The live timing: the simulation publishes its view at 20 Hz, one task turns each into
+    // JSON once for every viewer.
+    let (live_tx, mut live_rx) = watch::channel(Arc::new(super::live::LiveView::default()));
+    let (json_tx, live_json) = watch::channel(Arc::<str>::from("{\"tick\":0,\"sessions\":[]}"));
+    let live_task = tokio::spawn(async move {
+        while live_rx.changed().await.is_ok() {
+            let view = live_rx.borrow_and_update().clone();
+            match serde_json::to_string(&*view) {
+                Ok(json) => {
+                    json_tx.send_replace(Arc::from(json));
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot encode the live view"),
+            }
+        }
+    });
     let (to_sim, control_rx) = mpsc::channel(4096);
     let (inputs, inputs_rx) = mpsc::channel(16 * 1024);
     let shared = Arc::new(Shared {
@@ -228,27 +247,27 @@ pub async fn run(
         next_conn: AtomicU64::new(1),
         to_sim,
         inputs,
-        content: std::sync::Mutex::new(ContentStatus::of(&content, 0)),
+        content: loaded.clone(),
+        data: data.clone(),
+        live: live_json,
     });
     let seed = config
         .server
         .seed
         .unwrap_or_else(|| Uuid::new_v4().as_u64_pair().0);
-    let content = Arc::new(content);
     let _watcher = match (&content_dir, config.content.watch) {
         (Some(dir), true) => {
-            let status = Arc::new(std::sync::Mutex::new(ContentStatus::of(&content, 0)));
             match super::watch::watch(
                 dir,
                 &data,
                 content.clone(),
                 Duration::from_millis(config.content.debounce_ms),
                 shared.to_sim.clone(),
-                status.clone(),
+                loaded.clone(),
             ) {
                 Ok(w) => {
                     tracing::info!(dir = %dir.display(), "watching the content for changes");
-                    Some((w, status))
+                    Some(w)
                 }
                 Err(e) => {
                     tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the content: no hot reload");
@@ -275,6 +294,7 @@ pub async fn run(
             SimServer::new(
                 content, config, metrics, control_rx, inputs_rx, recorder, seed,
             )
+            .with_live(live_tx)
             .run()
         })
         .map_err(io("starting the simulation thread"))?;
@@ -290,20 +310,8 @@ pub async fn run(
         .route("/ready", get(ready))
         .route("/metrics", get(render_metrics))
         .merge(super::admin::routes())
+        .merge(super::web::routes())
         .with_state(shared.clone());
-    // The watcher's status, mirrored into what `/ready` reads.
-    let status_task = _watcher.as_ref().map(|(_, status)| {
-        let (status, shared) = (status.clone(), shared.clone());
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis(250)).await;
-                let now = status.lock().map(|s| s.clone()).ok();
-                if let (Some(now), Ok(mut shown)) = (now, shared.content.lock()) {
-                    *shown = now;
-                }
-            }
-        })
-    });
     let mut http_stop = stop_rx.clone();
     let http_task = tokio::spawn(async move {
         let _ = axum::serve(http, router)
@@ -346,9 +354,7 @@ pub async fn run(
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
     tasks.shutdown().await;
     let _ = http_task.await;
-    if let Some(t) = status_task {
-        t.abort();
-    }
+    live_task.abort();
     if let Some(t) = retention {
         t.abort();
     }
@@ -444,7 +450,8 @@ async fn ready(State(shared): State<Arc<Shared>>) -> (StatusCode, String) {
         } else {
             (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".to_owned())
         };
-    if let Ok(c) = shared.content.lock() {
+    if let Ok(loaded) = shared.content.lock() {
+        let c = &loaded.status;
         text.push_str(&format!(
             "content: {} cars, {} tracks, {} templates, {} reloads\n",
             c.cars, c.tracks, c.templates, c.reloads

@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::config::ServerConfig;
+use super::live::{LIVE_EVERY_TICKS, LiveClocks, LiveView, SessionCars};
 use super::lobby::admin::{AdminError, AdminReply, AdminRequest};
 use super::lobby::{
     CarLap, Effect, GridSlot, Lobby, LobbyConfig, Output, RaceView, SessionIds, To,
@@ -95,7 +96,31 @@ pub enum ToSim {
 /// names the classification shows.
 struct WorldSession {
     entity: Entity,
+    track: Arc<TrackContent>,
+    lap_limit: u16,
     cars: Vec<(Entity, String, String)>,
+}
+
+impl WorldSession {
+    fn live(&self, id: Uuid) -> SessionCars<'_> {
+        SessionCars {
+            id,
+            entity: self.entity,
+            track: (self.track.id, &self.track.name),
+            track_length_m: self.track.geometry.length_m(),
+            sector_starts: &self.track.sectors,
+            laps: self.lap_limit,
+            cars: self
+                .cars
+                .iter()
+                .map(|(car, driver, model)| Entry {
+                    car: *car,
+                    driver: driver.clone(),
+                    car_name: model,
+                })
+                .collect(),
+        }
+    }
 }
 
 /// Everything the simulation thread owns.
@@ -109,6 +134,8 @@ pub struct SimServer {
     tracks: Vec<(Arc<TrackContent>, TrackId)>,
     sessions: HashMap<Uuid, WorldSession>,
     flush_now: bool,
+    live: Option<tokio::sync::watch::Sender<Arc<LiveView>>>,
+    clocks: LiveClocks,
 }
 
 /// What a finished simulation thread reports.
@@ -227,7 +254,46 @@ impl SimServer {
             tracks: Vec::new(),
             sessions: HashMap::new(),
             flush_now: false,
+            live: None,
+            clocks: LiveClocks::default(),
         }
+    }
+
+    /// Publishes the live timing on `tx` at 20 Hz.
+    pub fn with_live(mut self, tx: tokio::sync::watch::Sender<Arc<LiveView>>) -> Self {
+        self.live = Some(tx);
+        self
+    }
+
+    /// The live clocks' tick, and every [`LIVE_EVERY_TICKS`] the view for the web page.
+    fn observe_live(&mut self, tick: u64) {
+        let Some(tx) = &self.live else {
+            return;
+        };
+        let world = self.sim.world();
+        let mut ids: Vec<&Uuid> = self.sessions.keys().collect();
+        ids.sort();
+        for id in &ids {
+            let s = &self.sessions[*id];
+            if !s.cars.is_empty() {
+                self.clocks.observe(world, tick, &s.live(**id));
+            }
+        }
+        if !tick.is_multiple_of(LIVE_EVERY_TICKS) || tx.receiver_count() == 0 {
+            return;
+        }
+        let view = LiveView {
+            tick,
+            tick_hz: TICK_HZ,
+            sessions: ids
+                .iter()
+                .map(|id| {
+                    self.clocks
+                        .session(world, tick, &self.sessions[*id].live(**id))
+                })
+                .collect(),
+        };
+        tx.send_replace(Arc::new(view));
     }
 
     /// Runs until a shutdown has drained every session, paced at 240 Hz.
@@ -258,6 +324,7 @@ impl SimServer {
                 sessions: &self.sessions,
             };
             self.lobby.tick(tick, unix_now(), &view);
+            self.observe_live(tick);
             self.handle_faults();
             finished += self.deliver();
             if tick.is_multiple_of(FLUSH_TICKS) || std::mem::take(&mut self.flush_now) {
@@ -430,12 +497,12 @@ impl SimServer {
                 track,
                 lap_limit,
             } => {
-                let track = self.track_id(&track);
+                let track_id = self.track_id(&track);
                 let entity = spawn_session(
                     self.sim.world_mut(),
                     SessionConfig {
                         id: session,
-                        track,
+                        track: track_id,
                         rules: RaceRules {
                             lap_limit,
                             ..RaceRules::default()
@@ -446,12 +513,15 @@ impl SimServer {
                     session,
                     WorldSession {
                         entity,
+                        track,
+                        lap_limit,
                         cars: Vec::new(),
                     },
                 );
             }
             Effect::RemoveSession { session } => {
                 if let Some(s) = self.sessions.remove(&session) {
+                    self.clocks.forget(s.cars.iter().map(|c| c.0));
                     let world = self.sim.world_mut();
                     let mut inputs = world.resource_mut::<NetInputs>();
                     inputs

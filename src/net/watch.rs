@@ -100,6 +100,24 @@ impl ContentStatus {
     }
 }
 
+/// The content the server has now, with its status: shared by the watcher (which replaces it
+/// on each reload) and the HTTP side (`/ready`, the track maps of the live page).
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The content.
+    pub content: Arc<Content>,
+    /// What it looks like.
+    pub status: ContentStatus,
+}
+
+impl Loaded {
+    /// The content as first loaded.
+    pub fn new(content: Arc<Content>) -> Self {
+        let status = ContentStatus::of(&content, 0);
+        Self { content, status }
+    }
+}
+
 /// Watches a content directory until dropped.
 pub struct ContentWatcher {
     _watcher: notify::RecommendedWatcher,
@@ -127,8 +145,8 @@ fn changes_content(kind: &EventKind) -> bool {
     )
 }
 
-/// Starts watching `dir`: reloads go to the simulation through `to_sim`, the status to
-/// `status` and `<data>/content_status.json`.
+/// Starts watching `dir`: reloads go to the simulation through `to_sim`, the content and its
+/// status to `loaded` and `<data>/content_status.json`.
 ///
 /// # Errors
 /// What `notify` says when the directory cannot be watched.
@@ -138,7 +156,7 @@ pub fn watch(
     initial: Arc<Content>,
     debounce: Duration,
     to_sim: mpsc::Sender<ToSim>,
-    status: Arc<Mutex<ContentStatus>>,
+    loaded: Arc<Mutex<Loaded>>,
 ) -> notify::Result<ContentWatcher> {
     let (events_tx, events) = std_mpsc::channel::<()>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
@@ -193,8 +211,11 @@ pub fn watch(
                 if let Err(e) = s.write(&data) {
                     tracing::warn!(error = %e, "cannot write the content status");
                 }
-                if let Ok(mut shared) = status.lock() {
-                    *shared = s;
+                if let Ok(mut shared) = loaded.lock() {
+                    *shared = Loaded {
+                        content: current.clone(),
+                        status: s,
+                    };
                 }
                 if to_sim.blocking_send(ToSim::Content(current.clone())).is_err() {
                     return;

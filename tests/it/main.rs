@@ -16,3 +16,4 @@ mod operations;
 mod race;
 mod racing_coach;
 mod server;
+mod web;
