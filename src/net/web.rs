@@ -185,14 +185,45 @@ async fn session(State(shared): State<Arc<Shared>>, Path(id): Path<Uuid>) -> Res
     }
 }
 
+/// Each archived lap's sector times (from the lap metrics the archive stores beside the laps),
+/// by car and lap; empty when the metrics cannot be read.
+async fn sector_times(shared: &Shared, id: Uuid) -> Sectors {
+    let data = shared.data.clone();
+    let filter = crate::analysis::query::LapFilter {
+        session: Some(id.to_string()),
+        ..Default::default()
+    };
+    let rows =
+        tokio::task::spawn_blocking(move || crate::analysis::query::query_laps(&data, &filter))
+            .await;
+    match rows {
+        Ok(Ok(rows)) => rows
+            .into_iter()
+            .filter_map(|r| {
+                let key = (u8::try_from(r.car).ok()?, u16::try_from(r.lap).ok()?);
+                Some((key, r.sector_times_s))
+            })
+            .collect(),
+        Ok(Err(e)) => {
+            tracing::warn!(session = %id, error = %e, "no sector times for the export");
+            Sectors::new()
+        }
+        Err(_) => Sectors::new(),
+    }
+}
+
+/// Sector times in seconds by (car, lap).
+pub type Sectors = std::collections::HashMap<(u8, u16), Vec<f32>>;
+
 async fn simresults(State(shared): State<Arc<Shared>>, Path(id): Path<Uuid>) -> Response {
+    let sectors = sector_times(&shared, id).await;
     match read_index(&shared, move |i| load_session(i, id)).await {
         Ok(Some(s)) => (
             [(
                 header::CONTENT_DISPOSITION,
                 format!("attachment; filename=\"{id}.json\""),
             )],
-            Json(simresults_json(&s)),
+            Json(simresults_json(&s, &sectors)),
         )
             .into_response(),
         Ok(None) => not_found(format!("no session {id}")),
@@ -207,9 +238,9 @@ fn ms(seconds: Option<f64>) -> i64 {
 /// The Assetto Corsa server's results JSON, as Simresults reads it: `TrackName`, `Type`,
 /// `Cars[]` with `Driver{Name, Guid}`, `Result[]` with `TotalTime` and `BestLap` in ms, `Laps[]`
 /// with `LapTime` and `Sectors` in ms and `Events[]`. A driver's `Guid` is stable per session
-/// and name (a UUID v5); the index keeps no sector times or contacts, so `Sectors` holds the
-/// lap time as its one sector and `Events` is empty.
-pub fn simresults_json(s: &SessionResults) -> serde_json::Value {
+/// and name (a UUID v5). `Sectors` are the lap's measured sector times (the lap time as one
+/// sector when it has no metrics); contacts are not archived one by one, so `Events` is empty.
+pub fn simresults_json(s: &SessionResults, sectors: &Sectors) -> serde_json::Value {
     let guid = |driver: &str| {
         Uuid::new_v5(&s.session.id, driver.as_bytes())
             .simple()
@@ -263,7 +294,13 @@ pub fn simresults_json(s: &SessionResults) -> serde_json::Value {
                 "CarModel": model,
                 "Timestamp": *at,
                 "LapTime": lap_ms,
-                "Sectors": [lap_ms],
+                "Sectors": sectors
+                    .get(&(l.car, l.lap))
+                    .filter(|s| !s.is_empty() && s.iter().all(|x| x.is_finite()))
+                    .map_or_else(
+                        || vec![lap_ms],
+                        |s| s.iter().map(|x| (f64::from(*x) * 1000.0).round() as i64).collect(),
+                    ),
                 "Cuts": if l.valid { 0 } else { 1 },
                 "BallastKG": 0,
                 "Tyre": "",

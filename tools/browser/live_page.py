@@ -21,6 +21,7 @@ def table(p):
             position: Number(r.cells[0].textContent),
             driver: r.cells[1].textContent.replace("★", "").trim(),
             lap: r.cells[3].textContent,
+            sectors: r.cells[9].textContent.trim(),
             index: Number(r.dataset.index),
         }))""",
     )
