@@ -12,6 +12,7 @@
 //! | `GET /api/sessions` | the archived sessions, newest first, JSON |
 //! | `GET /api/sessions/{id}` | a session with its results and laps, JSON |
 //! | `GET /api/sessions/{id}/simresults.json` | the Assetto Corsa results JSON Simresults reads |
+//! | `GET /protocol.js` | the wire protocol's codec for browsers (an ES module) |
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -31,12 +32,18 @@ use crate::archive::index::{Index, IndexedLap, ResultEntry, SessionRow};
 
 const LIVE_PAGE: &str = include_str!("web/live.html");
 const RESULTS_PAGE: &str = include_str!("web/results.html");
+/// The protocol's codec for browsers (the same frames and datagrams as `protocol.rs`).
+pub const PROTOCOL_JS: &str = include_str!("web/protocol.js");
 
 /// The web routes, to merge into the HTTP router.
 pub fn routes() -> Router<Arc<Shared>> {
     Router::new()
         .route("/", get(|| async { Html(LIVE_PAGE) }))
         .route("/results/{id}", get(|| async { Html(RESULTS_PAGE) }))
+        .route(
+            "/protocol.js",
+            get(|| async { ([(header::CONTENT_TYPE, "text/javascript")], PROTOCOL_JS) }),
+        )
         .route("/live", get(live_events))
         .route("/api/live", get(live_now))
         .route("/api/tracks/{id}", get(track))

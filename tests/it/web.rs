@@ -219,6 +219,376 @@ fn the_live_page_shows_a_bot_race_and_the_results_page_and_exports_follow() {
     );
     assert!(shown["fastest"].as_u64() >= Some(4), "{shown}");
     eprintln!("results page: {}", shot.display());
+
+    // The browsers' codec holds to the golden bytes of the Rust encoder.
+    let golden = golden::path();
+    let checked = browser(
+        "protocol_golden.py",
+        &[
+            &format!("http://127.0.0.1:{}/", server.http.port()),
+            golden.to_str().expect("utf-8"),
+        ],
+    );
+    assert_eq!(checked["failures"], serde_json::json!([]), "{checked}");
+    assert!(checked["checked"].as_u64() >= Some(20), "{checked}");
     let (code, _, log, _, _dir) = server.stop();
     assert_eq!(code, 0, "{log}");
+}
+
+mod golden {
+    //! Bytes the Rust encoder writes for a set of messages covering every kind of field, kept
+    //! in `tests/fixtures/protocol_golden.json` with the values they carry. This test holds
+    //! Rust to them (`APEXSIM_BLESS=1` rewrites the file after a deliberate protocol change);
+    //! the browser test holds `src/net/web/protocol.js` to the same file.
+
+    use std::path::PathBuf;
+
+    use apexsim::net::protocol::{
+        self, CarConfigSummary, CarInfo, CarTelemetry, ClientMessage, FaultKind, GridEntry,
+        LobbyPlayer, PlayerInput, ServerMessage, SessionState, SessionSummary, Standing, StartMode,
+        Telemetry, TemplateSummary, TrackConfigSummary, TrackInfo,
+    };
+    use uuid::Uuid;
+
+    pub(super) fn path() -> PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/protocol_golden.json")
+    }
+
+    fn id(n: u128) -> Uuid {
+        Uuid::from_u128(0x0123_4567_89ab_cdef_0000_0000_0000_0000 + n)
+    }
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn server() -> Vec<(&'static str, ServerMessage)> {
+        let session = SessionSummary {
+            id: id(1),
+            track_name: "Mini Oval".into(),
+            host_name: "Ærø".into(),
+            player_count: 2,
+            max_players: 16,
+            ai_count: 3,
+            lap_limit: 99,
+            state: SessionState::Countdown,
+            template_id: Some(id(2)),
+            template_name: Some("GT3 Sprint".into()),
+            rotation: true,
+            start_mode: StartMode::Scheduled,
+            starts_at_unix_s: Some(1_796_500_800),
+            allowed_cars: vec![id(3), id(4)],
+        };
+        vec![
+            (
+                "auth_success",
+                ServerMessage::AuthSuccess {
+                    player_id: id(9),
+                    server_version: 100,
+                    protocol_version: protocol::PROTOCOL_VERSION,
+                },
+            ),
+            (
+                "auth_failure",
+                ServerMessage::AuthFailure {
+                    reason: "wrong token ✗".into(),
+                },
+            ),
+            (
+                "heartbeat_ack",
+                ServerMessage::HeartbeatAck {
+                    server_tick: 70_000,
+                },
+            ),
+            (
+                "lobby_state",
+                ServerMessage::LobbyState {
+                    players_in_lobby: vec![
+                        LobbyPlayer {
+                            id: id(5),
+                            name: "p1".into(),
+                            selected_car: Some(id(3)),
+                            in_session: None,
+                        },
+                        LobbyPlayer {
+                            id: id(6),
+                            name: "p2".into(),
+                            selected_car: None,
+                            in_session: Some(id(1)),
+                        },
+                    ],
+                    available_sessions: vec![session],
+                    car_configs: vec![CarConfigSummary {
+                        id: id(3),
+                        slug: "gt3_generic".into(),
+                        name: "GT3 Generic".into(),
+                    }],
+                    track_configs: vec![TrackConfigSummary {
+                        id: id(7),
+                        slug: "mini_oval".into(),
+                        name: "Mini Oval".into(),
+                    }],
+                    templates: vec![TemplateSummary {
+                        id: id(2),
+                        name: "GT3 Sprint".into(),
+                        track_id: id(7),
+                        active: false,
+                        start_mode: StartMode::Countdown,
+                        max_players: 16,
+                        lap_limit: 5,
+                        lap_limit_range: (3, 15),
+                        ai_count_range: (0, 15),
+                        allowed_cars: vec![],
+                    }],
+                },
+            ),
+            (
+                "session_joined",
+                ServerMessage::SessionJoined {
+                    session_id: id(1),
+                    your_grid_position: 2,
+                    track: TrackInfo {
+                        id: id(7),
+                        name: "Mini Oval".into(),
+                        width_m: 14.5,
+                        centerline: vec![[0.0, 0.0], [30.25, -1.5], [-300.125, 1e5]],
+                    },
+                    car: CarInfo {
+                        id: id(3),
+                        name: "GT3 Generic".into(),
+                        physics: [
+                            1300.0, 4.5, 2.0, 8000.0, 15000.0, 0.375, 1.0, 0.5, 2.75, 500.0,
+                        ],
+                    },
+                },
+            ),
+            ("session_left", ServerMessage::SessionLeft),
+            (
+                "session_starting",
+                ServerMessage::SessionStarting {
+                    countdown_seconds: 5,
+                    grid: vec![
+                        GridEntry {
+                            car_index: 0,
+                            name: "p1".into(),
+                            player_id: Some(id(5)),
+                        },
+                        GridEntry {
+                            car_index: 1,
+                            name: "AI 01".into(),
+                            player_id: None,
+                        },
+                    ],
+                },
+            ),
+            (
+                "session_results",
+                ServerMessage::SessionResults {
+                    session_id: id(1),
+                    fault: None,
+                    ended_by: Some("ended by admin alice".into()),
+                    standings: vec![
+                        Standing {
+                            position: 1,
+                            car_index: 1,
+                            name: "AI 01".into(),
+                            laps: 300,
+                            total_time_s: Some(93.125),
+                            best_lap_s: Some(30.5),
+                        },
+                        Standing {
+                            position: 2,
+                            car_index: 0,
+                            name: "p1".into(),
+                            laps: 2,
+                            total_time_s: None,
+                            best_lap_s: None,
+                        },
+                    ],
+                },
+            ),
+            (
+                "error",
+                ServerMessage::Error {
+                    code: 409,
+                    message: "session is full".into(),
+                },
+            ),
+            (
+                "player_disconnected",
+                ServerMessage::PlayerDisconnected { player_id: id(6) },
+            ),
+            (
+                "announcement_all",
+                ServerMessage::Announcement {
+                    session_id: None,
+                    message: "hello".into(),
+                },
+            ),
+            (
+                "announcement_session",
+                ServerMessage::Announcement {
+                    session_id: Some(id(1)),
+                    message: "last lap".into(),
+                },
+            ),
+        ]
+    }
+
+    fn client() -> Vec<(&'static str, ClientMessage)> {
+        vec![
+            (
+                "authenticate",
+                ClientMessage::Authenticate {
+                    protocol_version: protocol::PROTOCOL_VERSION,
+                    token: "tøken".into(),
+                    player_name: "Browser Driver".into(),
+                },
+            ),
+            (
+                "heartbeat",
+                ClientMessage::Heartbeat {
+                    client_tick: 70_000,
+                },
+            ),
+            (
+                "select_car",
+                ClientMessage::SelectCar {
+                    car_config_id: id(3),
+                },
+            ),
+            (
+                "create_session",
+                ClientMessage::CreateSession {
+                    track_config_id: id(7),
+                    max_players: 4,
+                    ai_count: 3,
+                    lap_limit: 2,
+                },
+            ),
+            (
+                "create_from_template",
+                ClientMessage::CreateFromTemplate {
+                    template_id: id(2),
+                    lap_limit: Some(8),
+                    ai_count: None,
+                },
+            ),
+            (
+                "join_session",
+                ClientMessage::JoinSession { session_id: id(1) },
+            ),
+            ("leave_session", ClientMessage::LeaveSession),
+            ("start_session", ClientMessage::StartSession),
+            ("disconnect", ClientMessage::Disconnect),
+            (
+                "inject_fault",
+                ClientMessage::InjectFault {
+                    kind: FaultKind::NonFinite,
+                },
+            ),
+        ]
+    }
+
+    fn telemetry() -> Telemetry {
+        let car = |index: u8, x_cm: i32, steering: i8| CarTelemetry {
+            index,
+            x_cm,
+            y_cm: -x_cm / 3,
+            yaw: 65_535,
+            speed_cmps: 6_000,
+            throttle: 255,
+            brake: 0,
+            steering,
+            lap: 2,
+            progress_cm: 31_600,
+            finish_position: 0,
+            flags: 3,
+        };
+        Telemetry {
+            server_tick: 123_456,
+            input_ack: 77,
+            session_state: SessionState::Racing,
+            countdown_ms: None,
+            cars: vec![car(0, -1_234_567, -127), car(1, 89, 64)],
+        }
+    }
+
+    /// Every case, as the fixture holds it.
+    pub(super) fn cases() -> serde_json::Value {
+        let mut out = Vec::new();
+        for (name, m) in server() {
+            let frame = protocol::encode_frame(&m).expect("encodes");
+            out.push(serde_json::json!({
+                "name": name, "kind": "server", "hex": hex(&frame[4..]),
+                "value": serde_json::to_value(&m).expect("json"),
+            }));
+        }
+        for (name, m) in client() {
+            let frame = protocol::encode_frame(&m).expect("encodes");
+            out.push(serde_json::json!({
+                "name": name, "kind": "client", "hex": hex(&frame),
+                "value": serde_json::to_value(&m).expect("json"),
+            }));
+        }
+        let t = telemetry();
+        out.push(serde_json::json!({
+            "name": "telemetry", "kind": "telemetry",
+            "hex": hex(&protocol::encode_telemetry(&t).expect("encodes")),
+            "value": serde_json::to_value(&t).expect("json"),
+        }));
+        let input = PlayerInput {
+            seq: 70_000,
+            server_tick_ack: 123_456,
+            throttle: 0.75,
+            brake: 0.0,
+            steering: -0.5,
+        };
+        out.push(serde_json::json!({
+            "name": "input", "kind": "input",
+            "hex": hex(&protocol::encode_input(&input).expect("encodes")),
+            "value": serde_json::to_value(input).expect("json"),
+        }));
+        serde_json::Value::Array(out)
+    }
+
+    fn unhex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
+            .collect()
+    }
+
+    #[test]
+    fn the_golden_protocol_bytes_are_what_rust_writes_and_reads() {
+        let made = cases();
+        if std::env::var_os("APEXSIM_BLESS").is_some() {
+            let text = serde_json::to_string_pretty(&made).expect("json");
+            std::fs::write(path(), text + "\n").expect("write the golden file");
+        }
+        let stored: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path()).expect("golden file"))
+                .expect("json");
+        assert_eq!(
+            stored, made,
+            "the encoder changed: bless the file only for a deliberate protocol change"
+        );
+        for case in stored.as_array().expect("cases") {
+            let bytes = unhex(case["hex"].as_str().expect("hex"));
+            let decoded = match case["kind"].as_str().expect("kind") {
+                "server" => serde_json::to_value(
+                    protocol::decode_payload::<ServerMessage>(&bytes).expect("decodes"),
+                ),
+                "client" => serde_json::to_value(
+                    protocol::decode_payload::<ClientMessage>(&bytes[4..]).expect("decodes"),
+                ),
+                "telemetry" => {
+                    serde_json::to_value(protocol::decode_telemetry(&bytes).expect("decodes"))
+                }
+                _ => serde_json::to_value(protocol::decode_input(&bytes).expect("decodes")),
+            }
+            .expect("json");
+            assert_eq!(decoded, case["value"], "{}", case["name"]);
+        }
+    }
 }
