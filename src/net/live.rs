@@ -203,3 +203,109 @@ impl LiveClocks {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A car driven by hand along a 1,000 m lap in three sectors (starting at 300 m and 700 m).
+    struct Drive {
+        world: World,
+        car: Entity,
+        session: Entity,
+    }
+
+    impl Drive {
+        fn new() -> Self {
+            let mut world = World::new();
+            let session = world.spawn_empty().id();
+            let car = world
+                .spawn((
+                    LapTiming::default(),
+                    TrackProgress {
+                        distance_m: 0.0,
+                        lateral_m: 0.0,
+                        segment: 0,
+                        race_distance_m: 0.0,
+                    },
+                    Motion::default(),
+                ))
+                .id();
+            Self {
+                world,
+                car,
+                session,
+            }
+        }
+
+        /// The car at `distance_m` on lap `lap` (begun at `lap_start`), going `speed` m/s.
+        fn at(&mut self, lap: u16, lap_start: f64, distance_m: f32, speed: f32) {
+            let mut e = self.world.entity_mut(self.car);
+            if let Some(mut t) = e.get_mut::<LapTiming>() {
+                t.lap = lap;
+                t.lap_start_tick = lap_start;
+            }
+            if let Some(mut p) = e.get_mut::<TrackProgress>() {
+                p.distance_m = distance_m;
+            }
+            if let Some(mut m) = e.get_mut::<Motion>() {
+                m.speed_mps = speed;
+            }
+        }
+
+        fn cars(&self) -> SessionCars<'static> {
+            SessionCars {
+                id: Uuid::nil(),
+                entity: self.session,
+                track: (Uuid::nil(), "test"),
+                track_length_m: 1000.0,
+                sector_starts: &[0.3, 0.7],
+                laps: 3,
+                cars: vec![Entry {
+                    car: self.car,
+                    driver: "d".into(),
+                    car_name: "c",
+                }],
+            }
+        }
+    }
+
+    #[test]
+    fn sector_times_and_the_top_speed_follow_the_car() {
+        let mut d = Drive::new();
+        let mut clocks = LiveClocks::default();
+        // Lap 1 begins at tick 100; sector 1 ends at tick 340 (1 s), sector 2 at tick 820.
+        let lap = [
+            (100, 0.0, 40.0),
+            (200, 150.0, 55.0),
+            (340, 301.0, 60.0),
+            (600, 500.0, 70.0),
+            (820, 705.0, 50.0),
+            (1000, 990.0, 45.0),
+        ];
+        for (tick, at, v) in lap {
+            d.at(1, 100.0, at, v);
+            clocks.observe(&d.world, tick, &d.cars());
+        }
+        let s = clocks.session(&d.world, 1000, &d.cars());
+        let car = &s.cars[0];
+        assert_eq!(s.sectors, 3);
+        assert_eq!(car.sectors_s, vec![Some(1.0), Some(2.0), None]);
+        assert!((car.top_speed_kph - 70.0 * 3.6).abs() < 1e-3);
+        assert_eq!(car.last_sectors_s, vec![None, None, None]);
+        // The line at tick 1060.5: the last sector closes at the lap's exact start.
+        d.at(2, 1060.5, 2.0, 40.0);
+        clocks.observe(&d.world, 1061, &d.cars());
+        let s = clocks.session(&d.world, 1061, &d.cars());
+        let car = &s.cars[0];
+        assert_eq!(
+            car.last_sectors_s,
+            vec![Some(1.0), Some(2.0), Some(240.5 / 240.0)]
+        );
+        assert_eq!(car.sectors_s, vec![None, None, None]);
+        // Forgotten with its session.
+        clocks.forget([d.car]);
+        let s = clocks.session(&d.world, 1061, &d.cars());
+        assert!(s.cars[0].sectors_s.is_empty());
+    }
+}
