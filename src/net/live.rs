@@ -110,12 +110,20 @@ pub struct LiveClocks {
 }
 
 impl LiveClocks {
-    /// One tick of a session's cars: top speeds, sector crossings and lap changes.
-    pub fn observe(&mut self, world: &World, tick: u64, s: &SessionCars<'_>) {
-        let sectors = s.sector_starts.len() + 1;
-        let length = s.track_length_m.max(1.0);
-        for entry in &s.cars {
-            let car = entry.car;
+    /// One tick of a session's `cars` on a track of `track_length_m` whose sectors start at
+    /// `sector_starts`: top speeds, sector crossings and lap changes. Runs every tick, so it
+    /// allocates nothing once each car has its clock.
+    pub fn observe(
+        &mut self,
+        world: &World,
+        tick: u64,
+        cars: impl IntoIterator<Item = Entity>,
+        track_length_m: f32,
+        sector_starts: &[f32],
+    ) {
+        let sectors = sector_starts.len() + 1;
+        let length = track_length_m.max(1.0);
+        for car in cars {
             let clock = self.cars.entry(car).or_insert_with(|| CarClock {
                 current: vec![None; sectors],
                 last: vec![None; sectors],
@@ -138,10 +146,9 @@ impl LiveClocks {
                             timing.lap_start_tick - clock.sector_start_tick,
                         ));
                     }
-                    clock.last = std::mem::replace(&mut clock.current, vec![None; sectors]);
-                } else {
-                    clock.current = vec![None; sectors];
+                    std::mem::swap(&mut clock.last, &mut clock.current);
                 }
+                clock.current.iter_mut().for_each(|s| *s = None);
                 clock.lap = timing.lap;
                 clock.sector = 0;
                 clock.sector_start_tick = timing.lap_start_tick;
@@ -151,7 +158,7 @@ impl LiveClocks {
                 continue;
             }
             let fraction = progress.distance_m / length;
-            let sector = s.sector_starts.iter().filter(|&&b| fraction >= b).count();
+            let sector = sector_starts.iter().filter(|&&b| fraction >= b).count();
             if sector == clock.sector + 1 {
                 clock.current[clock.sector] =
                     Some(ticks_to_seconds(tick as f64 - clock.sector_start_tick));
@@ -285,7 +292,8 @@ mod tests {
         ];
         for (tick, at, v) in lap {
             d.at(1, 100.0, at, v);
-            clocks.observe(&d.world, tick, &d.cars());
+            let s = d.cars();
+            clocks.observe(&d.world, tick, [d.car], s.track_length_m, s.sector_starts);
         }
         let s = clocks.session(&d.world, 1000, &d.cars());
         let car = &s.cars[0];
@@ -295,7 +303,8 @@ mod tests {
         assert_eq!(car.last_sectors_s, vec![None, None, None]);
         // The line at tick 1060.5: the last sector closes at the lap's exact start.
         d.at(2, 1060.5, 2.0, 40.0);
-        clocks.observe(&d.world, 1061, &d.cars());
+        let s = d.cars();
+        clocks.observe(&d.world, 1061, [d.car], s.track_length_m, s.sector_starts);
         let s = clocks.session(&d.world, 1061, &d.cars());
         let car = &s.cars[0];
         assert_eq!(

@@ -271,17 +271,22 @@ impl SimServer {
             return;
         };
         let world = self.sim.world();
-        let mut ids: Vec<&Uuid> = self.sessions.keys().collect();
-        ids.sort();
-        for id in &ids {
-            let s = &self.sessions[*id];
+        for s in self.sessions.values() {
             if !s.cars.is_empty() {
-                self.clocks.observe(world, tick, &s.live(**id));
+                self.clocks.observe(
+                    world,
+                    tick,
+                    s.cars.iter().map(|c| c.0),
+                    s.track.geometry.length_m(),
+                    &s.track.sectors,
+                );
             }
         }
         if !tick.is_multiple_of(LIVE_EVERY_TICKS) || tx.receiver_count() == 0 {
             return;
         }
+        let mut ids: Vec<&Uuid> = self.sessions.keys().collect();
+        ids.sort();
         let view = LiveView {
             tick,
             tick_hz: TICK_HZ,
