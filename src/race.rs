@@ -277,6 +277,19 @@ impl Race {
         })
     }
 
+    /// The cars in grid order, as the classification and the board take them.
+    fn entries(&self) -> Vec<Entry<'_>> {
+        self.cars
+            .iter()
+            .enumerate()
+            .map(|(i, &car)| Entry {
+                car,
+                driver: driver_name(i),
+                car_name: &self.car_name,
+            })
+            .collect()
+    }
+
     /// Sets the safety cap: the race ends in [`RaceError::DidNotFinish`] after this many
     /// ticks (by default five times the ideal race, plus the countdown and two minutes).
     pub fn with_tick_cap(mut self, ticks: u64) -> Self {
@@ -486,17 +499,7 @@ impl Race {
 
     /// The classification and run statistics.
     pub fn report(&self, wall: Duration) -> RaceReport {
-        let entries: Vec<Entry<'_>> = self
-            .cars
-            .iter()
-            .enumerate()
-            .map(|(i, &car)| Entry {
-                car,
-                driver: driver_name(i),
-                car_name: &self.car_name,
-            })
-            .collect();
-        let results = classify(self.sim.world(), &entries);
+        let results = classify(self.sim.world(), &self.entries());
         let ticks = self.sim.tick();
         RaceReport {
             session: self.session_id,

@@ -325,16 +325,12 @@ impl ServerConfig {
         if !self.auth.require_token {
             return true;
         }
-        use subtle::ConstantTimeEq as _;
         // Every configured token is compared, so the time does not say which one matched.
         self.auth
             .tokens
             .iter()
             .filter(|t| !t.is_empty())
-            .fold(0u8, |acc, t| {
-                acc | t.as_bytes().ct_eq(token.as_bytes()).unwrap_u8()
-            })
-            == 1
+            .fold(false, |found, t| same_secret(t, token) | found)
     }
 }
 
@@ -342,15 +338,20 @@ impl ServerConfig {
     /// The operator whose token `bearer` is, compared in constant time with every configured
     /// token; `None` when it is nobody's.
     pub fn admin_operator(&self, bearer: &str) -> Option<&str> {
-        use subtle::ConstantTimeEq as _;
         let mut found = None;
         for (name, token) in &self.admin.tokens {
-            if bool::from(token.as_bytes().ct_eq(bearer.as_bytes())) {
+            if same_secret(token, bearer) {
                 found = Some(name.as_str());
             }
         }
         found
     }
+}
+
+/// Whether two secrets are equal, in a time that does not depend on where they differ.
+fn same_secret(a: &str, b: &str) -> bool {
+    use subtle::ConstantTimeEq as _;
+    a.as_bytes().ct_eq(b.as_bytes()).into()
 }
 
 #[cfg(test)]

@@ -114,7 +114,6 @@ struct Session {
     host: Option<ConnId>,
     template: Option<Arc<RaceTemplate>>,
     kind: Kind,
-    start_mode: StartMode,
     created: u64,
     max_players: u8,
     ai_count: u8,
@@ -133,6 +132,15 @@ struct Session {
 }
 
 impl Session {
+    /// How it starts: a custom session (or one without a template) by its host, a rotation or
+    /// scheduled one as its template says.
+    fn start_mode(&self) -> StartMode {
+        match (&self.template, self.kind) {
+            (Some(t), Kind::Rotation | Kind::Scheduled { .. }) => t.start_mode,
+            _ => StartMode::Manual,
+        }
+    }
+
     fn allows(&self, car: Uuid) -> bool {
         self.template.as_ref().is_none_or(|t| t.allows(car))
     }
@@ -548,10 +556,6 @@ impl Lobby {
     /// Makes a session (in its lobby) and the world's entity for it; returns its id.
     fn new_session(&mut self, n: NewSession) -> Uuid {
         let id = self.ids.next();
-        let start_mode = match (&n.template, n.kind) {
-            (_, Kind::Custom) | (None, _) => StartMode::Manual,
-            (Some(t), _) => t.start_mode,
-        };
         tracing::info!(
             session = %id,
             track = %n.track.slug,
@@ -573,7 +577,6 @@ impl Lobby {
             host: n.host,
             template: n.template,
             kind: n.kind,
-            start_mode,
             created: n.now,
             max_players: n.max_players,
             ai_count: n.ai_count.min(n.max_players),
@@ -749,8 +752,8 @@ impl Lobby {
         if s.phase != Phase::Lobby {
             return self.error(conn, code::CONFLICT, "the session has already started");
         }
-        if s.start_mode != StartMode::Manual {
-            let how = match s.start_mode {
+        if s.start_mode() != StartMode::Manual {
+            let how = match s.start_mode() {
                 StartMode::Countdown => "once enough players joined and its lobby window passed",
                 _ => "at its scheduled time",
             };
@@ -1024,7 +1027,7 @@ impl Lobby {
                     template_id: s.template.as_ref().map(|t| t.id),
                     template_name: s.template.as_ref().map(|t| t.name.clone()),
                     rotation: s.kind == Kind::Rotation,
-                    start_mode: s.start_mode,
+                    start_mode: s.start_mode(),
                     starts_at_unix_s: match s.kind {
                         Kind::Scheduled { at } => Some(at),
                         _ => None,

@@ -25,7 +25,6 @@ use super::connection::{Shared, connection};
 use super::metrics::{Metrics, Refusal};
 use super::sim::{SimReport, SimServer, ToSim};
 use super::tls;
-use super::watch::ContentStatus;
 use crate::archive::recorder::Recorder;
 use crate::archive::wal::WalSync;
 use crate::content::Content;
@@ -217,9 +216,11 @@ pub async fn run(
     .map_err(io("starting the recorder thread"))?;
 
     let content = Arc::new(content);
-    let loaded = Arc::new(std::sync::Mutex::new(super::watch::Loaded::new(
-        content.clone(),
-    )));
+    let loaded = super::watch::Loaded::new(content.clone());
+    if let Err(e) = loaded.status.write(&data) {
+        tracing::warn!(error = %e, "cannot write the content status");
+    }
+    let loaded = Arc::new(std::sync::Mutex::new(loaded));
     // The live timing: the simulation publishes its view at 20 Hz, one task turns each into
     // JSON once for every viewer.
     let (live_tx, mut live_rx) = watch::channel(Arc::new(super::live::LiveView::default()));
@@ -277,9 +278,6 @@ pub async fn run(
         }
         _ => None,
     };
-    if let Err(e) = ContentStatus::of(&content, 0).write(&data) {
-        tracing::warn!(error = %e, "cannot write the content status");
-    }
     let retention = config.server.retention_hours.map(|hours| {
         tokio::spawn(retention_loop(
             data.clone(),

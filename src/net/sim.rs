@@ -102,6 +102,18 @@ struct WorldSession {
 }
 
 impl WorldSession {
+    /// Its cars in grid order, as the classification takes them.
+    fn entries(&self) -> Vec<Entry<'_>> {
+        self.cars
+            .iter()
+            .map(|(car, driver, model)| Entry {
+                car: *car,
+                driver: driver.clone(),
+                car_name: model,
+            })
+            .collect()
+    }
+
     fn live(&self, id: Uuid) -> SessionCars<'_> {
         SessionCars {
             id,
@@ -110,15 +122,7 @@ impl WorldSession {
             track_length_m: self.track.geometry.length_m(),
             sector_starts: &self.track.sectors,
             laps: self.lap_limit,
-            cars: self
-                .cars
-                .iter()
-                .map(|(car, driver, model)| Entry {
-                    car: *car,
-                    driver: driver.clone(),
-                    car_name: model,
-                })
-                .collect(),
+            cars: self.entries(),
         }
     }
 }
@@ -168,16 +172,7 @@ impl RaceView for WorldView<'_> {
         let Some(s) = self.sessions.get(&session) else {
             return Vec::new();
         };
-        let entries: Vec<Entry<'_>> = s
-            .cars
-            .iter()
-            .map(|(car, driver, model)| Entry {
-                car: *car,
-                driver: driver.clone(),
-                car_name: model,
-            })
-            .collect();
-        classify(self.world, &entries)
+        classify(self.world, &s.entries())
             .into_iter()
             .map(|r| Standing {
                 position: r.position as u8,

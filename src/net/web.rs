@@ -139,18 +139,17 @@ async fn read_index<T: Send + 'static>(
 ) -> Result<T, Response> {
     let data = shared.data.clone();
     let done = tokio::task::spawn_blocking(move || Index::open(&data).and_then(|i| f(&i))).await;
+    let failed = |e: String| {
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(serde_json::json!({ "error": e })),
+        )
+            .into_response()
+    };
     match done {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err((
-            StatusCode::INTERNAL_SERVER_ERROR,
-            Json(serde_json::json!({ "error": e.to_string() })),
-        )
-            .into_response()),
-        Err(e) => Err((
-            StatusCode::INTERNAL_SERVER_ERROR,
-            Json(serde_json::json!({ "error": e.to_string() })),
-        )
-            .into_response()),
+        Ok(Err(e)) => Err(failed(e.to_string())),
+        Err(e) => Err(failed(e.to_string())),
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::Race;
-use crate::runner::{BoardRow, Entry, Phase, board_rows, driver_name};
+use crate::runner::{BoardRow, Phase, board_rows};
 
 /// The live timing board.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -50,16 +50,7 @@ impl Race {
     /// The live timing board now.
     pub fn board(&self) -> Board {
         let world = self.sim.world();
-        let entries: Vec<Entry<'_>> = self
-            .cars
-            .iter()
-            .enumerate()
-            .map(|(i, &car)| Entry {
-                car,
-                driver: driver_name(i),
-                car_name: &self.car_name,
-            })
-            .collect();
+        let entries = self.entries();
         Board {
             track: self.track_name.clone(),
             laps: self.laps,

@@ -102,7 +102,7 @@ impl Lobby {
                 track: s.track.slug.clone(),
                 template: s.template.as_ref().map(|t| t.name.clone()),
                 rotation: s.kind == Kind::Rotation,
-                start_mode: s.start_mode,
+                start_mode: s.start_mode(),
                 starts_at_unix_s: match s.kind {
                     Kind::Scheduled { at } => Some(at),
                     _ => None,

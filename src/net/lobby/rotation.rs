@@ -134,7 +134,7 @@ impl Lobby {
             .iter()
             .enumerate()
             .filter(|(_, s)| s.phase == Phase::Lobby)
-            .filter(|(_, s)| match (s.kind, s.start_mode) {
+            .filter(|(_, s)| match (s.kind, s.start_mode()) {
                 (Kind::Scheduled { at }, _) => wall >= at,
                 (Kind::Rotation, StartMode::Countdown) => {
                     let min = s.template.as_ref().map_or(1, |t| t.min_players);
@@ -145,7 +145,7 @@ impl Lobby {
             .map(|(k, _)| k)
             .collect();
         for k in due {
-            tracing::info!(session = %self.sessions[k].id, mode = ?self.sessions[k].start_mode, "session starts by itself");
+            tracing::info!(session = %self.sessions[k].id, mode = ?self.sessions[k].start_mode(), "session starts by itself");
             self.begin(now, k);
         }
     }
