@@ -106,6 +106,9 @@ pub struct NetworkSection {
     pub datagram_rate_per_s: u32,
     /// Malformed, oversized or rate-limited packets within 60 s that close a connection.
     pub violations_per_minute: u32,
+    /// Age at which the browsers' WebTransport certificate (self-signed, valid 13 days) is
+    /// replaced by a new one, in seconds; connections open on the old one stay up.
+    pub browser_cert_rotate_seconds: u64,
 }
 
 impl Default for NetworkSection {
@@ -120,6 +123,7 @@ impl Default for NetworkSection {
             control_rate_per_s: 10,
             datagram_rate_per_s: 300,
             violations_per_minute: 10,
+            browser_cert_rotate_seconds: 6 * 24 * 3600,
         }
     }
 }
@@ -295,6 +299,13 @@ impl ServerConfig {
         }
         if self.network.heartbeat_timeout_ms < self.network.heartbeat_interval_ms {
             return Err("network.heartbeat_timeout_ms is shorter than the interval".into());
+        }
+        let validity = super::tls::BROWSER_CERT_VALIDITY.as_secs();
+        if !(1..validity).contains(&self.network.browser_cert_rotate_seconds) {
+            return Err(format!(
+                "network.browser_cert_rotate_seconds = {}: must be within 1..{validity} (the certificate's validity)",
+                self.network.browser_cert_rotate_seconds
+            ));
         }
         if !(self.server.drain_seconds.is_finite()
             && (0.0..=60.0).contains(&self.server.drain_seconds))

@@ -1,4 +1,5 @@
-//! One QUIC connection of `apexsim serve`, from the handshake to its close: authentication
+//! One client connection of `apexsim serve` (QUIC or a browser's WebTransport session, the
+//! same rules for both: [`super::link`]), from the handshake to its close: authentication
 //! (protocol version, token, name, limits), then the control stream's frames and the input
 //! datagrams passed to the simulation thread, and what the simulation sends back, under the
 //! connection's rate limits and violation count. The lobby ([`super::lobby`]) decides
@@ -14,6 +15,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::config::ServerConfig;
+use super::link::{Link, SendHalf};
 use super::metrics::{DropReason, Metrics, Refusal};
 use super::protocol::{
     self, ClientMessage, CloseReason, PROTOCOL_VERSION, PlayerInput, ProtocolError, ServerMessage,
@@ -47,6 +49,17 @@ pub struct Shared {
     pub data: std::path::PathBuf,
     /// The live timing, as JSON, at 20 Hz.
     pub live: tokio::sync::watch::Receiver<Arc<str>>,
+    /// Where browsers open WebTransport sessions.
+    pub web_transport: WebTransport,
+}
+
+/// What a browser page needs to open a WebTransport session.
+#[derive(Debug, Clone)]
+pub struct WebTransport {
+    /// The QUIC endpoint's UDP port.
+    pub port: u16,
+    /// Its certificates (the browsers' hash comes from here).
+    pub certs: Arc<super::tls::Certificates>,
 }
 
 /// Server build version: major * 10000 + minor * 100 + patch.
@@ -109,43 +122,30 @@ impl Violations {
     }
 }
 
-async fn write_msg(send: &mut quinn::SendStream, msg: &ServerMessage) -> bool {
+async fn write_msg(send: &mut SendHalf, msg: &ServerMessage) -> bool {
     match protocol::encode_frame(msg) {
         Ok(frame) => send.write_all(&frame).await.is_ok(),
         Err(_) => false,
     }
 }
 
-/// Closes a connection with its reason's code and text.
-fn close(conn: &quinn::Connection, reason: CloseReason) {
-    conn.close(
-        quinn::VarInt::from_u32(reason.code()),
-        reason.as_str().as_bytes(),
-    );
-}
-
 /// Closes a connection with a reason, after telling the client on the control stream.
-async fn refuse(
-    conn: &quinn::Connection,
-    send: &mut quinn::SendStream,
-    msg: ServerMessage,
-    reason: CloseReason,
-) {
+async fn refuse(conn: &Link, send: &mut SendHalf, msg: ServerMessage, reason: CloseReason) {
     let _ = tokio::time::timeout(Duration::from_millis(500), async {
         write_msg(send, &msg).await;
-        let _ = send.finish();
-        let _ = send.stopped().await;
+        send.finish();
+        send.stopped().await;
     })
     .await;
-    close(conn, reason);
+    conn.close(reason).await;
 }
 
 /// Refuses an authentication: counted under `refusal`, `AuthFailure { reason }` to the
 /// client, then the connection closed.
 async fn refuse_auth(
     shared: &Shared,
-    conn: &quinn::Connection,
-    send: &mut quinn::SendStream,
+    conn: &Link,
+    send: &mut SendHalf,
     refusal: Refusal,
     reason: String,
 ) {
@@ -162,9 +162,10 @@ fn valid_name(name: &str) -> bool {
 
 /// Runs one connection to its end inside its span: authentication, then control frames,
 /// datagrams and what the simulation sends it, policed by the rate limits.
-pub async fn connection(shared: Arc<Shared>, conn: quinn::Connection) {
+pub async fn connection(shared: Arc<Shared>, conn: Link) {
     let id = shared.next_conn.fetch_add(1, Ordering::SeqCst);
-    let span = tracing::info_span!("conn", id, remote = %conn.remote_address());
+    let span =
+        tracing::info_span!("conn", id, remote = %conn.remote_address(), transport = conn.kind());
     async move {
         let open = shared.connections.fetch_add(1, Ordering::SeqCst) + 1;
         shared.accepted.fetch_add(1, Ordering::SeqCst);
@@ -179,17 +180,12 @@ pub async fn connection(shared: Arc<Shared>, conn: quinn::Connection) {
 }
 
 /// Runs one connection; `true` if it was registered with the simulation.
-async fn serve_connection(
-    shared: &Arc<Shared>,
-    id: ConnId,
-    conn: &quinn::Connection,
-    open: usize,
-) -> bool {
+async fn serve_connection(shared: &Arc<Shared>, id: ConnId, conn: &Link, open: usize) -> bool {
     let cfg = &shared.config.network;
     let silence = Duration::from_millis(cfg.heartbeat_timeout_ms);
     let Ok(Ok((mut send, mut recv))) = tokio::time::timeout(silence, conn.accept_bi()).await else {
         tracing::debug!("no control stream");
-        close(conn, CloseReason::NoControlStream);
+        conn.close(CloseReason::NoControlStream).await;
         return false;
     };
     // The first frame must authenticate.
@@ -231,7 +227,7 @@ async fn serve_connection(
             ))
         }
         Ok(Ok(None)) | Err(_) => {
-            close(conn, CloseReason::NoAuthentication);
+            conn.close(CloseReason::NoAuthentication).await;
             return false;
         }
     };
@@ -431,18 +427,18 @@ async fn serve_connection(
             // What was written before (a kick's reason, say) reaches the client first: a close
             // drops the stream data not yet acknowledged.
             let _ = tokio::time::timeout(Duration::from_millis(500), async {
-                let _ = send.finish();
-                let _ = send.stopped().await;
+                send.finish();
+                send.stopped().await;
             })
             .await;
-            close(conn, reason);
+            conn.close(reason).await;
         }
         None => {
             // Deliver what is queued (the shutdown's 503, results) before the stream goes.
             while let Ok(Outgoing::Frame(frame)) = out_rx.try_recv() {
                 let _ = send.write_all(&frame).await;
             }
-            let _ = send.finish();
+            send.finish();
             tracing::info!("connection ended");
         }
     }

@@ -1,12 +1,13 @@
-//! The race server and its clients over QUIC: the wire protocol, TLS, configuration, the
-//! simulation thread that runs every session in one world, the connection tasks, health and
-//! metrics over HTTP, and the client bots of `apexsim drive`.
+//! The race server and its clients over QUIC and WebTransport: the wire protocol, TLS,
+//! configuration, the simulation thread that runs every session in one world, the connection
+//! tasks, health, metrics and the web pages over HTTP, and the client bots of `apexsim drive`.
 
 pub mod admin;
 pub mod client;
 pub mod config;
 pub mod connection;
 pub mod drive;
+pub mod link;
 pub mod live;
 pub mod lobby;
 pub mod metrics;

@@ -22,6 +22,7 @@ use uuid::Uuid;
 
 use super::config::ServerConfig;
 use super::connection::{Shared, connection};
+use super::link::Link;
 use super::metrics::{Metrics, Refusal};
 use super::sim::{SimReport, SimServer, ToSim};
 use super::tls;
@@ -96,6 +97,8 @@ pub struct Bound {
     pub http: tokio::net::TcpListener,
     /// Where they listen.
     pub listening: Listening,
+    /// The endpoint's certificates (the browsers' one rotates).
+    pub certs: Arc<tls::Certificates>,
 }
 
 /// Binds the QUIC endpoint and the HTTP listener of `config`, with the certificate under
@@ -113,7 +116,11 @@ pub async fn bind(config: &ServerConfig, data: &std::path::Path) -> Result<Bound
         config.network.tls_key_path.as_deref(),
     )?;
     let idle = Duration::from_millis(config.network.heartbeat_timeout_ms * 2);
-    let server_config = tls::quic_server_config(&identity, idle)?;
+    let certs = Arc::new(tls::Certificates::new(
+        &identity,
+        std::time::SystemTime::now(),
+    )?);
+    let server_config = tls::quic_server_config(certs.clone(), idle)?;
     let endpoint = quinn::Endpoint::server(server_config, config.network.bind)
         .map_err(io(&format!("binding QUIC on {}", config.network.bind)))?;
     let http = tokio::net::TcpListener::bind(config.network.http_bind)
@@ -131,6 +138,7 @@ pub async fn bind(config: &ServerConfig, data: &std::path::Path) -> Result<Bound
         endpoint,
         http,
         listening,
+        certs,
     })
 }
 
@@ -251,6 +259,10 @@ pub async fn run(
         content: loaded.clone(),
         data: data.clone(),
         live: live_json,
+        web_transport: super::connection::WebTransport {
+            port: bound.listening.quic.port(),
+            certs: bound.certs.clone(),
+        },
     });
     let seed = config
         .server
@@ -301,7 +313,12 @@ pub async fn run(
         endpoint,
         http,
         listening,
+        certs,
     } = bound;
+    let rotation = tokio::spawn(rotate_browser_cert(
+        certs,
+        Duration::from_secs(shared.config.network.browser_cert_rotate_seconds),
+    ));
     let (stop_tx, stop_rx) = watch::channel(false);
     let router = Router::new()
         .route("/health", get(health))
@@ -353,6 +370,7 @@ pub async fn run(
     tasks.shutdown().await;
     let _ = http_task.await;
     live_task.abort();
+    rotation.abort();
     if let Some(t) = retention {
         t.abort();
     }
@@ -395,8 +413,12 @@ async fn accept_loop(
                 }
                 let shared = shared.clone();
                 tasks.spawn(async move {
+                    let silence = Duration::from_millis(shared.config.network.heartbeat_timeout_ms);
                     match incoming.await {
-                        Ok(conn) => connection(shared, conn).await,
+                        Ok(conn) => match Link::accept(conn, silence).await {
+                            Ok(link) => connection(shared, link).await,
+                            Err(e) => tracing::debug!(error = %e, "no session"),
+                        },
                         Err(e) => tracing::debug!(error = %e, "handshake failed"),
                     }
                 });
@@ -406,6 +428,30 @@ async fn accept_loop(
         }
     }
     tasks
+}
+
+/// Replaces the browsers' WebTransport certificate once it is `after` old, checking every
+/// minute (or every `after`, when shorter). New handshakes get the new one and pages fetch its
+/// hash when they connect; connections already open keep theirs.
+async fn rotate_browser_cert(certs: Arc<tls::Certificates>, after: Duration) {
+    let mut every = tokio::time::interval(after.min(Duration::from_secs(60)) / 2);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        match certs.rotate_if_due(std::time::SystemTime::now(), after) {
+            Ok(true) => {
+                let hash = certs.browser().map(|c| tls::fingerprint_hex(&c.hash));
+                tracing::info!(
+                    hash = hash.as_deref().unwrap_or(""),
+                    "rotated the browsers' WebTransport certificate"
+                );
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot rotate the browsers' certificate: keeping the current one")
+            }
+        }
+    }
 }
 
 /// Completes on SIGINT (Ctrl-C) or, on Unix, SIGTERM.

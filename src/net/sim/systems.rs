@@ -182,6 +182,11 @@ pub fn send_telemetry(
                 Some((u64::from(*remaining_ticks) * 1000 / u64::from(TICK_HZ)) as u16),
             ),
             Ok(RaceState::Racing { .. }) => (SessionState::Racing, None),
+            // The race's last tick goes out too: every client sees its own finish, the last
+            // car's included.
+            Ok(RaceState::Finished { end_tick, .. }) if *end_tick == tick.0 => {
+                (SessionState::Finished, None)
+            }
             _ => continue,
         };
         let panic_now = faults.panic_next.remove(&session);
