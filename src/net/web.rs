@@ -1,6 +1,7 @@
 //! The web side of the HTTP port: the live timing page (`/`, pushed over server-sent events
-//! from `/live`), the results pages (`/results/{id}`) and their exports, read from the index.
-//! The pages are embedded in the binary; nothing comes from elsewhere.
+//! from `/live`), the results pages (`/results/{id}`) and their exports, read from the index,
+//! and the browser client (`/drive`), which races over WebTransport on the QUIC port. The pages
+//! are embedded in the binary; nothing comes from elsewhere.
 //!
 //! | Route | What |
 //! |---|---|
@@ -13,6 +14,8 @@
 //! | `GET /api/sessions/{id}` | a session with its results and laps, JSON |
 //! | `GET /api/sessions/{id}/simresults.json` | the Assetto Corsa results JSON Simresults reads |
 //! | `GET /protocol.js` | the wire protocol's codec for browsers (an ES module) |
+//! | `GET /drive` | the browser client: sessions, cars, driving, results |
+//! | `GET /api/webtransport` | where to open a WebTransport session, and the certificate's hash |
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -32,6 +35,7 @@ use crate::archive::index::{Index, IndexedLap, ResultEntry, SessionRow};
 
 const LIVE_PAGE: &str = include_str!("web/live.html");
 const RESULTS_PAGE: &str = include_str!("web/results.html");
+const DRIVE_PAGE: &str = include_str!("web/drive.html");
 /// The protocol's codec for browsers (the same frames and datagrams as `protocol.rs`).
 pub const PROTOCOL_JS: &str = include_str!("web/protocol.js");
 
@@ -40,6 +44,8 @@ pub fn routes() -> Router<Arc<Shared>> {
     Router::new()
         .route("/", get(|| async { Html(LIVE_PAGE) }))
         .route("/results/{id}", get(|| async { Html(RESULTS_PAGE) }))
+        .route("/drive", get(|| async { Html(DRIVE_PAGE) }))
+        .route("/api/webtransport", get(web_transport))
         .route(
             "/protocol.js",
             get(|| async { ([(header::CONTENT_TYPE, "text/javascript")], PROTOCOL_JS) }),
@@ -66,6 +72,38 @@ fn not_found(what: String) -> Response {
         Json(serde_json::json!({ "error": what })),
     )
         .into_response()
+}
+
+/// Where a page opens its WebTransport session.
+#[derive(Debug, Serialize)]
+struct WebTransportInfo {
+    /// The QUIC endpoint's UDP port (on the page's host).
+    port: u16,
+    /// The session's path.
+    path: &'static str,
+    /// SHA-256 of the certificate the server makes for browsers, hex, for
+    /// `serverCertificateHashes`; empty with a configured certificate (trusted as usual).
+    certificate_hashes: Vec<String>,
+    /// Whether `Authenticate` needs a token.
+    token_required: bool,
+    /// The protocol version the server speaks.
+    protocol_version: u32,
+}
+
+async fn web_transport(State(shared): State<Arc<Shared>>) -> Json<WebTransportInfo> {
+    let wt = &shared.web_transport;
+    Json(WebTransportInfo {
+        port: wt.port,
+        path: super::link::WEBTRANSPORT_PATH,
+        certificate_hashes: wt
+            .certs
+            .browser()
+            .map(|c| super::tls::fingerprint_hex(&c.hash))
+            .into_iter()
+            .collect(),
+        token_required: shared.config.auth.require_token,
+        protocol_version: super::protocol::PROTOCOL_VERSION,
+    })
 }
 
 async fn live_now(State(shared): State<Arc<Shared>>) -> Response {

@@ -199,6 +199,33 @@ impl Child {
         last_flush
     }
 
+    /// CPU seconds the process's threads have used so far (Linux `/proc`), by thread name:
+    /// `(the simulation thread, apexsim-sim; the async runtime's, apexsim-async, and the main
+    /// thread: connections, QUIC, HTTP)`. Archive, log and watcher threads are in neither.
+    pub fn thread_cpu_seconds(&self) -> (f64, f64) {
+        let tasks = format!("/proc/{}/task", self.child.id());
+        let (mut sim, mut network) = (0.0, 0.0);
+        for task in fs::read_dir(&tasks).expect("/proc tasks").flatten() {
+            let Ok(stat) = fs::read_to_string(task.path().join("stat")) else {
+                continue;
+            };
+            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+                continue;
+            };
+            let name = &stat[open + 1..close];
+            // After the name: state (3), ..., utime (14) and stime (15), in USER_HZ (100).
+            let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+            let ticks: f64 =
+                fields[11].parse::<f64>().unwrap_or(0.0) + fields[12].parse::<f64>().unwrap_or(0.0);
+            match name {
+                "apexsim-sim" => sim += ticks / 100.0,
+                "apexsim-async" | "apexsim" => network += ticks / 100.0,
+                _ => {}
+            }
+        }
+        (sim, network)
+    }
+
     /// Sends SIGTERM (a graceful stop).
     pub fn terminate(&self) {
         self.signal("TERM");

@@ -17,3 +17,4 @@ mod race;
 mod racing_coach;
 mod server;
 mod web;
+mod webtransport;

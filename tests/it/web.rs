@@ -10,14 +10,14 @@ use std::time::{Duration, Instant};
 use crate::common::http_get;
 use crate::server::{Server, json};
 
-fn screenshots() -> PathBuf {
+pub(crate) fn screenshots() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
     std::fs::create_dir_all(&dir).expect("screenshot directory");
     dir
 }
 
 /// Runs a browser check and parses the JSON it prints.
-fn browser(script: &str, args: &[&str]) -> serde_json::Value {
+pub(crate) fn browser(script: &str, args: &[&str]) -> serde_json::Value {
     let out = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/browser/run.sh"))
         .arg(script)
         .args(args)
