@@ -4,6 +4,10 @@ smoothing), steering for a point ahead on the centerline. During the race a seco
 the server with malformed datagrams and must be disconnected while the first races on.
 
     drive_page.py HTTP_ADDR SCREENSHOT [--name NAME] [--speed M_PER_S] [--no-flood]
+                  [--port UDP_PORT] [--create LAPS,AI]
+
+`--port` connects through another UDP port (a relay); `--create` makes a session on the Mini
+Oval with that many laps and AI cars and starts it, instead of joining one.
 
 Prints one JSON object: the results, the driver's laps, its input-to-telemetry latency, round
 trip and loss, what happened to the flooding tab, and the screenshot's path.
@@ -103,17 +107,30 @@ def main():
     ap.add_argument("--speed", type=float, default=16.0)
     ap.add_argument("--no-flood", action="store_true")
     ap.add_argument("--timeout", type=float, default=240.0)
+    ap.add_argument("--port", type=int)
+    ap.add_argument("--create")
     args = ap.parse_args()
     out = {}
     with page() as p:
         errors = []
         p.on("pageerror", lambda e: errors.append(str(e)))
-        p.goto(f"http://{args.addr}/drive?name={args.name}")
+        port = f"&port={args.port}" if args.port else ""
+        p.goto(f"http://{args.addr}/drive?name={args.name}{port}")
         p.click("#connect-button")
         p.wait_for_function("apexsim.state().player_id !== null", timeout=15000)
-        p.wait_for_selector("button.join", timeout=60000)
-        p.click("button.join")
-        p.wait_for_function("apexsim.state().session !== null", timeout=15000)
+        if args.create:
+            laps, ai = args.create.split(",")
+            p.select_option("#create-track", label="Mini Oval")
+            p.fill("#create-laps", laps)
+            p.fill("#create-ai", ai)
+            p.fill("#create-max", "4")
+            p.click("#create-button")
+            p.wait_for_function("apexsim.state().session !== null", timeout=15000)
+            p.click("#start-button", timeout=15000)
+        else:
+            p.wait_for_selector("button.join", timeout=60000)
+            p.click("button.join")
+            p.wait_for_function("apexsim.state().session !== null", timeout=15000)
         centerline = p.evaluate("apexsim.state().session.centerline")
         driver = Driver(p, centerline, args.speed)
         flooder = None if args.no_flood else open_flooder(p.context, args.addr)
