@@ -225,6 +225,36 @@ fn the_live_page_shows_a_bot_race_and_the_results_page_and_exports_follow() {
     assert!(shown["fastest"].as_u64() >= Some(4), "{shown}");
     eprintln!("results page: {}", shot.display());
 
+    // The browser client's controls: keys ramp, the gamepad is analog.
+    let url = format!("http://127.0.0.1:{}/drive", server.http.port());
+    let controls = browser("controls_page.py", &[&url]);
+    assert_eq!(controls["errors"], serde_json::json!([]), "{controls}");
+    let input = |when: &str, what: &str| controls[when][what].as_f64().expect("an input");
+    let early = input("held_200ms", "steering");
+    assert!(
+        early > 0.3 && early < 0.75,
+        "steering ramps at 2.5/s, not to full lock at once: {controls}"
+    );
+    assert!(
+        (input("held_600ms", "steering") - 1.0).abs() < 1e-9,
+        "{controls}"
+    );
+    assert!(
+        input("held_200ms", "throttle") < 0.9 && input("held_600ms", "throttle") == 1.0,
+        "{controls}"
+    );
+    assert_eq!(input("released", "steering"), 0.0, "{controls}");
+    assert_eq!(input("released", "throttle"), 0.0, "{controls}");
+    assert!(
+        (input("gamepad", "steering") + 0.5).abs() < 1e-6,
+        "{controls}"
+    );
+    assert!(
+        (input("gamepad", "throttle") - 0.8).abs() < 1e-6,
+        "{controls}"
+    );
+    assert!((input("gamepad", "brake") - 0.1).abs() < 1e-6, "{controls}");
+
     // The browsers' codec holds to the golden bytes of the Rust encoder.
     let golden = golden::path();
     let checked = browser(
