@@ -11,6 +11,7 @@ pub mod drive;
 pub mod ingest;
 pub mod print;
 pub mod race;
+pub mod relay;
 pub mod serve;
 
 use std::path::{Path, PathBuf};

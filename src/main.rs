@@ -71,6 +71,8 @@ enum Command {
     Serve(cmd::serve::ServeArgs),
     /// Client bots that race on a server (and load-test it).
     Drive(cmd::drive::DriveArgs),
+    /// A bad network in front of a server: UDP relayed with loss, delay, jitter, duplication.
+    Relay(cmd::relay::RelayArgs),
     /// Archive laps from live iRacing telemetry (Windows, with iRacing running).
     Live(cmd::ingest::LiveArgs),
     /// Racing Coach account of this device: log in (device authorization), log out, status.
@@ -127,6 +129,7 @@ fn run(command: Command, ctx: &Context) -> anyhow::Result<()> {
         Command::Track(c) => cmd::content::track(c, ctx),
         Command::Serve(args) => cmd::serve::run(&args, ctx),
         Command::Drive(args) => cmd::drive::run(&args, ctx),
+        Command::Relay(args) => cmd::relay::run(&args, ctx),
         Command::Live(args) => cmd::ingest::live(&args, ctx),
         Command::Coach(c) => cmd::coach::coach(c, ctx),
         Command::Outbox(c) => cmd::coach::outbox(c, ctx),

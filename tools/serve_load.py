@@ -2,7 +2,9 @@
 """Load test of `apexsim serve` with `apexsim drive` bots (release builds), on this machine.
 
 Starts one server, then SESSIONS drive processes at once, each creating its own session of
-BOTS bots (plus AI cars) and racing LAPS laps. Scrapes /metrics before and after and reports,
+BOTS bots (plus AI cars) and racing LAPS laps. With --pin (the default on a machine with two
+cores or more) the server runs on core 0 only and the bots on the others (`taskset`), so the
+server's CPU per client is measured without the load generator in its way. Scrapes /metrics before and after and reports,
 per run: telemetry coverage and missed ticks, input-to-telemetry latency p50/p99 (in ticks),
 late ticks, and the server's CPU time per connected client per second (from the process's
 own CPU counter, apexsim_process_cpu_seconds_total) with the clients one core can serve.
@@ -34,13 +36,17 @@ def main():
     ap.add_argument("--ai", type=int, default=0)
     ap.add_argument("--laps", type=int, default=1)
     ap.add_argument("--track", default="oval_simple")
+    ap.add_argument("--pin", action=argparse.BooleanOptionalAction, default=(os.cpu_count() or 1) >= 2)
     args = ap.parse_args()
+    cores = os.cpu_count() or 1
+    pin_server = ["taskset", "-c", "0"] if args.pin else []
+    pin_load = ["taskset", "-c", f"1-{cores - 1}"] if args.pin else []
     data = tempfile.mkdtemp(prefix="apexsim-load-")
     env = dict(os.environ, RUST_LOG="apexsim=info")
     env["APEXSIM_SERVER_MAX_SESSIONS"] = str(max(8, args.sessions))
     env["APEXSIM_SERVER_MAX_CONNECTIONS"] = str(max(128, args.sessions * args.bots + 16))
     server = subprocess.Popen(
-        [BIN, "--data", data, "serve", "--bind", "127.0.0.1:0", "--http-port", "0", "--format", "json"],
+        pin_server + [BIN, "--data", data, "serve", "--bind", "127.0.0.1:0", "--http-port", "0", "--format", "json"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, cwd=ROOT, text=True)
     listening = json.loads(server.stdout.readline())
     quic = "127.0.0.1:" + listening["quic"].rsplit(":", 1)[1]
@@ -48,7 +54,7 @@ def main():
     before = scrape(http)
     t0 = time.time()
     drives = [subprocess.Popen(
-        [BIN, "drive", "--server", quic, "--fingerprint", listening["fingerprint"],
+        pin_load + [BIN, "drive", "--server", quic, "--fingerprint", listening["fingerprint"],
          "--bots", str(args.bots), "--ai", str(args.ai), "--laps", str(args.laps),
          "--track", args.track, "--format", "json"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, text=True)
@@ -78,7 +84,10 @@ def main():
         "wall_s": round(wall, 1),
         "race_s": round(race_s, 1),
         "coverage_pct_min": min(r["telemetry_coverage_pct"] for r in reports),
+        "server_pinned_to_one_core": args.pin,
         "ticks_missed": sum(r["ticks_missed"] for r in reports),
+        "telemetry_late": sum(r.get("telemetry_late", 0) for r in reports),
+        "telemetry_duplicated": sum(r.get("telemetry_duplicated", 0) for r in reports),
         "latency_p50_ticks_max": max(r["latency_p50_ticks"] for r in reports),
         "latency_p99_ticks_max": max(r["latency_p99_ticks"] for r in reports),
         "server_ticks": int(ticks),

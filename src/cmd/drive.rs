@@ -160,11 +160,13 @@ pub fn print_drive(r: &DriveReport, format: Format) -> io::Result<()> {
     }
     text += &table(&["Pos", "Driver", "Laps", "Total", "Best lap"], &rows);
     text += &format!(
-        "\n{} bots in {:.1} s: telemetry for {:.3} % of ticks ({} missed), {:.1} packets/s per bot\ninput-to-telemetry latency p50 {:.2} ticks, p99 {:.2} ticks; heartbeat RTT p50 {:.2} ms, QUIC RTT {:.2} ms\n",
+        "\n{} bots in {:.1} s: telemetry for {:.3} % of ticks ({} lost, {} late, {} doubled), {:.1} packets/s per bot\ninput-to-telemetry latency p50 {:.2} ticks, p99 {:.2} ticks; heartbeat RTT p50 {:.2} ms, QUIC RTT {:.2} ms\n",
         r.bots,
         r.wall_seconds,
         r.telemetry_coverage_pct,
         r.ticks_missed,
+        r.telemetry_late,
+        r.telemetry_duplicated,
         r.telemetry_per_s,
         r.latency_p50_ticks,
         r.latency_p99_ticks,

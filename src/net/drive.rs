@@ -106,8 +106,12 @@ pub struct BotStats {
     pub telemetry_packets: u64,
     /// Server ticks from its first to its last telemetry (countdown and race).
     pub ticks_spanned: u64,
-    /// Ticks within that span it received no telemetry for.
+    /// Ticks within that span it received no telemetry for (lost; a late one is not missed).
     pub ticks_missed: u64,
+    /// Datagrams that arrived after a newer one (reordered), not driven from.
+    pub telemetry_late: u64,
+    /// Datagrams of a tick that had already arrived.
+    pub telemetry_duplicated: u64,
     /// Inputs sent.
     pub inputs_sent: u64,
     /// Input-to-telemetry latencies in ms (input sent to the first telemetry acknowledging it).
@@ -137,8 +141,12 @@ pub struct DriveReport {
     pub fault: Option<String>,
     /// Share of the ticks for which telemetry arrived, over every bot, in percent.
     pub telemetry_coverage_pct: f64,
-    /// Ticks missed, summed over the bots.
+    /// Ticks missed (lost), summed over the bots.
     pub ticks_missed: u64,
+    /// Telemetry datagrams that arrived late (after a newer one), summed over the bots.
+    pub telemetry_late: u64,
+    /// Telemetry datagrams that arrived twice, summed over the bots.
+    pub telemetry_duplicated: u64,
     /// Telemetry datagrams per second per bot (mean).
     pub telemetry_per_s: f64,
     /// Input-to-telemetry latency p50 in ticks (1 tick = 4.17 ms).
@@ -165,21 +173,121 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 const TICK_MS: f64 = 1000.0 / TICK_HZ as f64;
 
+/// How a telemetry datagram arrived, against those before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrival {
+    /// Of a tick newer than any before: the state to drive from.
+    Newest,
+    /// Of an older tick not seen before: reordered on the way.
+    Late,
+    /// Of a tick already seen.
+    Duplicate,
+}
+
+/// Ticks remembered behind the newest, to tell a late datagram from a duplicate (4.3 s).
+const LEDGER_WINDOW: usize = 1024;
+
+/// The ticks a client received telemetry for: which came newest, late or twice, and how many
+/// of the ticks spanned never came (lost).
+#[derive(Debug, Clone)]
+pub struct TickLedger {
+    first: Option<u32>,
+    newest: Option<u32>,
+    seen: Box<[bool; LEDGER_WINDOW]>,
+    distinct: u64,
+    /// Late arrivals.
+    pub late: u64,
+    /// Duplicates.
+    pub duplicated: u64,
+}
+
+impl Default for TickLedger {
+    fn default() -> Self {
+        Self {
+            first: None,
+            newest: None,
+            seen: Box::new([false; LEDGER_WINDOW]),
+            distinct: 0,
+            late: 0,
+            duplicated: 0,
+        }
+    }
+}
+
+impl TickLedger {
+    /// Records a datagram of `tick`.
+    pub fn observe(&mut self, tick: u32) -> Arrival {
+        let slot = |t: u32| t as usize % LEDGER_WINDOW;
+        let Some(newest) = self.newest else {
+            self.first = Some(tick);
+            self.newest = Some(tick);
+            self.seen[slot(tick)] = true;
+            self.distinct = 1;
+            return Arrival::Newest;
+        };
+        if tick > newest {
+            // The ticks skipped are not seen (yet); what the window held for them is older.
+            let skipped = (tick - newest) as usize;
+            for k in 1..=skipped.min(LEDGER_WINDOW) {
+                self.seen[slot(newest.wrapping_add(k as u32))] = false;
+            }
+            self.seen[slot(tick)] = true;
+            self.newest = Some(tick);
+            self.distinct += 1;
+            return Arrival::Newest;
+        }
+        if newest - tick >= LEDGER_WINDOW as u32 {
+            // Too old to tell: late, and its tick stays lost.
+            self.late += 1;
+            return Arrival::Late;
+        }
+        if self.seen[slot(tick)] {
+            self.duplicated += 1;
+            return Arrival::Duplicate;
+        }
+        self.seen[slot(tick)] = true;
+        self.distinct += 1;
+        self.late += 1;
+        if self.first.is_some_and(|f| tick < f) {
+            self.first = Some(tick);
+        }
+        Arrival::Late
+    }
+
+    /// Ticks from the first to the newest.
+    pub fn spanned(&self) -> u64 {
+        match (self.first, self.newest) {
+            (Some(f), Some(n)) => u64::from(n - f) + 1,
+            _ => 0,
+        }
+    }
+
+    /// Ticks spanned that no datagram came for.
+    pub fn lost(&self) -> u64 {
+        self.spanned().saturating_sub(self.distinct)
+    }
+}
+
 /// Runs the bots to the end of their race.
 ///
 /// # Errors
 /// [`DriveError`] when a bot cannot connect, the server refuses, or the race times out.
 pub async fn run(opts: DriveOptions) -> Result<DriveReport, DriveError> {
     let started = Instant::now();
-    let endpoint = super::client::endpoint(&opts.trust)
-        .map_err(|source| DriveError::Client { bot: 0, source })?;
+    // One endpoint (one UDP socket, one address) per bot, as players have.
+    let endpoints = (0..opts.bots)
+        .map(|bot| {
+            super::client::endpoint(&opts.trust)
+                .map_err(|source| DriveError::Client { bot, source })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let (session_tx, session_rx) = watch::channel(match &opts.mode {
         Mode::Join(id) => Some(*id),
         Mode::Create { .. } | Mode::JoinNext => None,
     });
     let session_tx = Arc::new(session_tx);
     let mut tasks = Vec::new();
-    for bot in 0..opts.bots {
+    for (bot, endpoint) in endpoints.iter().enumerate() {
         let endpoint = endpoint.clone();
         let opts = opts.clone();
         let session_tx = session_tx.clone();
@@ -205,7 +313,9 @@ pub async fn run(opts: DriveOptions) -> Result<DriveReport, DriveError> {
             }
         }
     }
-    endpoint.wait_idle().await;
+    for endpoint in &endpoints {
+        endpoint.wait_idle().await;
+    }
     let session = *session_rx.borrow();
     let (results, fault) = outcomes
         .iter()
@@ -236,6 +346,8 @@ pub async fn run(opts: DriveOptions) -> Result<DriveReport, DriveError> {
             100.0 * (spanned - missed) as f64 / spanned as f64
         },
         ticks_missed: missed,
+        telemetry_late: per_bot.iter().map(|b| b.telemetry_late).sum(),
+        telemetry_duplicated: per_bot.iter().map(|b| b.telemetry_duplicated).sum(),
         telemetry_per_s: per_bot
             .iter()
             .map(|b| b.telemetry_packets as f64 / b.telemetry_seconds.max(1e-9))
@@ -492,6 +604,7 @@ async fn run_bot(
     let me = my_index.unwrap_or(0);
     let mut seq = 0u32;
     let mut pending: std::collections::VecDeque<(u32, Instant)> = Default::default();
+    let mut ledger = TickLedger::default();
     let (mut first, mut last): (Option<(u32, Instant)>, Option<(u32, Instant)>) = (None, None);
     let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
     let mut heartbeat_sent: std::collections::VecDeque<Instant> = Default::default();
@@ -503,17 +616,14 @@ async fn run_bot(
                 let Ok(t) = super::protocol::decode_telemetry(&bytes) else { continue };
                 let now = Instant::now();
                 stats.telemetry_packets += 1;
-                if let Some((prev, _)) = last
-                    && t.server_tick > prev
-                {
-                    stats.ticks_missed += u64::from(t.server_tick - prev - 1);
+                // Only the newest state is driven from; a late or doubled datagram is counted.
+                if ledger.observe(t.server_tick) != Arrival::Newest {
+                    continue;
                 }
                 if first.is_none() {
                     first = Some((t.server_tick, now));
                 }
-                if last.is_none_or(|(prev, _)| t.server_tick > prev) {
-                    last = Some((t.server_tick, now));
-                }
+                last = Some((t.server_tick, now));
                 while pending.front().is_some_and(|(s, _)| *s <= t.input_ack) {
                     if let Some((_, sent)) = pending.pop_front() {
                         stats.latencies_ms.push(now.duration_since(sent).as_secs_f64() * 1e3);
@@ -568,12 +678,47 @@ async fn run_bot(
             }
         }
     };
-    if let (Some((t0, w0)), Some((t1, w1))) = (first, last) {
-        stats.ticks_spanned = u64::from(t1 - t0) + 1;
+    if let (Some((_, w0)), Some((_, w1))) = (first, last) {
         stats.telemetry_seconds = w1.duration_since(w0).as_secs_f64();
     }
+    stats.ticks_spanned = ledger.spanned();
+    stats.ticks_missed = ledger.lost();
+    stats.telemetry_late = ledger.late;
+    stats.telemetry_duplicated = ledger.duplicated;
     stats.quic_rtt_ms = client.conn.rtt().as_secs_f64() * 1e3;
     let _ = client.send(&ClientMessage::Disconnect).await;
     client.conn.close(quinn::VarInt::from_u32(0), b"done");
     Ok(BotOutcome { stats, results })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ledger_tells_lost_late_and_doubled_ticks_apart() {
+        let mut l = TickLedger::default();
+        // 10, 11, 13, 12 (late), 12 again (doubled), 16, 15 (late); 14 never comes.
+        let got: Vec<Arrival> = [10, 11, 13, 12, 12, 16, 15].map(|t| l.observe(t)).to_vec();
+        use Arrival::*;
+        assert_eq!(got, [Newest, Newest, Newest, Late, Duplicate, Newest, Late]);
+        assert_eq!(l.spanned(), 7);
+        assert_eq!(l.lost(), 1, "tick 14");
+        assert_eq!((l.late, l.duplicated), (2, 1));
+        assert_eq!(l.observe(13), Duplicate, "still remembered");
+    }
+
+    #[test]
+    fn the_ledger_forgets_beyond_its_window_and_counts_lost_across_a_gap() {
+        let mut l = TickLedger::default();
+        l.observe(0);
+        l.observe(5000);
+        assert_eq!(l.spanned(), 5001);
+        assert_eq!(l.lost(), 4999);
+        assert_eq!(l.observe(100), Arrival::Late, "too old to tell");
+        assert_eq!(l.lost(), 4999, "and stays lost");
+        // A slot reused by a newer tick is not mistaken for the old one.
+        l.observe(5000 + LEDGER_WINDOW as u32);
+        assert_eq!(l.observe(5001 + 1), Arrival::Late);
+    }
 }

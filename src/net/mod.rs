@@ -7,6 +7,7 @@ pub mod client;
 pub mod config;
 pub mod connection;
 pub mod drive;
+pub mod impair;
 pub mod link;
 pub mod live;
 pub mod lobby;

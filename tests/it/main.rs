@@ -11,6 +11,7 @@ mod common;
 mod concurrency;
 mod content;
 mod crash;
+mod impair;
 mod ingest;
 mod operations;
 mod race;

@@ -8,6 +8,8 @@
 
 use std::time::{Duration, Instant};
 
+use apexsim::net::impair::{Impairment, Relay};
+
 use crate::common::http_get;
 use crate::server::{Server, archive_ls, json, metric};
 use crate::web::{browser, screenshots};
@@ -191,120 +193,29 @@ fn a_browser_drives_a_race_over_webtransport_with_three_bots_and_a_flooding_tab_
     assert_eq!(code, 0, "{log}");
 }
 
-mod jitter {
-    //! A UDP relay in front of the server that holds every datagram, both ways, for a random
-    //! 0 to `max` before passing it on: at 240 Hz (a datagram every 4.2 ms) a 5 ms jitter
-    //! delivers many out of order, as a real network can.
-
-    use std::cmp::Reverse;
-    use std::collections::BinaryHeap;
-    use std::net::{SocketAddr, UdpSocket};
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-    use std::sync::{Arc, Mutex, mpsc};
-    use std::time::{Duration, Instant};
-
-    pub(crate) struct Relay {
-        pub(crate) port: u16,
-        pub(crate) relayed: Arc<AtomicU64>,
-        stop: Arc<AtomicBool>,
-    }
-
-    impl Drop for Relay {
-        fn drop(&mut self) {
-            self.stop.store(true, Ordering::SeqCst);
-        }
-    }
-
-    type Held = (Reverse<(Instant, u64)>, Vec<u8>, bool);
-
-    pub(crate) fn relay(server: SocketAddr, max: Duration) -> Relay {
-        let front = UdpSocket::bind("127.0.0.1:0").expect("bind");
-        let back = UdpSocket::bind("127.0.0.1:0").expect("bind");
-        back.connect(server).expect("connect");
-        for s in [&front, &back] {
-            s.set_read_timeout(Some(Duration::from_millis(50)))
-                .expect("timeout");
-        }
-        let port = front.local_addr().expect("addr").port();
-        let stop = Arc::new(AtomicBool::new(false));
-        let relayed = Arc::new(AtomicU64::new(0));
-        let client: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
-        let (tx, rx) = mpsc::channel::<(Vec<u8>, bool)>();
-        // Readers: from the client (to the server) and from the server (to the client).
-        for to_server in [true, false] {
-            let socket = if to_server { &front } else { &back };
-            let socket = socket.try_clone().expect("clone");
-            let (tx, stop, client) = (tx.clone(), stop.clone(), client.clone());
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 65536];
-                while !stop.load(Ordering::SeqCst) {
-                    let Ok((n, from)) = socket.recv_from(&mut buf) else {
-                        continue;
-                    };
-                    if to_server {
-                        *client.lock().expect("lock") = Some(from);
-                    }
-                    if tx.send((buf[..n].to_vec(), to_server)).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-        // The sender: holds each for its delay, in the order they come due.
-        let (front, back, stop2, count) = (front, back, stop.clone(), relayed.clone());
-        std::thread::spawn(move || {
-            let mut held: BinaryHeap<Held> = BinaryHeap::new();
-            let (mut rng, mut n) = (0x9e37_79b9_7f4a_7c15u64, 0u64);
-            while !stop2.load(Ordering::SeqCst) {
-                let wait = held
-                    .peek()
-                    .map_or(Duration::from_millis(50), |(Reverse((at, _)), _, _)| {
-                        at.saturating_duration_since(Instant::now())
-                    });
-                match rx.recv_timeout(wait) {
-                    Ok((bytes, to_server)) => {
-                        rng ^= rng << 13;
-                        rng ^= rng >> 7;
-                        rng ^= rng << 17;
-                        let delay = max.mul_f64((rng % 1_000_000) as f64 / 1_000_000.0);
-                        n += 1;
-                        held.push((Reverse((Instant::now() + delay, n)), bytes, to_server));
-                    }
-                    Err(mpsc::RecvTimeoutError::Timeout) => {}
-                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                }
-                let now = Instant::now();
-                while held
-                    .peek()
-                    .is_some_and(|(Reverse((at, _)), _, _)| *at <= now)
-                {
-                    let Some((_, bytes, to_server)) = held.pop() else {
-                        break;
-                    };
-                    if to_server {
-                        let _ = back.send(&bytes);
-                    } else if let Some(to) = *client.lock().expect("lock") {
-                        let _ = front.send_to(&bytes, to);
-                    }
-                    count.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        });
-        Relay {
-            port,
-            relayed,
-            stop,
-        }
-    }
-}
-
 #[test]
 fn the_browser_client_drives_smoothly_through_a_jittery_network_ignoring_late_datagrams() {
     let server = Server::start(&[]);
-    let relay = jitter::relay(server.quic, Duration::from_millis(5));
+    // 0-5 ms of jitter each way: at 240 Hz (a datagram every 4.2 ms) many arrive out of order.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let impairment = Impairment {
+        jitter: Duration::from_millis(5),
+        ..Impairment::default()
+    };
+    let relay = runtime
+        .block_on(Relay::start(
+            "127.0.0.1:0".parse().expect("addr"),
+            server.quic,
+            impairment,
+        ))
+        .expect("relay");
     let shot = screenshots().join("drive_jitter.png");
     let addr = format!("127.0.0.1:{}", server.http.port());
-    let port = relay.port.to_string();
+    let port = relay.local_addr().port().to_string();
     // The page makes a one-lap session with three AI cars and starts it.
     let seen = browser(
         "drive_page.py",
@@ -339,14 +250,14 @@ fn the_browser_client_drives_smoothly_through_a_jittery_network_ignoring_late_da
     eprintln!(
         "through 0-5 ms of jitter each way: {ignored} of {} telemetry datagrams arrived after a \
          newer one and were ignored; loss {:.2}%, latency p50 {:.1} ticks, p99 {:.1} ticks, \
-         {} datagrams relayed",
+         {} reordered by the relay",
         received + ignored,
         seen["loss"].as_f64().unwrap_or(f64::NAN) * 100.0,
         latency["p50_ticks"].as_f64().unwrap_or(f64::NAN),
         latency["p99_ticks"].as_f64().unwrap_or(f64::NAN),
-        relay.relayed.load(std::sync::atomic::Ordering::Relaxed),
+        relay.stats().to_client.reordered,
     );
-    drop(relay);
+    relay.stop();
     let (code, _, log, _, _dir) = server.stop();
     assert_eq!(code, 0, "{log}");
 }
