@@ -282,6 +282,7 @@ async fn serve_connection(shared: &Arc<Shared>, id: ConnId, conn: &Link, open: u
             player,
             name,
             out: out_tx,
+            datagrams: conn.clone(),
         })
         .await
         .is_err()
@@ -395,11 +396,6 @@ async fn serve_connection(shared: &Arc<Shared>, id: ConnId, conn: &Link, open: u
                     Some(Outgoing::Frame(frame)) => {
                         if send.write_all(&frame).await.is_err() {
                             break None;
-                        }
-                    }
-                    Some(Outgoing::Datagram(d)) => {
-                        if conn.send_datagram(bytes::Bytes::from(d)).is_err() {
-                            metrics.dropped(DropReason::DatagramSendFailed);
                         }
                     }
                     Some(Outgoing::Close(reason)) => {

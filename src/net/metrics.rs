@@ -238,9 +238,8 @@ pub enum DropReason {
     InputOutOfOrder,
     /// A connection's queue of control frames was full.
     ControlQueueFull,
-    /// A connection's queue of datagrams was full.
-    SendQueueFull,
-    /// QUIC refused a datagram.
+    /// The transport refused a datagram (the connection is gone, or it is too large); one
+    /// that cannot be sent in time is dropped by the transport's buffer, oldest first.
     DatagramSendFailed,
 }
 
@@ -255,7 +254,6 @@ impl DropReason {
             Self::InputWithoutCar => "input_without_car",
             Self::InputOutOfOrder => "input_out_of_order",
             Self::ControlQueueFull => "control_queue_full",
-            Self::SendQueueFull => "send_queue_full",
             Self::DatagramSendFailed => "datagram_send_failed",
         }
     }

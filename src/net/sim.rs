@@ -38,8 +38,8 @@ pub use super::lobby::ConnId;
 mod systems;
 
 pub use systems::{
-    NetDriver, NetInputs, NetLinks, NetMetrics, SessionFaults, SnapshotScratch, apply_inputs,
-    send_telemetry,
+    ClientLink, NetDriver, NetInputs, NetLinks, NetMetrics, SessionFaults, SnapshotScratch,
+    apply_inputs, send_telemetry,
 };
 
 /// What the simulation thread sends a connection task.
@@ -47,8 +47,6 @@ pub use systems::{
 pub enum Outgoing {
     /// An encoded control frame.
     Frame(Arc<Vec<u8>>),
-    /// An encoded datagram.
-    Datagram(Vec<u8>),
     /// Close the connection: the lobby has let it go.
     Close(CloseReason),
 }
@@ -64,8 +62,10 @@ pub enum ToSim {
         player: Uuid,
         /// Its name.
         name: String,
-        /// Where to send it frames and datagrams.
+        /// Where to send it frames (and its close).
         out: mpsc::Sender<Outgoing>,
+        /// Its transport, for telemetry datagrams.
+        datagrams: super::link::Link,
     },
     /// A control message.
     Message {
@@ -374,12 +374,13 @@ impl SimServer {
                     player,
                     name,
                     out,
+                    datagrams,
                 } => {
                     self.sim
                         .world_mut()
                         .resource_mut::<NetLinks>()
                         .0
-                        .insert(conn, out);
+                        .insert(conn, ClientLink { out, datagrams });
                     self.lobby.connect(now, conn, player, name);
                 }
                 ToSim::Message { conn, msg } => self.lobby.handle(now, conn, msg),
@@ -439,8 +440,8 @@ impl SimServer {
             match output {
                 Output::Send { to, msg } => self.send(&to, &msg),
                 Output::Close { conn, reason } => {
-                    if let Some(tx) = self.sim.world().resource::<NetLinks>().0.get(&conn) {
-                        let _ = tx.try_send(Outgoing::Close(reason));
+                    if let Some(link) = self.sim.world().resource::<NetLinks>().0.get(&conn) {
+                        let _ = link.out.try_send(Outgoing::Close(reason));
                     }
                     self.forget(conn);
                 }
@@ -468,8 +469,8 @@ impl SimServer {
             }
         };
         let links = &self.sim.world().resource::<NetLinks>().0;
-        let mut deliver = |tx: &mpsc::Sender<Outgoing>| {
-            if tx.try_send(Outgoing::Frame(frame.clone())).is_err() {
+        let mut deliver = |link: &ClientLink| {
+            if link.out.try_send(Outgoing::Frame(frame.clone())).is_err() {
                 self.metrics.dropped(DropReason::ControlQueueFull);
             }
         };

@@ -35,7 +35,18 @@ pub struct NetInputs {
 
 /// Where each connection's outgoing queue is.
 #[derive(Resource, Default)]
-pub struct NetLinks(pub(super) HashMap<ConnId, mpsc::Sender<Outgoing>>);
+pub struct NetLinks(pub(super) HashMap<ConnId, ClientLink>);
+
+/// How the simulation reaches one connection: frames and closes through its task's queue,
+/// telemetry datagrams straight onto its transport (no task woken per datagram; the
+/// transport's own buffer drops the oldest when a client falls behind).
+#[derive(Debug)]
+pub struct ClientLink {
+    /// The connection task's queue.
+    pub out: mpsc::Sender<Outgoing>,
+    /// The transport, for datagrams.
+    pub datagrams: crate::net::link::Link,
+}
 
 /// The metrics, for the systems.
 #[derive(Resource, Clone)]
@@ -87,10 +98,12 @@ pub fn apply_inputs(
 #[derive(Default)]
 pub struct SnapshotScratch {
     sessions: HashMap<Entity, (Vec<CarTelemetry>, Vec<(ConnId, u32)>)>,
+    /// The tick's datagrams, split off one by one.
+    datagrams: bytes::BytesMut,
 }
 
 /// Builds each session's telemetry packet (only sessions with a connected player), encodes it
-/// once, patches each player's input acknowledgement and queues it. Also finds the sessions
+/// once, patches each player's input acknowledgement and hands it to the player's transport. Also finds the sessions
 /// whose cars turned non-finite. A panic in one session's work faults that session only.
 // System parameters: bevy systems take what they read.
 #[allow(clippy::too_many_arguments)]
@@ -118,7 +131,10 @@ pub fn send_telemetry(
     )>,
 ) {
     // Buffers are kept from tick to tick; sessions nobody listens to any more are dropped.
-    let buckets = &mut scratch.sessions;
+    let SnapshotScratch {
+        sessions: buckets,
+        datagrams,
+    } = &mut *scratch;
     for (list, recipients) in buckets.values_mut() {
         list.clear();
         recipients.clear();
@@ -228,19 +244,22 @@ pub fn send_telemetry(
                 continue;
             }
         };
+        // One buffer for the tick's datagrams of the session: each recipient's copy (its own
+        // input ack patched in) is a slice of it, so a tick allocates once per session.
+        datagrams.reserve(bytes.len() * recipients.len());
+        let mut sent = 0u64;
         for &(conn, ack) in recipients.iter() {
-            let Some(tx) = links.0.get(&conn) else {
+            let Some(link) = links.0.get(&conn) else {
                 continue;
             };
-            let mut datagram = bytes.clone();
+            datagrams.extend_from_slice(&bytes);
+            let mut datagram = datagrams.split();
             protocol::patch_input_ack(&mut datagram, ack);
-            match tx.try_send(Outgoing::Datagram(datagram)) {
-                Ok(()) => metrics.0.telemetry_packets_sent.inc(),
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    metrics.0.dropped(DropReason::SendQueueFull)
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            match link.datagrams.send_datagram(datagram.freeze()) {
+                Ok(()) => sent += 1,
+                Err(_) => metrics.0.dropped(DropReason::DatagramSendFailed),
             }
         }
+        metrics.0.telemetry_packets_sent.inc_by(sent);
     }
 }
