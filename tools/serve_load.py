@@ -47,7 +47,7 @@ def main():
     env["APEXSIM_SERVER_MAX_CONNECTIONS"] = str(max(128, args.sessions * args.bots + 16))
     server = subprocess.Popen(
         pin_server + [BIN, "--data", data, "serve", "--bind", "127.0.0.1:0", "--http-port", "0", "--format", "json"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, cwd=ROOT, text=True)
+        stdout=subprocess.PIPE, stderr=open(os.path.join(data, "server.log"), "w"), env=env, cwd=ROOT, text=True)
     listening = json.loads(server.stdout.readline())
     quic = "127.0.0.1:" + listening["quic"].rsplit(":", 1)[1]
     http = "127.0.0.1:" + listening["http"].rsplit(":", 1)[1]
@@ -64,6 +64,7 @@ def main():
         out, err = d.communicate()
         if d.returncode != 0:
             print(err[-2000:], file=sys.stderr)
+            print(f"the server's log: {os.path.join(data, 'server.log')}", file=sys.stderr)
             sys.exit(f"drive failed with {d.returncode}")
         reports.append(json.loads(out.strip().splitlines()[-1]))
     wall = time.time() - t0

@@ -613,13 +613,23 @@ async fn run_bot(
         tokio::select! {
             datagram = conn.read_datagram() => {
                 let Ok(bytes) = datagram else { break None };
-                let Ok(t) = super::protocol::decode_telemetry(&bytes) else { continue };
                 let now = Instant::now();
-                stats.telemetry_packets += 1;
-                // Only the newest state is driven from; a late or doubled datagram is counted.
-                if ledger.observe(t.server_tick) != Arrival::Newest {
-                    continue;
+                // What else has arrived is read now too, and the bot acts once, on the newest
+                // state: after a stall it neither drives from old states nor bursts inputs.
+                // A late or doubled datagram is only counted.
+                let mut newest = None;
+                let mut next = Some(bytes);
+                for _ in 0..256 {
+                    let Some(bytes) = next.take() else { break };
+                    if let Ok(t) = super::protocol::decode_telemetry(&bytes) {
+                        stats.telemetry_packets += 1;
+                        if ledger.observe(t.server_tick) == Arrival::Newest {
+                            newest = Some(t);
+                        }
+                    }
+                    next = futures::FutureExt::now_or_never(conn.read_datagram()).and_then(Result::ok);
                 }
+                let Some(t) = newest else { continue };
                 if first.is_none() {
                     first = Some((t.server_tick, now));
                 }
