@@ -79,6 +79,8 @@ def main():
     # Race time only: the drive reports' telemetry seconds (countdown and race).
     race_s = max(b["telemetry_seconds"] for r in reports for b in r["per_bot"])
     per_client_ms = 1000.0 * cpu / (clients * wall)
+    sent = after.get("apexsim_udp_sent_bytes_total", 0) - before.get("apexsim_udp_sent_bytes_total", 0)
+    received = after.get("apexsim_udp_received_bytes_total", 0) - before.get("apexsim_udp_received_bytes_total", 0)
     summary = {
         "sessions": args.sessions,
         "bots_per_session": args.bots,
@@ -98,6 +100,9 @@ def main():
         "server_cpu_ms_per_client_per_s": round(per_client_ms, 3),
         "clients_per_core_at_240hz": int(1000.0 / per_client_ms) if per_client_ms > 0 else None,
         "telemetry_bytes_16_cars": 1 + 4 + 4 + 4 + 1 + 8 + 16 * 24,
+        # Over the telemetry's seconds (countdown and race), what QUIC put on the wire.
+        "udp_sent_kbit_per_client_s": round(8 * sent / 1000 / (clients * race_s), 1) if race_s else None,
+        "udp_received_kbit_per_client_s": round(8 * received / 1000 / (clients * race_s), 1) if race_s else None,
         "faults": [r["fault"] for r in reports if r["fault"]],
     }
     print(json.dumps(summary, indent=1))

@@ -170,6 +170,9 @@ pub async fn connection(shared: Arc<Shared>, conn: Link) {
         let open = shared.connections.fetch_add(1, Ordering::SeqCst) + 1;
         shared.accepted.fetch_add(1, Ordering::SeqCst);
         let registered = serve_connection(&shared, id, &conn, open).await;
+        let (sent, received) = conn.udp_bytes();
+        shared.metrics.udp_sent_bytes.inc_by(sent);
+        shared.metrics.udp_received_bytes.inc_by(received);
         shared.connections.fetch_sub(1, Ordering::SeqCst);
         if registered {
             let _ = shared.to_sim.send(ToSim::Disconnected { conn: id }).await;

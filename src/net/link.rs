@@ -156,6 +156,15 @@ impl Link {
         }
     }
 
+    /// UDP bytes sent and received on the connection so far (QUIC's count).
+    pub fn udp_bytes(&self) -> (u64, u64) {
+        let stats = match self {
+            Self::Quic(c) => c.stats(),
+            Self::Web(s) => quinn::Connection::stats(s),
+        };
+        (stats.udp_tx.bytes, stats.udp_rx.bytes)
+    }
+
     /// The QUIC round-trip time estimate.
     pub fn rtt(&self) -> Duration {
         match self {

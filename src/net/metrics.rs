@@ -26,6 +26,11 @@ pub struct Metrics {
     pub telemetry_packets_sent: IntCounter,
     /// Input datagrams accepted.
     pub input_packets_received: IntCounter,
+    /// UDP bytes sent to clients (QUIC's own count, packet headers and encryption included),
+    /// added when a connection ends.
+    pub udp_sent_bytes: IntCounter,
+    /// UDP bytes received from clients, added when a connection ends.
+    pub udp_received_bytes: IntCounter,
     /// Each player's round-trip time in ticks, from the server tick its inputs acknowledge.
     pub player_rtt_ticks: Histogram,
     /// Packets dropped, by reason.
@@ -128,6 +133,16 @@ impl Metrics {
                 &r,
                 "apexsim_input_packets_received_total",
                 "Input datagrams accepted",
+            ),
+            udp_sent_bytes: counter(
+                &r,
+                "apexsim_udp_sent_bytes_total",
+                "UDP bytes sent to clients, counted when each connection ends",
+            ),
+            udp_received_bytes: counter(
+                &r,
+                "apexsim_udp_received_bytes_total",
+                "UDP bytes received from clients, counted when each connection ends",
             ),
             player_rtt_ticks: histogram(
                 &r,
