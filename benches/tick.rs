@@ -13,7 +13,10 @@
 //!   assembles the laps and writes them as Parquet on the other core. Next to it, the same
 //!   world whose chunk is only cleared (`ecs_cleared`) and the plain loop (`soa`).
 //!
-//! `Throughput::Elements` is cars, so criterion's elements/s gives ns per car as its inverse.
+//! - `tick/archive_rate`: the same archived world in flush intervals of 60 ticks, the clock
+//!   stopped only once the recorder has caught up: rows archived per second, sustained.
+//!
+//! `Throughput::Elements` is cars (rows for `tick/archive_rate`), so criterion's elements/s gives ns per car as its inverse.
 //!
 //! Outside `tick/served` the record chunk is emptied every 60 ticks, standing for the flush.
 
@@ -502,5 +505,48 @@ fn served_tick(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, full_tick, kernels, record_cost, served_tick);
+/// The archive's sustained rate: each iteration is one flush interval (60 ticks and the swap),
+/// and the clock stops only once the recorder has written every row it was handed, so a
+/// sample cannot end with work still queued. Elements are rows (cars x 60).
+fn archive_rate(c: &mut Criterion) {
+    let mut group = c.benchmark_group("tick/archive_rate");
+    group.measurement_time(Duration::from_secs(15));
+    group.sample_size(10);
+    for cars in [1_600, 16_000] {
+        group.throughput(Throughput::Elements(cars as u64 * 60));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let writer = ArchiveWiring::default()
+            .start_writer(dir.path())
+            .expect("archive");
+        let recorder = Recorder::start(writer, WalSync::Every(Duration::from_secs(1)), |_| {})
+            .expect("recorder");
+        let mut sim = racing_world(cars);
+        begin_sessions(sim.world_mut(), &recorder);
+        group.bench_function(BenchmarkId::new("ecs_archived", cars), |b| {
+            b.iter_custom(|iters| {
+                let started = std::time::Instant::now();
+                for _ in 0..iters {
+                    for _ in 0..60 {
+                        sim.step();
+                    }
+                    recorder.flush(&mut sim.world_mut().resource_mut::<RecordChunk>());
+                }
+                recorder.wait();
+                started.elapsed()
+            })
+        });
+        let report = recorder.finish();
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    full_tick,
+    kernels,
+    record_cost,
+    served_tick,
+    archive_rate
+);
 criterion_main!(benches);

@@ -12,13 +12,14 @@ use std::sync::mpsc::{Receiver, SyncSender};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use apexsim_systems::record::{LapAssembler, RecordChunk};
+use apexsim_systems::record::{LapAssembler, LapClosed, RecordChunk};
 use bevy_ecs::entity::Entity;
 use uuid::Uuid;
 
 use super::index::{ResultEntry, SessionRow};
 use super::session::ArchiveSession;
 use super::wal::WalSync;
+use super::wal::writer::whole_rows;
 use super::writer::{ArchiveWriter, WriterReport};
 use super::{ArchiveError, Date, LapMeta, Source};
 
@@ -53,6 +54,8 @@ pub enum RecorderMsg {
     },
     /// The rows of the last flush interval.
     Chunk(RecordChunk),
+    /// Answered once everything sent before it is processed.
+    Barrier(SyncSender<()>),
     /// The race templates as loaded (at start and after each content reload), for the index.
     Templates(Vec<crate::content::RaceTemplate>),
     /// A session ended: finished with its results, or in a fault (unfinished, write-ahead file
@@ -85,6 +88,8 @@ struct Live {
     archive: ArchiveSession,
     track: String,
     track_length_m: f32,
+    /// Its slot in the [`SessionSplit`].
+    slot: u32,
 }
 
 struct State {
@@ -94,6 +99,7 @@ struct State {
     assembler: LapAssembler,
     cars: HashMap<Entity, (Uuid, RecordedCar)>,
     sessions: HashMap<Uuid, Live>,
+    split: SessionSplit,
     errors: Vec<String>,
     wal_syncs: u64,
     observe: Box<dyn FnMut(std::time::Duration) + Send>,
@@ -119,6 +125,7 @@ impl Recorder {
             assembler: LapAssembler::default(),
             cars: HashMap::new(),
             sessions: HashMap::new(),
+            split: SessionSplit::default(),
             errors: Vec::new(),
             wal_syncs: 0,
             observe: Box::new(observe),
@@ -168,6 +175,14 @@ impl Recorder {
         })
     }
 
+    /// Waits until everything sent so far is processed: its rows are in the write-ahead
+    /// files and its closed laps handed to the writer.
+    pub fn wait(&self) {
+        let (done, answer) = std::sync::mpsc::sync_channel(1);
+        self.send(RecorderMsg::Barrier(done));
+        let _ = answer.recv();
+    }
+
     /// Swaps the world's chunk with an emptied one the recorder returned (or a new one) and
     /// sends the full one. The simulation thread does no archive work beyond this swap.
     pub fn flush(&self, chunk: &mut RecordChunk) {
@@ -213,6 +228,9 @@ impl State {
                     if let Some(ack) = ack {
                         let _ = ack.send(result);
                     }
+                }
+                RecorderMsg::Barrier(done) => {
+                    let _ = done.send(());
                 }
                 RecorderMsg::Templates(templates) => {
                     self.writer
@@ -265,7 +283,9 @@ impl State {
             self.sync,
         ) {
             Ok(archive) => {
+                let slot = self.split.open_slot();
                 for car in cars {
+                    self.split.assign(car.entity, slot, car.index);
                     self.cars.insert(car.entity, (id, car));
                 }
                 self.sessions.insert(
@@ -274,6 +294,7 @@ impl State {
                         archive,
                         track,
                         track_length_m,
+                        slot,
                     },
                 );
                 Ok(())
@@ -290,11 +311,13 @@ impl State {
         if chunk.is_empty() && chunk.closed.is_empty() {
             return;
         }
-        let cars = &self.cars;
-        for (id, part) in split_by_session(chunk, |e| cars.get(&e).map(|(s, _)| *s)) {
-            if let Some(live) = self.sessions.get_mut(&id) {
+        self.split.split(chunk);
+        let split = &self.split;
+        for live in self.sessions.values_mut() {
+            let (rows, closed) = split.part(live.slot);
+            if !rows.is_empty() || !closed.is_empty() {
                 live.archive
-                    .record(&part, |e| cars.get(&e).map_or(0, |(_, c)| c.index));
+                    .record(chunk, rows, closed, |e| split.index_of(e).unwrap_or(0));
             }
         }
         if let Some(tick) = chunk.columns.tick.iter().max() {
@@ -334,10 +357,18 @@ impl State {
         fault: Option<String>,
         ended_by: Option<String>,
     ) {
-        self.cars.retain(|_, (s, _)| *s != session);
+        let split = &mut self.split;
+        self.cars.retain(|&car, (s, _)| {
+            let keep = *s != session;
+            if !keep {
+                split.unassign(car);
+            }
+            keep
+        });
         let Some(live) = self.sessions.remove(&session) else {
             return;
         };
+        self.split.close_slot(live.slot);
         self.wal_syncs += live.archive.wal_syncs();
         let errors = match fault {
             None => live
@@ -352,59 +383,102 @@ impl State {
     }
 }
 
-/// Splits a world-wide chunk into one chunk per session (`session_of` maps a car to its
-/// session; rows of unknown cars are dropped), keeping row order.
-pub fn split_by_session(
-    chunk: &RecordChunk,
-    session_of: impl Fn(Entity) -> Option<Uuid>,
-) -> Vec<(Uuid, RecordChunk)> {
-    // Each car's session, looked up once; then each session's rows gathered column by column.
-    let mut car_slot: HashMap<Entity, Option<usize>> = HashMap::new();
-    let mut parts: Vec<(Uuid, Vec<u32>, RecordChunk)> = Vec::new();
-    let mut slot_of = |car: Entity, parts: &mut Vec<(Uuid, Vec<u32>, RecordChunk)>| {
-        *car_slot.entry(car).or_insert_with(|| {
-            let id = session_of(car)?;
-            Some(match parts.iter().position(|(s, ..)| *s == id) {
-                Some(k) => k,
-                None => {
-                    parts.push((id, Vec::new(), RecordChunk::default()));
-                    parts.len() - 1
-                }
-            })
+/// A world-wide chunk's rows bucketed by session, through tables indexed by entity and by
+/// session slot: no hashing per row, and the buffers are reused from chunk to chunk.
+#[derive(Debug, Default)]
+pub struct SessionSplit {
+    /// By entity index: the car, its session's slot and its index in the session.
+    cars: Vec<Option<(Entity, u32, u8)>>,
+    /// By slot: the rows of the last chunk, in row order, and the laps it closed.
+    parts: Vec<(Vec<u32>, Vec<LapClosed>)>,
+    /// Slots of ended sessions, for the next ones.
+    free: Vec<u32>,
+}
+
+impl SessionSplit {
+    /// A slot for a new session.
+    pub fn open_slot(&mut self) -> u32 {
+        self.free.pop().unwrap_or_else(|| {
+            self.parts.push(Default::default());
+            self.parts.len() as u32 - 1
         })
-    };
-    let rows = chunk.len().min(chunk.columns.len());
-    for (i, &car) in chunk.car.iter().enumerate().take(rows) {
-        if let Some(k) = slot_of(car, &mut parts) {
-            parts[k].1.push(i as u32);
+    }
+
+    /// Frees a session's slot (its cars unassigned first).
+    pub fn close_slot(&mut self, slot: u32) {
+        if let Some((rows, closed)) = self.parts.get_mut(slot as usize) {
+            rows.clear();
+            closed.clear();
+            self.free.push(slot);
         }
     }
-    for closed in &chunk.closed {
-        if let Some(k) = slot_of(closed.car, &mut parts) {
-            parts[k].2.closed.push(*closed);
+
+    /// Records `car` as a car of the session in `slot`, with its index in the session.
+    pub fn assign(&mut self, car: Entity, slot: u32, index: u8) {
+        let at = car.index_u32() as usize;
+        if self.cars.len() <= at {
+            self.cars.resize(at + 1, None);
+        }
+        self.cars[at] = Some((car, slot, index));
+    }
+
+    /// Forgets a car.
+    pub fn unassign(&mut self, car: Entity) {
+        if let Some(entry) = self.cars.get_mut(car.index_u32() as usize)
+            && entry.is_some_and(|(e, ..)| e == car)
+        {
+            *entry = None;
         }
     }
-    parts
-        .into_iter()
-        .map(|(id, rows, mut part)| {
-            part.car.extend(rows.iter().map(|&i| chunk.car[i as usize]));
-            part.lap.extend(rows.iter().map(|&i| chunk.lap[i as usize]));
-            part.columns.extend_from(&chunk.columns, &rows);
-            (id, part)
-        })
-        .collect()
+
+    fn lookup(&self, car: Entity) -> Option<(u32, u8)> {
+        match self.cars.get(car.index_u32() as usize) {
+            Some(Some((e, slot, index))) if *e == car => Some((*slot, *index)),
+            _ => None,
+        }
+    }
+
+    /// A car's index in its session.
+    pub fn index_of(&self, car: Entity) -> Option<u8> {
+        self.lookup(car).map(|(_, index)| index)
+    }
+
+    /// Buckets the chunk's rows and closed laps by session (rows of unknown cars are
+    /// dropped), keeping row order.
+    pub fn split(&mut self, chunk: &RecordChunk) {
+        for (rows, closed) in &mut self.parts {
+            rows.clear();
+            closed.clear();
+        }
+        for (i, &car) in chunk.car[..whole_rows(chunk)].iter().enumerate() {
+            if let Some((slot, _)) = self.lookup(car) {
+                self.parts[slot as usize].0.push(i as u32);
+            }
+        }
+        for closed in &chunk.closed {
+            if let Some((slot, _)) = self.lookup(closed.car) {
+                self.parts[slot as usize].1.push(*closed);
+            }
+        }
+    }
+
+    /// A slot's rows and closed laps from the last [`split`](Self::split).
+    pub fn part(&self, slot: u32) -> (&[u32], &[LapClosed]) {
+        self.parts
+            .get(slot as usize)
+            .map_or((&[], &[]), |(rows, closed)| (rows, closed))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use apexsim_systems::record::{LapClosed, LapSample};
+    use apexsim_systems::record::LapSample;
 
     #[test]
     fn a_chunk_splits_by_session_in_row_order() {
         let mut world = bevy_ecs::world::World::new();
         let [a, b, c] = [(); 3].map(|()| world.spawn_empty().id());
-        let (s1, s2) = (Uuid::from_u128(1), Uuid::from_u128(2));
         let mut chunk = RecordChunk::default();
         for (i, car) in [a, b, a, c, b].into_iter().enumerate() {
             chunk.car.push(car);
@@ -422,16 +496,25 @@ mod tests {
             valid: true,
             lap_time_s: Some(1.0),
         });
-        let parts = split_by_session(&chunk, |e| match e {
-            e if e == a || e == b => Some(s1),
-            e if e == c => None,
-            _ => Some(s2),
-        });
-        assert_eq!(parts.len(), 1, "c's session is unknown: its row is dropped");
-        let (id, part) = &parts[0];
-        assert_eq!(*id, s1);
-        assert_eq!(part.columns.tick, vec![0, 1, 2, 4]);
-        assert_eq!(part.car, vec![a, b, a, b]);
-        assert_eq!(part.closed.len(), 1);
+        let mut split = SessionSplit::default();
+        let (s1, s2) = (split.open_slot(), split.open_slot());
+        split.assign(a, s1, 0);
+        split.assign(b, s1, 1);
+        split.assign(c, s2, 0);
+        split.unassign(c);
+        split.close_slot(s2);
+        split.split(&chunk);
+        let (rows, closed) = split.part(s1);
+        assert_eq!(rows, [0, 1, 2, 4], "c's session ended: its row is dropped");
+        assert_eq!(closed.len(), 1);
+        assert_eq!(split.part(s2), (&[][..], &[][..]));
+        assert_eq!(split.index_of(b), Some(1));
+        assert_eq!(split.index_of(c), None);
+        // A freed slot is reused, and an entity index reused by another entity is not
+        // mistaken for the old car.
+        assert_eq!(split.open_slot(), s2);
+        world.despawn(a);
+        let a2 = world.spawn_empty().id();
+        assert_eq!(split.index_of(a2), None);
     }
 }

@@ -9,7 +9,7 @@
 //! session that ends in an error ([`ArchiveSession::abandon`]), or whose laps could not all be
 //! written, stays unfinished and keeps its write-ahead file for recovery by the next process.
 
-use apexsim_systems::record::{LapColumns, RecordChunk};
+use apexsim_systems::record::{LapClosed, LapColumns, RecordChunk};
 use bevy_ecs::entity::Entity;
 use uuid::Uuid;
 
@@ -76,11 +76,19 @@ impl ArchiveSession {
         self.wal.as_ref().map_or(0, Wal::syncs)
     }
 
-    /// Appends a flush of rows, and the laps the chunk closed, to the write-ahead file. A
-    /// failure is logged and kept for the report; the session goes on.
-    pub fn record(&mut self, chunk: &RecordChunk, car_index: impl Fn(Entity) -> u8) {
+    /// Appends the session's rows of a flush (`rows` of a world-wide chunk) and the laps it
+    /// closed to the write-ahead file. A failure is logged and kept for the report; the
+    /// session goes on.
+    pub fn record(
+        &mut self,
+        chunk: &RecordChunk,
+        rows: &[u32],
+        closed: &[LapClosed],
+        car_index: impl Fn(Entity) -> u8,
+    ) {
         if let Some(wal) = self.wal.as_mut() {
-            let result = wal.append(chunk, car_index);
+            let rows = rows.iter().map(|&i| i as usize);
+            let result = wal.append_at(chunk, rows, closed, car_index);
             self.note(result);
         }
     }

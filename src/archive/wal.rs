@@ -4,7 +4,7 @@
 //! one row per lap that closed (its archive lap number, official time, completeness and
 //! validity). The file is handed to the operating system at each flush (a killed process loses
 //! at most the flush in progress) and fsynced on a schedule ([`WalSync`], by default every
-//! second, on a thread of its own), so an operating-system crash loses at most that much more.
+//! second, by one thread for every file of the process), so an operating-system crash loses at most that much more.
 //!
 //! The session holds an exclusive lock on its file for its whole life ([`super::lock`]). The
 //! file is created under a temporary name, locked, given its header and only then linked under
@@ -20,7 +20,7 @@
 //! the file holds.
 //!
 //! By job: the format (here: the session's identity, the schema, the closure flags), the
-//! writer ([`writer`]: a session's file and its fsync thread), the reader ([`reader`]: framing
+//! writer ([`writer`]: a session's file; [`schedule`]: the process's fsync schedule), the reader ([`reader`]: framing
 //! checked before decoding, typed errors) and recovery ([`recovery`]).
 
 use super::ArchiveError;
@@ -34,6 +34,7 @@ use uuid::Uuid;
 
 pub mod reader;
 pub mod recovery;
+pub mod schedule;
 pub mod writer;
 
 pub use reader::{WalContents, WalError, read_wal};
@@ -80,7 +81,7 @@ pub enum WalSync {
     Off,
     /// After every flush, on the simulation thread (the strongest and the slowest).
     EveryFlush,
-    /// At this interval, on a thread of its own.
+    /// At this interval, by the process's schedule for it (one thread for all files).
     Every(Duration),
 }
 

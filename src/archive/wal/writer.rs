@@ -1,11 +1,12 @@
 //! A session's write-ahead file while it records: created locked under a temporary name, given
-//! its header, linked into place; a batch appended per flush; fsynced on its schedule by a
-//! thread of its own; removed once every lap is durable.
+//! its header, linked into place; a batch appended per flush; fsynced on the process's
+//! schedule for its interval ([`schedule`]); removed once every lap is durable.
 
+use super::schedule::{self, Scheduled};
 use super::*;
 use crate::archive::ArchiveError;
 use crate::archive::lock::{self, Lock};
-use apexsim_systems::record::RecordChunk;
+use apexsim_systems::record::{LapClosed, RecordChunk};
 use arrow::array::{
     ArrayRef, Float32Array, Float64Array, RecordBatch, UInt8Array, UInt16Array, UInt64Array,
 };
@@ -13,70 +14,29 @@ use arrow::datatypes::Schema;
 use arrow::ipc::writer::StreamWriter;
 use bevy_ecs::entity::Entity;
 use std::fs::{self, File, OpenOptions};
+use std::io::BufWriter;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
-use std::thread::JoinHandle;
-use std::time::Duration;
+use std::sync::Arc;
 use uuid::Uuid;
 
-/// Syncs the file on a schedule until stopped.
-struct Syncer {
-    stop: Arc<(Mutex<bool>, Condvar)>,
-    thread: Option<JoinHandle<()>>,
-}
+/// Bytes gathered before a write to the file: a session's batch of 60 ticks of 16 cars is
+/// about 70 kB.
+const WRITE_BUFFER: usize = 128 * 1024;
 
-impl Syncer {
-    fn start(file: File, every: Duration, syncs: Arc<AtomicU64>) -> std::io::Result<Self> {
-        let stop = Arc::new((Mutex::new(false), Condvar::new()));
-        let flag = Arc::clone(&stop);
-        let thread = std::thread::Builder::new()
-            .name("apexsim-wal-sync".into())
-            .spawn(move || {
-                let (lock, cvar) = &*flag;
-                let Ok(mut stopped) = lock.lock() else { return };
-                while !*stopped {
-                    match cvar.wait_timeout(stopped, every) {
-                        Ok((guard, _)) => stopped = guard,
-                        Err(_) => return,
-                    }
-                    if !*stopped {
-                        match file.sync_data() {
-                            Ok(()) => {
-                                syncs.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Err(e) => tracing::error!(error = %e, "write-ahead fsync failed"),
-                        }
-                    }
-                }
-            })?;
-        Ok(Self {
-            stop,
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for Syncer {
-    fn drop(&mut self) {
-        if let Ok(mut stopped) = self.stop.0.lock() {
-            *stopped = true;
-            self.stop.1.notify_all();
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+/// The rows of a chunk present in every column.
+pub fn whole_rows(chunk: &RecordChunk) -> usize {
+    chunk.len().min(chunk.columns.len()).min(chunk.lap.len())
 }
 
 /// An open, locked write-ahead file.
 pub struct Wal {
-    writer: StreamWriter<File>,
+    writer: StreamWriter<BufWriter<File>>,
     schema: Arc<Schema>,
     path: PathBuf,
     sync: WalSync,
-    syncs: Arc<AtomicU64>,
-    syncer: Option<Syncer>,
+    /// Syncs made on the simulation's side ([`WalSync::EveryFlush`]).
+    syncs: u64,
+    scheduled: Option<Scheduled>,
 }
 
 impl std::fmt::Debug for Wal {
@@ -87,7 +47,7 @@ impl std::fmt::Debug for Wal {
 
 impl Wal {
     /// Creates and locks the session's write-ahead file (its schema header is written at
-    /// once) and, for [`WalSync::Every`], starts its sync thread.
+    /// once) and, for [`WalSync::Every`], puts it on the process's fsync schedule.
     ///
     /// # Errors
     /// [`ArchiveError::Io`] when the file cannot be created, and [`ArchiveError::SessionBusy`]
@@ -115,8 +75,10 @@ impl Wal {
                 )));
             }
             let schema = Arc::new(wal_schema(session)?);
-            let mut writer =
-                StreamWriter::try_new(file.try_clone().map_err(io_at(&tmp))?, &schema)?;
+            // A batch goes to the operating system in a few large writes, not one per buffer.
+            let out =
+                BufWriter::with_capacity(WRITE_BUFFER, file.try_clone().map_err(io_at(&tmp))?);
+            let mut writer = StreamWriter::try_new(out, &schema)?;
             writer.flush()?;
             // Linking fails if the final name exists: never two writers of one session.
             match fs::hard_link(&tmp, &path) {
@@ -141,15 +103,10 @@ impl Wal {
         })();
         let _ = fs::remove_file(&tmp);
         let (writer, schema) = created?;
-        let syncs = Arc::new(AtomicU64::new(0));
-        let syncer = match sync {
+        let scheduled = match sync {
             WalSync::Every(every) => Some(
-                Syncer::start(
-                    file.try_clone().map_err(io_at(&path))?,
-                    every,
-                    Arc::clone(&syncs),
-                )
-                .map_err(io_at(&path))?,
+                schedule::register(file.try_clone().map_err(io_at(&path))?, every)
+                    .map_err(io_at(&path))?,
             ),
             WalSync::Off | WalSync::EveryFlush => None,
         };
@@ -158,8 +115,8 @@ impl Wal {
             schema,
             path,
             sync,
-            syncs,
-            syncer,
+            syncs: 0,
+            scheduled,
         })
     }
 
@@ -170,7 +127,7 @@ impl Wal {
 
     /// How many times the file was fsynced so far.
     pub fn syncs(&self) -> u64 {
-        self.syncs.load(Ordering::Relaxed)
+        self.syncs + self.scheduled.as_ref().map_or(0, Scheduled::syncs)
     }
 
     /// Appends a chunk's rows and the laps it closed as one batch and hands them to the
@@ -184,8 +141,23 @@ impl Wal {
         chunk: &RecordChunk,
         car_index: impl Fn(Entity) -> u8,
     ) -> Result<(), ArchiveError> {
-        let closures: Vec<LapClosure> = chunk
-            .closed
+        self.append_at(chunk, 0..whole_rows(chunk), &chunk.closed, car_index)
+    }
+
+    /// Appends the rows `rows` of a chunk (in that order; each below [`whole_rows`]) and the
+    /// laps `closed` as one batch: a world-wide chunk is written session by session straight
+    /// from its columns, without a copy per session.
+    ///
+    /// # Errors
+    /// [`ArchiveError`] when the write fails.
+    pub fn append_at(
+        &mut self,
+        chunk: &RecordChunk,
+        rows: impl ExactSizeIterator<Item = usize> + Clone,
+        closed: &[LapClosed],
+        car_index: impl Fn(Entity) -> u8,
+    ) -> Result<(), ArchiveError> {
+        let closures: Vec<LapClosure> = closed
             .iter()
             .map(|c| LapClosure {
                 car: car_index(c.car),
@@ -196,7 +168,7 @@ impl Wal {
                 lap_time_s: c.lap_time_s,
             })
             .collect();
-        self.write_batch(chunk, car_index, &closures)
+        self.write_batch(chunk, rows, car_index, &closures)
     }
 
     /// Appends a chunk's rows only, not the laps it closed.
@@ -208,7 +180,7 @@ impl Wal {
         chunk: &RecordChunk,
         car_index: impl Fn(Entity) -> u8,
     ) -> Result<(), ArchiveError> {
-        self.write_batch(chunk, car_index, &[])
+        self.write_batch(chunk, 0..whole_rows(chunk), car_index, &[])
     }
 
     /// Records laps that closed (for feeds whose lap times are known after their rows).
@@ -216,47 +188,43 @@ impl Wal {
     /// # Errors
     /// [`ArchiveError`] when the write fails.
     pub fn close_laps(&mut self, closures: &[LapClosure]) -> Result<(), ArchiveError> {
-        self.write_batch(&RecordChunk::default(), |_| 0, closures)
+        self.write_batch(&RecordChunk::default(), 0..0, |_| 0, closures)
     }
 
     fn write_batch(
         &mut self,
         chunk: &RecordChunk,
+        rows: impl ExactSizeIterator<Item = usize> + Clone,
         car_index: impl Fn(Entity) -> u8,
         closures: &[LapClosure],
     ) -> Result<(), ArchiveError> {
-        if chunk.is_empty() && closures.is_empty() {
+        let n = rows.len();
+        let k = closures.len();
+        if n == 0 && k == 0 {
             return Ok(());
         }
-        let k = closures.len();
-        let n = chunk.len();
         let mut arrays: Vec<ArrayRef> = vec![
             Arc::new(UInt8Array::from_iter_values(
-                chunk
-                    .car
-                    .iter()
-                    .map(|&e| car_index(e))
+                rows.clone()
+                    .map(|i| car_index(chunk.car[i]))
                     .chain(closures.iter().map(|c| c.car)),
             )),
             Arc::new(UInt16Array::from_iter_values(
-                chunk
-                    .lap
-                    .iter()
-                    .copied()
+                rows.clone()
+                    .map(|i| chunk.lap[i])
                     .chain(closures.iter().map(|c| c.row_lap)),
             )),
             Arc::new(UInt64Array::from_iter_values(
-                chunk
-                    .columns
-                    .tick
-                    .iter()
-                    .copied()
+                rows.clone()
+                    .map(|i| chunk.columns.tick[i])
                     .chain(std::iter::repeat_n(0, k)),
             )),
         ];
         arrays.extend(chunk.columns.f32_columns().into_iter().map(|v| {
             Arc::new(Float32Array::from_iter_values(
-                v.iter().copied().chain(std::iter::repeat_n(f32::NAN, k)),
+                rows.clone()
+                    .map(|i| v[i])
+                    .chain(std::iter::repeat_n(f32::NAN, k)),
             )) as ArrayRef
         }));
         arrays.push(Arc::new(UInt16Array::from_iter(
@@ -273,12 +241,16 @@ impl Wal {
         let batch = RecordBatch::try_new(self.schema.clone(), arrays)?;
         self.writer.write(&batch)?;
         self.writer.flush()?;
+        if let Some(scheduled) = &self.scheduled {
+            scheduled.written();
+        }
         if self.sync == WalSync::EveryFlush {
             self.writer
                 .get_ref()
+                .get_ref()
                 .sync_data()
                 .map_err(io_at(&self.path))?;
-            self.syncs.fetch_add(1, Ordering::Relaxed);
+            self.syncs += 1;
         }
         Ok(())
     }
@@ -289,7 +261,10 @@ impl Wal {
     /// # Errors
     /// [`ArchiveError`] when the file cannot be removed.
     pub fn remove(mut self) -> Result<(), ArchiveError> {
-        self.syncer = None;
+        // Off the schedule without a last sync: the file is going.
+        if let Some(s) = self.scheduled.take() {
+            s.forget();
+        }
         fs::remove_file(&self.path).map_err(io_at(&self.path))
     }
 }
@@ -297,8 +272,11 @@ impl Wal {
 impl Drop for Wal {
     fn drop(&mut self) {
         // Kept for recovery: make what it holds durable before the lock goes.
-        if self.syncer.take().is_some() || self.sync == WalSync::EveryFlush {
-            let _ = self.writer.get_ref().sync_data();
+        let _ = self.writer.flush();
+        if let Some(s) = self.scheduled.take() {
+            s.written();
+        } else if self.sync == WalSync::EveryFlush {
+            let _ = self.writer.get_ref().get_ref().sync_data();
         }
     }
 }
