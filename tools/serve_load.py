@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Load test of `apexsim serve` with `apexsim drive` bots (release builds), on this machine.
 
-Starts one server, then SESSIONS drive processes at once, each creating its own session of
-BOTS bots (plus AI cars) and racing LAPS laps. With --pin (the default on a machine with two
+Starts one server, then SESSIONS sessions at once, each created and raced by its own BOTS bots
+(plus AI cars) for LAPS laps, spread over PROCS drive processes (`drive --sessions K`: many
+sessions on one runtime; by default one process per load core, the load generator's cost kept
+low; `--procs 0` runs a process per session as before). With --pin (the default on a machine with two
 cores or more) the server runs on core 0 only and the bots on the others (`taskset`), so the
 server's CPU per client is measured without the load generator in its way. Scrapes /metrics before and after and reports,
 per run: telemetry coverage and missed ticks, input-to-telemetry latency p50/p99 (in ticks),
@@ -12,7 +14,7 @@ own CPU counter, apexsim_process_cpu_seconds_total) with the clients one core ca
     cargo build --release
     python3 tools/serve_load.py --sessions 1 --bots 16
 """
-import argparse, json, os, re, subprocess, sys, tempfile, time, urllib.request
+import argparse, json, os, re, resource, subprocess, sys, tempfile, time, urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release", "apexsim")
@@ -36,6 +38,8 @@ def main():
     ap.add_argument("--ai", type=int, default=0)
     ap.add_argument("--laps", type=int, default=1)
     ap.add_argument("--track", default="oval_simple")
+    ap.add_argument("--procs", type=int, default=None,
+                    help="drive processes (default: one per load core; 0: one per session)")
     ap.add_argument("--pin", action=argparse.BooleanOptionalAction, default=(os.cpu_count() or 1) >= 2)
     args = ap.parse_args()
     cores = os.cpu_count() or 1
@@ -53,12 +57,16 @@ def main():
     http = "127.0.0.1:" + listening["http"].rsplit(":", 1)[1]
     before = scrape(http)
     t0 = time.time()
+    load_cores = max(1, cores - 1) if args.pin else cores
+    procs = args.procs if args.procs is not None else load_cores
+    procs = args.sessions if procs <= 0 else min(procs, args.sessions)
+    shares = [args.sessions // procs + (1 if i < args.sessions % procs else 0) for i in range(procs)]
     drives = [subprocess.Popen(
         pin_load + [BIN, "drive", "--server", quic, "--fingerprint", listening["fingerprint"],
-         "--bots", str(args.bots), "--ai", str(args.ai), "--laps", str(args.laps),
-         "--track", args.track, "--format", "json"],
+         "--sessions", str(share), "--bots", str(args.bots), "--ai", str(args.ai),
+         "--laps", str(args.laps), "--track", args.track, "--format", "json"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, text=True)
-        for _ in range(args.sessions)]
+        for share in shares]
     reports = []
     for d in drives:
         out, err = d.communicate()
@@ -66,8 +74,14 @@ def main():
             print(err[-2000:], file=sys.stderr)
             print(f"the server's log: {os.path.join(data, 'server.log')}", file=sys.stderr)
             sys.exit(f"drive failed with {d.returncode}")
-        reports.append(json.loads(out.strip().splitlines()[-1]))
+        # One JSON report per session.
+        reports += [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    if len(reports) != args.sessions:
+        sys.exit(f"{len(reports)} session reports for {args.sessions} sessions")
     wall = time.time() - t0
+    # The drive processes' own CPU (the server is not waited for yet, so not counted).
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    load_cpu = usage.ru_utime + usage.ru_stime
     after = scrape(http)
     server.terminate()
     server.wait(timeout=15)
@@ -84,6 +98,7 @@ def main():
     summary = {
         "sessions": args.sessions,
         "bots_per_session": args.bots,
+        "drive_processes": procs,
         "wall_s": round(wall, 1),
         "race_s": round(race_s, 1),
         "coverage_pct_min": min(r["telemetry_coverage_pct"] for r in reports),
@@ -103,6 +118,7 @@ def main():
         # Over the telemetry's seconds (countdown and race), what QUIC put on the wire.
         "udp_sent_kbit_per_client_s": round(8 * sent / 1000 / (clients * race_s), 1) if race_s else None,
         "udp_received_kbit_per_client_s": round(8 * received / 1000 / (clients * race_s), 1) if race_s else None,
+        "load_cpu_ms_per_client_per_s": round(1000.0 * load_cpu / (clients * wall), 3),
         "faults": [r["fault"] for r in reports if r["fault"]],
     }
     print(json.dumps(summary, indent=1))

@@ -35,6 +35,12 @@ pub struct DriveArgs {
     /// AI cars filling the created session's grid.
     #[arg(long, default_value_t = 0)]
     pub ai: u8,
+    /// Create this many sessions at once, each raced by its own `--bots` bots, all in this
+    /// process on one runtime (a load generator cheaper than a process per session). Each
+    /// session's report is printed (one JSON line each with `--format json`).
+    #[arg(long, default_value_t = 1, conflicts_with = "join",
+          value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub sessions: u16,
     /// Trust the server's certificate from this PEM file.
     #[arg(long, value_name = "PEM", conflicts_with_all = ["fingerprint", "insecure"])]
     pub cert: Option<std::path::PathBuf>,
@@ -119,15 +125,33 @@ pub fn run(args: &DriveArgs, ctx: &Context) -> anyhow::Result<()> {
         },
         timeout: args.timeout,
     };
-    let report = ctx.runtime()?.block_on(apexsim::net::drive::run(opts))?;
-    print_drive(&report, args.format).context("writing the report")?;
-    if let Some(fault) = &report.fault {
-        anyhow::bail!("the session ended in a fault: {fault}");
+    let races = (0..args.sessions).map(|_| apexsim::net::drive::run(opts.clone()));
+    let reports = ctx.runtime()?.block_on(futures::future::join_all(races));
+    let mut failed = None;
+    for (i, report) in reports.into_iter().enumerate() {
+        let what = if args.sessions > 1 {
+            format!("session {} of {}: ", i + 1, args.sessions)
+        } else {
+            String::new()
+        };
+        let report = match report {
+            Ok(report) => report,
+            Err(e) => {
+                let e = anyhow::Error::new(e);
+                failed.get_or_insert(if what.is_empty() { e } else { e.context(what) });
+                continue;
+            }
+        };
+        print_drive(&report, args.format).context("writing the report")?;
+        if let Some(fault) = &report.fault {
+            failed.get_or_insert(anyhow::anyhow!(
+                "{what}the session ended in a fault: {fault}"
+            ));
+        } else if report.results.is_empty() {
+            failed.get_or_insert(anyhow::anyhow!("{what}the race did not finish"));
+        }
     }
-    if report.results.is_empty() {
-        anyhow::bail!("the race did not finish");
-    }
-    Ok(())
+    failed.map_or(Ok(()), Err)
 }
 
 /// Prints what the bots measured.

@@ -218,6 +218,50 @@ pub(crate) async fn create_and_start(client: &mut Client, ai: u8, laps: u8) -> u
     session_id
 }
 
+/// `drive --sessions 3`: one process creates three sessions, each raced to the finish by its
+/// own bots, and prints a report for each.
+#[test]
+fn one_drive_process_races_several_sessions_at_once() {
+    let server = Server::start(&[]);
+    let (code, out, log) = server
+        .drive(&[
+            "--sessions",
+            "3",
+            "--bots",
+            "2",
+            "--laps",
+            "1",
+            "--track",
+            "mini_oval",
+        ])
+        .finish();
+    assert_eq!(code, 0, "drive failed:\n{log}\n{out}");
+    let reports: Vec<serde_json::Value> = out
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(reports.len(), 3, "a report per session: {out}");
+    let mut sessions: Vec<&str> = reports
+        .iter()
+        .map(|r| r["session"].as_str().expect("session"))
+        .collect();
+    sessions.sort_unstable();
+    sessions.dedup();
+    assert_eq!(sessions.len(), 3, "three distinct sessions: {out}");
+    for r in &reports {
+        let results = r["results"].as_array().expect("results");
+        assert_eq!(results.len(), 2, "each session's own two bots: {r}");
+        assert!(results.iter().all(|s| s["laps"] == 1), "{r}");
+        assert!(
+            r["telemetry_coverage_pct"].as_f64().expect("coverage") >= 98.0,
+            "{r}"
+        );
+    }
+    let (code, _, log, _, _dir) = server.stop();
+    assert_eq!(code, 0, "{log}");
+}
+
 #[test]
 fn bots_race_to_the_finish_and_the_session_is_archived() {
     let server = Server::start(&[("APEXSIM_SERVER_SESSION_TIMEOUT_SECONDS", "2")]);
