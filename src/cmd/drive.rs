@@ -129,26 +129,28 @@ pub fn run(args: &DriveArgs, ctx: &Context) -> anyhow::Result<()> {
     let reports = ctx.runtime()?.block_on(futures::future::join_all(races));
     let mut failed = None;
     for (i, report) in reports.into_iter().enumerate() {
-        let what = if args.sessions > 1 {
-            format!("session {} of {}: ", i + 1, args.sessions)
-        } else {
-            String::new()
+        // With several sessions, each error names its session.
+        let which = |e: anyhow::Error| {
+            if args.sessions > 1 {
+                e.context(format!("session {} of {}", i + 1, args.sessions))
+            } else {
+                e
+            }
         };
         let report = match report {
             Ok(report) => report,
             Err(e) => {
-                let e = anyhow::Error::new(e);
-                failed.get_or_insert(if what.is_empty() { e } else { e.context(what) });
+                failed.get_or_insert(which(e.into()));
                 continue;
             }
         };
         print_drive(&report, args.format).context("writing the report")?;
         if let Some(fault) = &report.fault {
-            failed.get_or_insert(anyhow::anyhow!(
-                "{what}the session ended in a fault: {fault}"
-            ));
+            failed.get_or_insert(which(anyhow::anyhow!(
+                "the session ended in a fault: {fault}"
+            )));
         } else if report.results.is_empty() {
-            failed.get_or_insert(anyhow::anyhow!("{what}the race did not finish"));
+            failed.get_or_insert(which(anyhow::anyhow!("the race did not finish")));
         }
     }
     failed.map_or(Ok(()), Err)

@@ -357,6 +357,65 @@ async fn next_msg(bot: usize, client: &mut Client) -> Result<ServerMessage, Driv
     }
 }
 
+/// A bot's heartbeat: one a second from connecting to the end of the race, as a real client
+/// sends them (the lobby closes a connection that stays silent for its heartbeat timeout, and a
+/// bot may wait that long for the rest of its grid).
+struct Beat {
+    interval: tokio::time::Interval,
+    sent: std::collections::VecDeque<Instant>,
+}
+
+impl Beat {
+    fn new() -> Self {
+        let mut interval = tokio::time::interval(Duration::from_secs(1));
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Self {
+            interval,
+            sent: Default::default(),
+        }
+    }
+
+    async fn send(&mut self, client: &mut Client, tick: u32) {
+        if client
+            .send(&ClientMessage::Heartbeat { client_tick: tick })
+            .await
+            .is_ok()
+        {
+            self.sent.push_back(Instant::now());
+        }
+    }
+
+    /// A `HeartbeatAck` arrived: the round trip of the oldest heartbeat unanswered.
+    fn acked(&mut self, stats: &mut BotStats) {
+        if let Some(sent) = self.sent.pop_front() {
+            stats
+                .heartbeat_rtt_ms
+                .push(sent.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+}
+
+/// The next message, with heartbeats sent while waiting for it.
+async fn next_msg_alive(
+    bot: usize,
+    client: &mut Client,
+    beat: &mut Beat,
+    stats: &mut BotStats,
+) -> Result<ServerMessage, DriveError> {
+    loop {
+        tokio::select! {
+            msg = next_msg(bot, client) => {
+                let msg = msg?;
+                if matches!(msg, ServerMessage::HeartbeatAck { .. }) {
+                    beat.acked(stats);
+                }
+                return Ok(msg);
+            }
+            _ = beat.interval.tick() => beat.send(client, 0).await,
+        }
+    }
+}
+
 async fn run_bot(
     bot: usize,
     endpoint: &quinn::Endpoint,
@@ -373,13 +432,14 @@ async fn run_bot(
         name,
         ..BotStats::default()
     };
+    let mut beat = Beat::new();
     // The lobby arrives first.
     let (tracks, mut sessions) = loop {
         if let ServerMessage::LobbyState {
             track_configs,
             available_sessions,
             ..
-        } = next_msg(bot, &mut client).await?
+        } = next_msg_alive(bot, &mut client, &mut beat, &mut stats).await?
         {
             break (track_configs, available_sessions);
         }
@@ -414,7 +474,7 @@ async fn run_bot(
             }
             if let ServerMessage::LobbyState {
                 available_sessions, ..
-            } = next_msg(bot, &mut client).await?
+            } = next_msg_alive(bot, &mut client, &mut beat, &mut stats).await?
             {
                 sessions = available_sessions;
             }
@@ -454,7 +514,7 @@ async fn run_bot(
             track,
             car,
             ..
-        } = next_msg(bot, &mut client).await?
+        } = next_msg_alive(bot, &mut client, &mut beat, &mut stats).await?
         {
             let driver = Driver::new(&track, &car).ok_or_else(|| DriveError::Protocol {
                 bot,
@@ -469,7 +529,7 @@ async fn run_bot(
     // The host starts once every bot is in; everyone waits for the grid.
     let mut my_index = None;
     while my_index.is_none() {
-        match next_msg(bot, &mut client).await? {
+        match next_msg_alive(bot, &mut client, &mut beat, &mut stats).await? {
             ServerMessage::LobbyState {
                 available_sessions, ..
             } => {
@@ -514,8 +574,6 @@ async fn run_bot(
     let mut pending: std::collections::VecDeque<(u32, Instant)> = Default::default();
     let mut ledger = TickLedger::default();
     let (mut first, mut last): (Option<(u32, Instant)>, Option<(u32, Instant)>) = (None, None);
-    let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
-    let mut heartbeat_sent: std::collections::VecDeque<Instant> = Default::default();
     let conn = client.conn.clone();
     let results = loop {
         tokio::select! {
@@ -573,11 +631,7 @@ async fn run_bot(
                     Some(Ok(ServerMessage::SessionResults { standings, fault, .. })) => {
                         break Some((standings, fault));
                     }
-                    Some(Ok(ServerMessage::HeartbeatAck { .. })) => {
-                        if let Some(sent) = heartbeat_sent.pop_front() {
-                            stats.heartbeat_rtt_ms.push(sent.elapsed().as_secs_f64() * 1e3);
-                        }
-                    }
+                    Some(Ok(ServerMessage::HeartbeatAck { .. })) => beat.acked(&mut stats),
                     Some(Ok(ServerMessage::Error { code: code::UNAVAILABLE, .. })) => {
                         stats.got_shutdown = true;
                     }
@@ -588,12 +642,7 @@ async fn run_bot(
                     Some(Err(_)) | None => break None,
                 }
             }
-            _ = heartbeat.tick() => {
-                let tick = last.map_or(0, |(t, _)| t);
-                if client.send(&ClientMessage::Heartbeat { client_tick: tick }).await.is_ok() {
-                    heartbeat_sent.push_back(Instant::now());
-                }
-            }
+            _ = beat.interval.tick() => beat.send(&mut client, last.map_or(0, |(t, _)| t)).await,
         }
     };
     if let (Some((_, w0)), Some((_, w1))) = (first, last) {
