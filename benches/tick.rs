@@ -471,21 +471,27 @@ fn begin_sessions(world: &mut World, recorder: &Recorder) {
     }
 }
 
+/// `cars` racing in sessions of 16, each begun in an archive in a fresh directory, wired as the
+/// server's writer is (lap metrics measured on the writer thread), with a 1 s fsync schedule.
+fn archived_world(cars: usize) -> (tempfile::TempDir, Recorder, Simulation) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let writer = ArchiveWiring::default()
+        .start_writer(dir.path())
+        .expect("archive");
+    let recorder =
+        Recorder::start(writer, WalSync::Every(Duration::from_secs(1)), |_| {}).expect("recorder");
+    let mut sim = racing_world(cars);
+    begin_sessions(sim.world_mut(), &recorder);
+    (dir, recorder, sim)
+}
+
 fn served_tick(c: &mut Criterion) {
     let mut group = c.benchmark_group("tick/served");
     group.measurement_time(Duration::from_secs(4));
     group.sample_size(20);
     for cars in SIZES {
         group.throughput(Throughput::Elements(cars as u64));
-        let dir = tempfile::tempdir().expect("tempdir");
-        // Wired as the server's writer is: lap metrics measured on the writer thread.
-        let writer = ArchiveWiring::default()
-            .start_writer(dir.path())
-            .expect("archive");
-        let recorder = Recorder::start(writer, WalSync::Every(Duration::from_secs(1)), |_| {})
-            .expect("recorder");
-        let mut sim = racing_world(cars);
-        begin_sessions(sim.world_mut(), &recorder);
+        let (_dir, recorder, mut sim) = archived_world(cars);
         let mut n = 0u32;
         group.bench_with_input(BenchmarkId::new("ecs_archived", cars), &cars, |b, _| {
             b.iter(|| {
@@ -514,14 +520,7 @@ fn archive_rate(c: &mut Criterion) {
     group.sample_size(10);
     for cars in [1_600, 16_000] {
         group.throughput(Throughput::Elements(cars as u64 * 60));
-        let dir = tempfile::tempdir().expect("tempdir");
-        let writer = ArchiveWiring::default()
-            .start_writer(dir.path())
-            .expect("archive");
-        let recorder = Recorder::start(writer, WalSync::Every(Duration::from_secs(1)), |_| {})
-            .expect("recorder");
-        let mut sim = racing_world(cars);
-        begin_sessions(sim.world_mut(), &recorder);
+        let (_dir, recorder, mut sim) = archived_world(cars);
         group.bench_function(BenchmarkId::new("ecs_archived", cars), |b| {
             b.iter_custom(|iters| {
                 let started = std::time::Instant::now();
