@@ -1,7 +1,8 @@
 //! Network benchmarks: one tick's telemetry to N clients on loopback (16, 256, 1,024), each next
 //! to the physical reference in the same run.
 //!
-//! - `net/telemetry/quic`: a 406-byte datagram (a full 16-car telemetry packet) handed to each
+//! - `net/telemetry/quic`: a datagram of a full 16-car telemetry packet's size (every car in it)
+//!   handed to each
 //!   of N QUIC connections' transports the way the simulation thread does
 //!   (`Link::send_datagram`, from one buffer), until every client has received its copy.
 //! - `net/telemetry/udp`: the same bytes from one plain UDP socket to N peer sockets, until
@@ -22,7 +23,7 @@ use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
 const SIZES: [usize; 3] = [16, 256, 1024];
-const DATAGRAM: usize = 406;
+const DATAGRAM: usize = apexsim::net::protocol::telemetry_datagram_len(16);
 
 fn runtime(workers: usize) -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()

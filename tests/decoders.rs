@@ -347,9 +347,14 @@ fn server_message() -> impl Strategy<Value = ServerMessage> {
 fn car_telemetry() -> impl Strategy<Value = CarTelemetry> {
     (
         any::<u8>(),
-        any::<(i32, i32, u16, u16)>(),
+        (
+            -protocol::POSITION_LIMIT_CM..=protocol::POSITION_LIMIT_CM,
+            -protocol::POSITION_LIMIT_CM..=protocol::POSITION_LIMIT_CM,
+            any::<u16>(),
+            any::<u16>(),
+        ),
         any::<(u8, u8, i8, u16)>(),
-        any::<(u32, u8, u8)>(),
+        (0..=protocol::PROGRESS_LIMIT_CM, any::<u8>(), any::<u8>()),
     )
         .prop_map(
             |(
@@ -400,17 +405,25 @@ proptest! {
         tick in any::<u32>(),
         ack in any::<u32>(),
         countdown in any::<Option<u16>>(),
+        state in prop_oneof![
+            Just(SessionState::Lobby),
+            Just(SessionState::Countdown),
+            Just(SessionState::Racing),
+            Just(SessionState::Finished),
+        ],
+        absent in 0u8..16,
         input in any::<(u32, u32, f32, f32, f32)>(),
     ) {
         let t = Telemetry {
             server_tick: tick,
             input_ack: ack,
-            session_state: SessionState::Racing,
+            session_state: state,
             countdown_ms: countdown,
+            session_cars: cars.len() as u8 + absent,
             cars,
         };
         let bytes = protocol::encode_telemetry(&t).expect("16 cars fit");
-        prop_assert!(bytes.len() <= protocol::telemetry_datagram_len(16));
+        prop_assert!(bytes.len() <= protocol::telemetry_datagram_len(16) + 2);
         prop_assert_eq!(protocol::decode_telemetry(&bytes).expect("decodes"), t);
         let i = PlayerInput { seq: input.0, server_tick_ack: input.1, throttle: input.2, brake: input.3, steering: input.4 };
         let back = protocol::decode_input(&protocol::encode_input(&i).expect("encodes")).expect("decodes");

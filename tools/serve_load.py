@@ -33,6 +33,7 @@ def scrape(http):
 
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", default=BIN, help="the apexsim binary (default: the release build)")
     ap.add_argument("--sessions", type=int, default=1)
     ap.add_argument("--bots", type=int, default=16)
     ap.add_argument("--ai", type=int, default=0)
@@ -50,7 +51,7 @@ def main():
     env["APEXSIM_SERVER_MAX_SESSIONS"] = str(max(8, args.sessions))
     env["APEXSIM_SERVER_MAX_CONNECTIONS"] = str(max(128, args.sessions * args.bots + 16))
     server = subprocess.Popen(
-        pin_server + [BIN, "--data", data, "serve", "--bind", "127.0.0.1:0", "--http-port", "0", "--format", "json"],
+        pin_server + [args.bin, "--data", data, "serve", "--bind", "127.0.0.1:0", "--http-port", "0", "--format", "json"],
         stdout=subprocess.PIPE, stderr=open(os.path.join(data, "server.log"), "w"), env=env, cwd=ROOT, text=True)
     listening = json.loads(server.stdout.readline())
     quic = "127.0.0.1:" + listening["quic"].rsplit(":", 1)[1]
@@ -62,7 +63,7 @@ def main():
     procs = args.sessions if procs <= 0 else min(procs, args.sessions)
     shares = [args.sessions // procs + (1 if i < args.sessions % procs else 0) for i in range(procs)]
     drives = [subprocess.Popen(
-        pin_load + [BIN, "drive", "--server", quic, "--fingerprint", listening["fingerprint"],
+        pin_load + [args.bin, "drive", "--server", quic, "--fingerprint", listening["fingerprint"],
          "--sessions", str(share), "--bots", str(args.bots), "--ai", str(args.ai),
          "--laps", str(args.laps), "--track", args.track, "--format", "json"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, text=True)
@@ -95,6 +96,8 @@ def main():
     per_client_ms = 1000.0 * cpu / (clients * wall)
     sent = after.get("apexsim_udp_sent_bytes_total", 0) - before.get("apexsim_udp_sent_bytes_total", 0)
     received = after.get("apexsim_udp_received_bytes_total", 0) - before.get("apexsim_udp_received_bytes_total", 0)
+    tel_bytes = after.get("apexsim_telemetry_bytes_sent_total", 0) - before.get("apexsim_telemetry_bytes_sent_total", 0)
+    tel_packets = after["apexsim_telemetry_packets_sent_total"] - before["apexsim_telemetry_packets_sent_total"]
     summary = {
         "sessions": args.sessions,
         "bots_per_session": args.bots,
@@ -114,7 +117,9 @@ def main():
         "server_cpu_s": round(cpu, 2),
         "server_cpu_ms_per_client_per_s": round(per_client_ms, 3),
         "clients_per_core_at_240hz": int(1000.0 / per_client_ms) if per_client_ms > 0 else None,
-        "telemetry_bytes_16_cars": 1 + 4 + 4 + 4 + 1 + 8 + 16 * 24,
+        # The telemetry datagrams' own bytes (before QUIC), per datagram and per client-second.
+        "telemetry_bytes_per_datagram": round(tel_bytes / tel_packets, 1) if tel_packets else None,
+        "telemetry_kbit_per_client_s": round(8 * tel_bytes / 1000 / (clients * race_s), 1) if race_s else None,
         # Over the telemetry's seconds (countdown and race), what QUIC put on the wire.
         "udp_sent_kbit_per_client_s": round(8 * sent / 1000 / (clients * race_s), 1) if race_s else None,
         "udp_received_kbit_per_client_s": round(8 * received / 1000 / (clients * race_s), 1) if race_s else None,

@@ -109,6 +109,12 @@ pub struct NetworkSection {
     /// Age at which the browsers' WebTransport certificate (self-signed, valid 13 days) is
     /// replaced by a new one, in seconds; connections open on the old one stay up.
     pub browser_cert_rotate_seconds: u64,
+    /// Cars within this distance of a player's car, in metres, go out in its telemetry every
+    /// tick (its own always does).
+    pub telemetry_full_rate_radius_m: f32,
+    /// Ticks between two of a player's datagrams that carry a car farther away (1: every car
+    /// every tick; 4: 60 Hz).
+    pub telemetry_far_every_ticks: u32,
 }
 
 impl Default for NetworkSection {
@@ -124,6 +130,8 @@ impl Default for NetworkSection {
             datagram_rate_per_s: 300,
             violations_per_minute: 10,
             browser_cert_rotate_seconds: 6 * 24 * 3600,
+            telemetry_full_rate_radius_m: 15.0,
+            telemetry_far_every_ticks: 4,
         }
     }
 }
@@ -305,6 +313,18 @@ impl ServerConfig {
             return Err(format!(
                 "network.browser_cert_rotate_seconds = {}: must be within 1..{validity} (the certificate's validity)",
                 self.network.browser_cert_rotate_seconds
+            ));
+        }
+        let radius = self.network.telemetry_full_rate_radius_m;
+        if !(radius.is_finite() && radius >= 0.0) {
+            return Err(format!(
+                "network.telemetry_full_rate_radius_m = {radius}: must be a distance of 0 m or more"
+            ));
+        }
+        if !(1..=240).contains(&self.network.telemetry_far_every_ticks) {
+            return Err(format!(
+                "network.telemetry_far_every_ticks = {}: must be within 1..=240 (at least once a second)",
+                self.network.telemetry_far_every_ticks
             ));
         }
         if !(self.server.drain_seconds.is_finite()

@@ -194,25 +194,33 @@ pub async fn run(opts: DriveOptions) -> Result<DriveReport, DriveError> {
         Mode::Create { .. } | Mode::JoinNext => None,
     });
     let session_tx = Arc::new(session_tx);
-    let mut tasks = Vec::new();
+    let mut tasks = tokio::task::JoinSet::new();
     for (bot, endpoint) in endpoints.iter().enumerate() {
         let endpoint = endpoint.clone();
         let opts = opts.clone();
         let session_tx = session_tx.clone();
         let session_rx = session_rx.clone();
-        tasks.push(tokio::spawn(async move {
-            tokio::time::timeout(
+        tasks.spawn(async move {
+            let outcome = tokio::time::timeout(
                 opts.timeout,
                 run_bot(bot, &endpoint, &opts, &session_tx, session_rx),
             )
             .await
-            .unwrap_or(Err(DriveError::Timeout(opts.timeout)))
-        }));
+            .unwrap_or(Err(DriveError::Timeout(opts.timeout)));
+            (bot, outcome)
+        });
     }
-    let mut outcomes = Vec::new();
-    for t in tasks {
-        match t.await {
-            Ok(r) => outcomes.push(r?),
+    // The first bot to fail ends the run (the others would wait on a session whose host is
+    // gone until the timeout); the rest are stopped when `tasks` is dropped.
+    let mut outcomes: Vec<Option<BotOutcome>> = (0..opts.bots).map(|_| None).collect();
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok((bot, outcome)) => {
+                let outcome = outcome?;
+                if let Some(slot) = outcomes.get_mut(bot) {
+                    *slot = Some(outcome);
+                }
+            }
             Err(e) => {
                 return Err(DriveError::Protocol {
                     bot: 0,
@@ -221,6 +229,7 @@ pub async fn run(opts: DriveOptions) -> Result<DriveReport, DriveError> {
             }
         }
     }
+    let outcomes: Vec<BotOutcome> = outcomes.into_iter().flatten().collect();
     for endpoint in &endpoints {
         endpoint.wait_idle().await;
     }
@@ -573,6 +582,8 @@ async fn run_bot(
     let mut seq = 0u32;
     let mut pending: std::collections::VecDeque<(u32, Instant)> = Default::default();
     let mut ledger = TickLedger::default();
+    let mut field = super::protocol::FieldState::default();
+    let mut known: Vec<CarTelemetry> = Vec::new();
     let (mut first, mut last): (Option<(u32, Instant)>, Option<(u32, Instant)>) = (None, None);
     let conn = client.conn.clone();
     let results = loop {
@@ -589,6 +600,9 @@ async fn run_bot(
                     let Some(bytes) = next.take() else { break };
                     if let Ok(t) = super::protocol::decode_telemetry(&bytes) {
                         stats.telemetry_packets += 1;
+                        // Far cars come at a lower rate: the bot drives from each car's newest
+                        // state, a late datagram's included where it is newer.
+                        field.update(&t);
                         if ledger.observe(t.server_tick) == Arrival::Newest {
                             newest = Some(t);
                         }
@@ -605,8 +619,10 @@ async fn run_bot(
                         stats.latencies_ms.push(now.duration_since(sent).as_secs_f64() * 1e3);
                     }
                 }
-                let Some(mine) = t.cars.iter().find(|c| c.index == me) else { continue };
-                let controls = driver.controls(mine, &t.cars);
+                let Some((_, mine)) = field.car(me) else { continue };
+                known.clear();
+                known.extend(field.cars().copied());
+                let controls = driver.controls(mine, &known);
                 seq += 1;
                 let input = PlayerInput {
                     seq,

@@ -24,6 +24,8 @@ pub struct Metrics {
     pub ticks_late: IntCounter,
     /// Telemetry datagrams sent.
     pub telemetry_packets_sent: IntCounter,
+    /// Bytes of the telemetry datagrams sent (their payload, before QUIC's headers).
+    pub telemetry_bytes_sent: IntCounter,
     /// Input datagrams accepted.
     pub input_packets_received: IntCounter,
     /// UDP bytes sent to clients (QUIC's own count, packet headers and encryption included),
@@ -128,6 +130,11 @@ impl Metrics {
                 &r,
                 "apexsim_telemetry_packets_sent_total",
                 "Telemetry datagrams sent",
+            ),
+            telemetry_bytes_sent: counter(
+                &r,
+                "apexsim_telemetry_bytes_sent_total",
+                "Bytes of the telemetry datagrams sent, before QUIC's headers",
             ),
             input_packets_received: counter(
                 &r,

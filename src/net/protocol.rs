@@ -7,11 +7,13 @@
 //! [`ClientMessage::Authenticate`], whose `protocol_version` must equal [`PROTOCOL_VERSION`].
 //!
 //! The high-rate traffic is QUIC datagrams, one message each, a kind byte first:
-//! [`PlayerInput`] from the client (kind 1) and [`Telemetry`] from the server (kind 2), encoded
-//! with bincode's fixed-size integers so that a packet's size depends only on its car count.
-//! Telemetry addresses cars by their index in the session and quantizes their state (see
-//! [`CarTelemetry`]): a full 16-car session is [`telemetry_datagram_len`]`(16)` bytes, well
-//! inside the 1,200 bytes every QUIC path carries.
+//! [`PlayerInput`] from the client (kind 1, bincode's fixed-size integers) and [`Telemetry`]
+//! from the server (kind 2, a packed layout of its own, see [`encode_telemetry`]), so that a
+//! packet's size depends only on its car count. Telemetry addresses cars by their index in the
+//! session and quantizes their state (see [`CarTelemetry`]): a datagram carrying all of a
+//! 16-car session is [`telemetry_datagram_len`]`(16)` bytes, well inside the 1,200 bytes every
+//! QUIC path carries. A datagram may carry only some of the session's cars (the server sends
+//! far cars at a lower rate); [`FieldState`] keeps each car's newest state from them.
 //!
 //! Every decoder here takes untrusted bytes: it returns an error, never panics, and never
 //! allocates more than its limit whatever length a packet claims.
@@ -24,7 +26,7 @@ use uuid::Uuid;
 pub use crate::content::StartMode;
 
 /// Version of this protocol; a client speaking another is refused at authentication.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The TLS application protocol (ALPN) of the QUIC connection.
 pub const ALPN: &[u8] = b"apexsim/1";
@@ -456,18 +458,23 @@ pub struct Telemetry {
     pub session_state: SessionState,
     /// Milliseconds to the green light during the countdown.
     pub countdown_ms: Option<u16>,
-    /// Every car of the session.
+    /// Cars in the session, whether this datagram carries them or not.
+    pub session_cars: u8,
+    /// The cars this datagram carries, by index: the receiver's own and those near it every
+    /// tick, the others at a lower rate.
     pub cars: Vec<CarTelemetry>,
 }
 
-/// One car in [`Telemetry`], quantized.
+/// One car in [`Telemetry`], quantized. Positions travel in 24 bits (±83.8 km) and the
+/// distance along the centerline in 24 unsigned bits (167 km); [`CarTelemetry::quantize`]
+/// saturates to those ranges and the encoder clamps values set by hand.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CarTelemetry {
     /// Car index in the session.
     pub index: u8,
-    /// World X in centimetres.
+    /// World X in centimetres, within ±[`POSITION_LIMIT_CM`].
     pub x_cm: i32,
-    /// World Y in centimetres.
+    /// World Y in centimetres, within ±[`POSITION_LIMIT_CM`].
     pub y_cm: i32,
     /// Heading: `yaw / 2π * 65536`, wrapping.
     pub yaw: u16,
@@ -481,7 +488,7 @@ pub struct CarTelemetry {
     pub steering: i8,
     /// Lap the car is on (0 before the start line).
     pub lap: u16,
-    /// Distance along the centerline in centimetres.
+    /// Distance along the centerline in centimetres, at most [`PROGRESS_LIMIT_CM`].
     pub progress_cm: u32,
     /// Finishing position, 0 while racing.
     pub finish_position: u8,
@@ -493,6 +500,12 @@ pub struct CarTelemetry {
 pub const FLAG_COLLIDING: u8 = 1;
 /// Bit of [`CarTelemetry::flags`]: off the track surface.
 pub const FLAG_OFF_TRACK: u8 = 2;
+
+/// Largest position magnitude a telemetry datagram carries, in centimetres (24 bits signed).
+pub const POSITION_LIMIT_CM: i32 = (1 << 23) - 1;
+/// Largest distance along the centerline a telemetry datagram carries, in centimetres
+/// (24 bits).
+pub const PROGRESS_LIMIT_CM: u32 = (1 << 24) - 1;
 
 impl CarTelemetry {
     /// Quantizes a car's state. Out-of-range values saturate; NaN becomes 0.
@@ -513,15 +526,15 @@ impl CarTelemetry {
         let turns = (yaw_rad / std::f32::consts::TAU).rem_euclid(1.0);
         Self {
             index,
-            x_cm: (x_m * 100.0).round() as i32,
-            y_cm: (y_m * 100.0).round() as i32,
+            x_cm: ((x_m * 100.0).round() as i32).clamp(-POSITION_LIMIT_CM, POSITION_LIMIT_CM),
+            y_cm: ((y_m * 100.0).round() as i32).clamp(-POSITION_LIMIT_CM, POSITION_LIMIT_CM),
             yaw: ((turns * 65536.0).round() as u32 & 0xFFFF) as u16,
             speed_cmps: (speed_mps * 100.0).round() as u16,
             throttle: (throttle * 255.0).round() as u8,
             brake: (brake * 255.0).round() as u8,
             steering: (steering * 127.0).round() as i8,
             lap,
-            progress_cm: (progress_m * 100.0).round() as u32,
+            progress_cm: ((progress_m * 100.0).round() as u32).min(PROGRESS_LIMIT_CM),
             finish_position: finish_position.unwrap_or(0),
             flags,
         }
@@ -689,29 +702,138 @@ pub fn decode_input(bytes: &[u8]) -> Result<PlayerInput, ProtocolError> {
     datagram_body(bytes, KIND_INPUT).and_then(|b| decode_exact(b, datagram_config()))
 }
 
-/// Encodes a telemetry datagram.
+/// Encodes a telemetry datagram: the header ([`TelemetryHeader`]) and then each car as
+/// [`CarTelemetry::write`] packs it.
 ///
 /// # Errors
 /// [`ProtocolError::DatagramTooLarge`] when the cars do not fit.
 pub fn encode_telemetry(telemetry: &Telemetry) -> Result<Vec<u8>, ProtocolError> {
-    let mut out = Vec::with_capacity(telemetry_datagram_len(telemetry.cars.len()));
-    out.push(KIND_TELEMETRY);
-    bincode::serde::encode_into_std_write(telemetry, &mut out, datagram_config())
-        .map_err(|e| ProtocolError::Encode(e.to_string()))?;
-    if out.len() > MAX_DATAGRAM_BYTES {
-        return Err(ProtocolError::DatagramTooLarge(out.len()));
+    let len = telemetry_datagram_len(telemetry.cars.len());
+    if len > MAX_DATAGRAM_BYTES || telemetry.cars.len() > usize::from(u8::MAX) {
+        return Err(ProtocolError::DatagramTooLarge(len));
+    }
+    let mut out = Vec::with_capacity(len);
+    TelemetryHeader {
+        server_tick: telemetry.server_tick,
+        input_ack: telemetry.input_ack,
+        session_state: telemetry.session_state,
+        countdown_ms: telemetry.countdown_ms,
+        session_cars: telemetry.session_cars,
+    }
+    .write(&mut out, telemetry.cars.len() as u8);
+    for car in &telemetry.cars {
+        car.write(&mut out);
     }
     Ok(out)
 }
 
-/// Offset of [`Telemetry::input_ack`] in an encoded telemetry datagram: the server encodes a
-/// session's packet once and patches each receiver's acknowledgement in place.
-pub const TELEMETRY_ACK_OFFSET: usize = 1 + 4;
+/// What a telemetry datagram says before its cars. On the wire: the kind byte, the tick and the
+/// input acknowledgement (u32 little-endian each), a byte with the session state in its low two
+/// bits and bit 7 set when the countdown follows, the countdown (u16, only then), the session's
+/// car count and the count of cars that follow (a byte each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TelemetryHeader {
+    /// See [`Telemetry::server_tick`].
+    pub server_tick: u32,
+    /// See [`Telemetry::input_ack`].
+    pub input_ack: u32,
+    /// See [`Telemetry::session_state`].
+    pub session_state: SessionState,
+    /// See [`Telemetry::countdown_ms`].
+    pub countdown_ms: Option<u16>,
+    /// See [`Telemetry::session_cars`].
+    pub session_cars: u8,
+}
 
-/// Writes a receiver's input acknowledgement into an encoded telemetry datagram.
-pub fn patch_input_ack(datagram: &mut [u8], ack: u32) {
-    if let Some(slot) = datagram.get_mut(TELEMETRY_ACK_OFFSET..TELEMETRY_ACK_OFFSET + 4) {
-        slot.copy_from_slice(&ack.to_le_bytes());
+const COUNTDOWN_FOLLOWS: u8 = 0x80;
+
+impl TelemetryHeader {
+    /// Appends the header for `cars` cars to `out` (the server writes one per recipient and
+    /// then copies the cars' records, encoded once per tick, after it).
+    pub fn write<B: Extend<u8>>(&self, out: &mut B, cars: u8) {
+        let state = match self.session_state {
+            SessionState::Lobby => 0,
+            SessionState::Countdown => 1,
+            SessionState::Racing => 2,
+            SessionState::Finished => 3,
+        };
+        let mut head = [0u8; TELEMETRY_HEADER_BYTES + 2];
+        head[0] = KIND_TELEMETRY;
+        head[1..5].copy_from_slice(&self.server_tick.to_le_bytes());
+        head[5..9].copy_from_slice(&self.input_ack.to_le_bytes());
+        let mut at = 10;
+        if let Some(ms) = self.countdown_ms {
+            head[9] = state | COUNTDOWN_FOLLOWS;
+            head[10..12].copy_from_slice(&ms.to_le_bytes());
+            at = 12;
+        } else {
+            head[9] = state;
+        }
+        head[at] = self.session_cars;
+        head[at + 1] = cars;
+        out.extend(head[..at + 2].iter().copied());
+    }
+}
+
+impl CarTelemetry {
+    /// Appends the car's [`CAR_TELEMETRY_BYTES`] to `out`: index, x and y (i24), yaw, speed
+    /// (u16), throttle, brake, steering (a byte each), lap (u16), progress (u24), finishing
+    /// position and flags (a byte each), little-endian. Out-of-range values are clamped.
+    pub fn write<B: Extend<u8>>(&self, out: &mut B) {
+        let x = self
+            .x_cm
+            .clamp(-POSITION_LIMIT_CM, POSITION_LIMIT_CM)
+            .to_le_bytes();
+        let y = self
+            .y_cm
+            .clamp(-POSITION_LIMIT_CM, POSITION_LIMIT_CM)
+            .to_le_bytes();
+        let p = self.progress_cm.min(PROGRESS_LIMIT_CM).to_le_bytes();
+        let yaw = self.yaw.to_le_bytes();
+        let speed = self.speed_cmps.to_le_bytes();
+        let lap = self.lap.to_le_bytes();
+        let record: [u8; CAR_TELEMETRY_BYTES] = [
+            self.index,
+            x[0],
+            x[1],
+            x[2],
+            y[0],
+            y[1],
+            y[2],
+            yaw[0],
+            yaw[1],
+            speed[0],
+            speed[1],
+            self.throttle,
+            self.brake,
+            self.steering as u8,
+            lap[0],
+            lap[1],
+            p[0],
+            p[1],
+            p[2],
+            self.finish_position,
+            self.flags,
+        ];
+        out.extend(record);
+    }
+
+    fn read(b: &[u8; CAR_TELEMETRY_BYTES]) -> Self {
+        let i24 = |lo: u8, mid: u8, hi: u8| i32::from_le_bytes([lo, mid, hi, 0]) << 8 >> 8;
+        Self {
+            index: b[0],
+            x_cm: i24(b[1], b[2], b[3]),
+            y_cm: i24(b[4], b[5], b[6]),
+            yaw: u16::from_le_bytes([b[7], b[8]]),
+            speed_cmps: u16::from_le_bytes([b[9], b[10]]),
+            throttle: b[11],
+            brake: b[12],
+            steering: b[13] as i8,
+            lap: u16::from_le_bytes([b[14], b[15]]),
+            progress_cm: u32::from_le_bytes([b[16], b[17], b[18], 0]),
+            finish_position: b[19],
+            flags: b[20],
+        }
     }
 }
 
@@ -720,7 +842,57 @@ pub fn patch_input_ack(datagram: &mut [u8], ack: u32) {
 /// # Errors
 /// A [`ProtocolError`] naming what is wrong.
 pub fn decode_telemetry(bytes: &[u8]) -> Result<Telemetry, ProtocolError> {
-    datagram_body(bytes, KIND_TELEMETRY).and_then(|b| decode_exact(b, datagram_config()))
+    let body = datagram_body(bytes, KIND_TELEMETRY)?;
+    let short = |what: &str| ProtocolError::Malformed(format!("telemetry ends before its {what}"));
+    let (head, mut rest) = body
+        .split_first_chunk::<9>()
+        .ok_or_else(|| short("header"))?;
+    let word = |at: usize| u32::from_le_bytes([head[at], head[at + 1], head[at + 2], head[at + 3]]);
+    let session_state = match head[8] & !COUNTDOWN_FOLLOWS {
+        0 => SessionState::Lobby,
+        1 => SessionState::Countdown,
+        2 => SessionState::Racing,
+        3 => SessionState::Finished,
+        other => {
+            return Err(ProtocolError::Malformed(format!(
+                "telemetry session state {other}"
+            )));
+        }
+    };
+    let countdown_ms = if head[8] & COUNTDOWN_FOLLOWS != 0 {
+        let (ms, r) = rest
+            .split_first_chunk::<2>()
+            .ok_or_else(|| short("countdown"))?;
+        rest = r;
+        Some(u16::from_le_bytes(*ms))
+    } else {
+        None
+    };
+    let ([session_cars, count], records) = rest
+        .split_first_chunk::<2>()
+        .map(|(c, r)| (*c, r))
+        .ok_or_else(|| short("car counts"))?;
+    let want = usize::from(count) * CAR_TELEMETRY_BYTES;
+    if records.len() < want {
+        return Err(short("cars"));
+    }
+    if records.len() > want {
+        return Err(ProtocolError::Trailing(records.len() - want));
+    }
+    if count > session_cars {
+        return Err(ProtocolError::Malformed(format!(
+            "telemetry carries {count} cars of a {session_cars}-car session"
+        )));
+    }
+    let (chunks, _) = records.as_chunks::<CAR_TELEMETRY_BYTES>();
+    Ok(Telemetry {
+        server_tick: word(0),
+        input_ack: word(4),
+        session_state,
+        countdown_ms,
+        session_cars,
+        cars: chunks.iter().map(CarTelemetry::read).collect(),
+    })
 }
 
 fn datagram_body(bytes: &[u8], kind: u8) -> Result<&[u8], ProtocolError> {
@@ -733,15 +905,59 @@ fn datagram_body(bytes: &[u8], kind: u8) -> Result<&[u8], ProtocolError> {
     }
 }
 
-/// Bytes of a telemetry datagram with `cars` cars during the countdown (kind byte, header,
-/// length, cars); two fewer while racing (no countdown value).
+/// Bytes of a telemetry datagram's header without a countdown (two more with one).
+pub const TELEMETRY_HEADER_BYTES: usize = 1 + 4 + 4 + 1 + 1 + 1;
+
+/// Bytes of a telemetry datagram carrying `cars` cars, outside the countdown (two more in it).
 pub const fn telemetry_datagram_len(cars: usize) -> usize {
-    // kind + tick + ack + state (u32 variant) + countdown (1 + 2) + vec length (u64)
-    1 + 4 + 4 + 4 + 3 + 8 + cars * CAR_TELEMETRY_BYTES
+    TELEMETRY_HEADER_BYTES + cars * CAR_TELEMETRY_BYTES
 }
 
-/// Bytes of one [`CarTelemetry`].
-pub const CAR_TELEMETRY_BYTES: usize = 1 + 4 + 4 + 2 + 2 + 1 + 1 + 1 + 2 + 4 + 1 + 1;
+/// Bytes of one [`CarTelemetry`] on the wire.
+pub const CAR_TELEMETRY_BYTES: usize = 1 + 3 + 3 + 2 + 2 + 1 + 1 + 1 + 2 + 3 + 1 + 1;
+
+/// Each car's newest state from telemetry datagrams that carry some of a session's cars: what a
+/// client drives and draws from.
+#[derive(Debug, Clone, Default)]
+pub struct FieldState {
+    cars: Vec<Option<(u32, CarTelemetry)>>,
+    session_cars: u8,
+}
+
+impl FieldState {
+    /// Takes in a datagram's cars (a car is replaced only by a newer tick's state).
+    pub fn update(&mut self, telemetry: &Telemetry) {
+        self.session_cars = telemetry.session_cars;
+        for car in &telemetry.cars {
+            let i = usize::from(car.index);
+            if self.cars.len() <= i {
+                self.cars.resize(i + 1, None);
+            }
+            let slot = &mut self.cars[i];
+            if slot.is_none_or(|(tick, _)| tick <= telemetry.server_tick) {
+                *slot = Some((telemetry.server_tick, *car));
+            }
+        }
+    }
+
+    /// The newest state of car `index`, with its tick.
+    pub fn car(&self, index: u8) -> Option<(u32, &CarTelemetry)> {
+        self.cars
+            .get(usize::from(index))?
+            .as_ref()
+            .map(|(tick, car)| (*tick, car))
+    }
+
+    /// Every car heard of, by index.
+    pub fn cars(&self) -> impl Iterator<Item = &CarTelemetry> {
+        self.cars.iter().flatten().map(|(_, car)| car)
+    }
+
+    /// Cars in the session, from the newest datagram.
+    pub fn session_cars(&self) -> u8 {
+        self.session_cars
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -769,13 +985,22 @@ mod tests {
             input_ack: 99,
             session_state: SessionState::Racing,
             countdown_ms: None,
+            session_cars: 16,
             cars: (0..16).map(car).collect(),
         };
         let bytes = encode_telemetry(&t).expect("fits");
-        // Racing: no countdown, so its two bytes are absent.
-        assert_eq!(bytes.len(), telemetry_datagram_len(16) - 2);
-        assert!(bytes.len() <= MAX_DATAGRAM_BYTES);
+        assert_eq!(bytes.len(), telemetry_datagram_len(16));
+        assert_eq!(bytes.len(), 12 + 16 * 21);
         assert_eq!(decode_telemetry(&bytes).expect("decodes"), t);
+        // The countdown adds its two bytes.
+        let counting = Telemetry {
+            session_state: SessionState::Countdown,
+            countdown_ms: Some(4000),
+            ..t
+        };
+        let bytes = encode_telemetry(&counting).expect("fits");
+        assert_eq!(bytes.len(), telemetry_datagram_len(16) + 2);
+        assert_eq!(decode_telemetry(&bytes).expect("decodes"), counting);
     }
 
     #[test]
@@ -796,19 +1021,81 @@ mod tests {
     }
 
     #[test]
-    fn the_ack_is_patched_in_place() {
+    fn positions_past_the_wire_range_saturate() {
+        let far = CarTelemetry::quantize(3, 1e6, -1e6, 0.0, 0.0, [0.0; 3], 0, 1e7, None, 0);
+        assert_eq!(
+            (far.x_cm, far.y_cm, far.progress_cm),
+            (POSITION_LIMIT_CM, -POSITION_LIMIT_CM, PROGRESS_LIMIT_CM)
+        );
+        // Set by hand past the range, a value is clamped on the wire, not wrapped.
+        let t = Telemetry {
+            server_tick: 1,
+            input_ack: 0,
+            session_state: SessionState::Racing,
+            countdown_ms: None,
+            session_cars: 1,
+            cars: vec![CarTelemetry {
+                x_cm: i32::MIN,
+                y_cm: -5,
+                ..far
+            }],
+        };
+        let back = decode_telemetry(&encode_telemetry(&t).expect("fits")).expect("decodes");
+        assert_eq!(
+            (back.cars[0].x_cm, back.cars[0].y_cm),
+            (-POSITION_LIMIT_CM, -5)
+        );
+    }
+
+    #[test]
+    fn bad_telemetry_is_named() {
         let t = Telemetry {
             server_tick: 7,
             input_ack: 0,
             session_state: SessionState::Countdown,
             countdown_ms: Some(4000),
-            cars: vec![car(1)],
+            session_cars: 2,
+            cars: vec![car(0), car(1)],
         };
-        let mut bytes = encode_telemetry(&t).expect("fits");
-        patch_input_ack(&mut bytes, 0xDEAD_BEEF);
-        let back = decode_telemetry(&bytes).expect("decodes");
-        assert_eq!(back.input_ack, 0xDEAD_BEEF);
-        assert_eq!(back.server_tick, 7);
+        let bytes = encode_telemetry(&t).expect("fits");
+        let err = |b: &[u8]| decode_telemetry(b).expect_err("refused").to_string();
+        assert!(err(&bytes[..bytes.len() - 1]).contains("before its cars"));
+        assert!(err(&bytes[..5]).contains("before its header"));
+        let mut state = bytes.clone();
+        state[9] = 0x85;
+        assert!(err(&state).contains("session state 5"));
+        let mut more = bytes.clone();
+        more[12] = 1;
+        assert!(err(&more).contains("2 cars of a 1-car session"));
+        let mut long = bytes;
+        long.push(0);
+        assert!(matches!(
+            decode_telemetry(&long),
+            Err(ProtocolError::Trailing(1))
+        ));
+    }
+
+    #[test]
+    fn the_field_keeps_each_cars_newest_state() {
+        let datagram = |tick: u32, cars: Vec<CarTelemetry>| Telemetry {
+            server_tick: tick,
+            input_ack: 0,
+            session_state: SessionState::Racing,
+            countdown_ms: None,
+            session_cars: 3,
+            cars,
+        };
+        let mut field = FieldState::default();
+        field.update(&datagram(10, vec![car(0), car(1), car(2)]));
+        let moved = CarTelemetry { x_cm: 1, ..car(0) };
+        field.update(&datagram(11, vec![moved]));
+        // A late datagram does not take a car back.
+        field.update(&datagram(9, vec![car(0), car(2)]));
+        assert_eq!(field.car(0), Some((11, &moved)));
+        assert_eq!(field.car(2).map(|(tick, _)| tick), Some(10));
+        assert_eq!(field.cars().count(), 3);
+        assert_eq!(field.session_cars(), 3);
+        assert_eq!(field.car(7), None);
     }
 
     #[test]

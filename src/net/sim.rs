@@ -39,7 +39,7 @@ mod systems;
 
 pub use systems::{
     ClientLink, NetDriver, NetInputs, NetLinks, NetMetrics, SessionFaults, SnapshotScratch,
-    apply_inputs, send_telemetry,
+    TelemetryRates, apply_inputs, send_telemetry,
 };
 
 /// What the simulation thread sends a connection task.
@@ -222,6 +222,10 @@ impl SimServer {
         })
         .insert_resource(NetLinks::default())
         .insert_resource(NetMetrics(metrics.clone()))
+        .insert_resource(TelemetryRates {
+            full_rate_radius_m: config.network.telemetry_full_rate_radius_m,
+            far_every_ticks: config.network.telemetry_far_every_ticks,
+        })
         .insert_resource(SessionFaults::default())
         .add_systems(
             bevy_app::FixedUpdate,

@@ -674,6 +674,38 @@ async fn a_faulted_session_ends_alone() {
     );
 }
 
+/// With no full-rate radius, a player's telemetry carries its own car every tick and each
+/// other car every fourth tick (staggered by index); what the datagrams carry adds up to the
+/// whole field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn far_cars_come_every_fourth_tick_and_ones_own_car_every_tick() {
+    let server = Server::start(&[("APEXSIM_NETWORK_TELEMETRY_FULL_RATE_RADIUS_M", "0.0")]);
+    let endpoint = server.pinned();
+    let mut client = server.connect(&endpoint, "driver").await;
+    let _talk = keep_alive(client.conn.clone());
+    create_and_start(&mut client, 3, 1).await;
+    let mut field = protocol::FieldState::default();
+    let mut seen = 0;
+    while seen < 480 {
+        let t = client.telemetry().await.expect("telemetry");
+        if t.session_state == SessionState::Finished {
+            break;
+        }
+        seen += 1;
+        assert_eq!(t.session_cars, 4);
+        let carried: Vec<u8> = t.cars.iter().map(|c| c.index).collect();
+        let expected: Vec<u8> = (0..4u8)
+            .filter(|&i| i == 0 || (t.server_tick + u32::from(i)) % 4 == 0)
+            .collect();
+        assert_eq!(carried, expected, "tick {}", t.server_tick);
+        field.update(&t);
+    }
+    assert_eq!(seen, 480, "the race lasted 2 s at least");
+    assert_eq!(field.cars().count(), 4, "every car heard of");
+    let (code, _, log, _, _dir) = server.stop();
+    assert_eq!(code, 0, "{log}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_delivers_503_archives_and_exits_within_10_s() {
     let server = Server::start(&[]);

@@ -231,9 +231,10 @@ fn the_live_page_shows_a_bot_race_and_the_results_page_and_exports_follow() {
     assert_eq!(controls["errors"], serde_json::json!([]), "{controls}");
     let input = |when: &str, what: &str| controls[when][what].as_f64().expect("an input");
     let early = input("held_200ms", "steering");
+    let held_s = input("held_200ms", "held_s");
     assert!(
-        early > 0.3 && early < 0.75,
-        "steering ramps at 2.5/s, not to full lock at once: {controls}"
+        early > 0.3 && early <= 2.5 * held_s + 0.05 && (early < 0.999 || held_s > 0.38),
+        "steering ramps at 2.5/s, not to full lock at once (held {held_s:.3} s): {controls}"
     );
     assert!(
         (input("held_600ms", "steering") - 1.0).abs() < 1e-9,
@@ -545,6 +546,7 @@ mod golden {
             input_ack: 77,
             session_state: SessionState::Racing,
             countdown_ms: None,
+            session_cars: 3,
             cars: vec![car(0, -1_234_567, -127), car(1, 89, 64)],
         }
     }
@@ -566,12 +568,19 @@ mod golden {
                 "value": serde_json::to_value(&m).expect("json"),
             }));
         }
-        let t = telemetry();
-        out.push(serde_json::json!({
-            "name": "telemetry", "kind": "telemetry",
-            "hex": hex(&protocol::encode_telemetry(&t).expect("encodes")),
-            "value": serde_json::to_value(&t).expect("json"),
-        }));
+        let racing = telemetry();
+        let counting = Telemetry {
+            session_state: SessionState::Countdown,
+            countdown_ms: Some(2_500),
+            ..telemetry()
+        };
+        for (name, t) in [("telemetry", racing), ("telemetry_countdown", counting)] {
+            out.push(serde_json::json!({
+                "name": name, "kind": "telemetry",
+                "hex": hex(&protocol::encode_telemetry(&t).expect("encodes")),
+                "value": serde_json::to_value(&t).expect("json"),
+            }));
+        }
         let input = PlayerInput {
             seq: 70_000,
             server_tick_ack: 123_456,

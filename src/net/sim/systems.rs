@@ -1,6 +1,7 @@
 //! The network's two ECS systems: [`apply_inputs`] drains the players' inputs into their cars'
 //! controls in [`SimSystems::Input`], and [`send_telemetry`] builds, encodes and queues each
-//! session's snapshot datagram in [`SimSystems::Snapshot`], finding faulted sessions on the way.
+//! player's snapshot datagram in [`SimSystems::Snapshot`] (each car encoded once per tick, the
+//! cars far from a player at [`TelemetryRates`]' lower rate), finding faulted sessions on the way.
 
 use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
@@ -12,7 +13,8 @@ use tokio::sync::mpsc;
 use super::{ConnId, Outgoing};
 use crate::net::metrics::{DropReason, Metrics};
 use crate::net::protocol::{
-    self, CarTelemetry, FLAG_COLLIDING, FLAG_OFF_TRACK, PlayerInput, SessionState, Telemetry,
+    CAR_TELEMETRY_BYTES, CarTelemetry, FLAG_COLLIDING, FLAG_OFF_TRACK, MAX_DATAGRAM_BYTES,
+    PlayerInput, SessionState, TelemetryHeader, telemetry_datagram_len,
 };
 
 /// A human's car: its connection and what its inputs said last.
@@ -46,6 +48,29 @@ pub struct ClientLink {
     pub out: mpsc::Sender<Outgoing>,
     /// The transport, for datagrams.
     pub datagrams: crate::net::link::Link,
+}
+
+/// Which cars each player's telemetry carries: its own car and every car within
+/// `full_rate_radius_m` of it every tick, the others every `far_every_ticks` ticks (staggered
+/// by car index, so each datagram carries a share of them), and every car on the race's last
+/// tick. `[network] telemetry_full_rate_radius_m` and `telemetry_far_every_ticks` in
+/// `server.toml`.
+#[derive(Resource, Debug, Clone, Copy, PartialEq)]
+pub struct TelemetryRates {
+    /// Distance within which a car goes out every tick, in metres.
+    pub full_rate_radius_m: f32,
+    /// Ticks between two datagrams carrying a car farther away (1: every car every tick).
+    pub far_every_ticks: u32,
+}
+
+impl TelemetryRates {
+    /// Whether a car `distance_sq_cm` (squared, in cm²) from the receiver's car goes out at
+    /// `tick`.
+    fn carries(&self, tick: u64, index: u8, distance_sq_cm: i64) -> bool {
+        let radius_cm = f64::from(self.full_rate_radius_m) * 100.0;
+        distance_sq_cm as f64 <= radius_cm * radius_cm
+            || (tick + u64::from(index)).is_multiple_of(u64::from(self.far_every_ticks.max(1)))
+    }
 }
 
 /// The metrics, for the systems.
@@ -94,17 +119,35 @@ pub fn apply_inputs(
     }
 }
 
+/// One receiver of a session's telemetry: its connection, the input it sent last and its car.
+#[derive(Debug, Clone, Copy)]
+struct Recipient {
+    conn: ConnId,
+    ack: u32,
+    index: u8,
+}
+
+/// A session's cars this tick: their states by index and each one's wire record.
+#[derive(Default)]
+struct SessionSnapshot {
+    cars: Vec<CarTelemetry>,
+    records: Vec<u8>,
+    recipients: Vec<Recipient>,
+}
+
 /// Per-tick buffers of [`send_telemetry`].
 #[derive(Default)]
 pub struct SnapshotScratch {
-    sessions: HashMap<Entity, (Vec<CarTelemetry>, Vec<(ConnId, u32)>)>,
+    sessions: HashMap<Entity, SessionSnapshot>,
     /// The tick's datagrams, split off one by one.
     datagrams: bytes::BytesMut,
 }
 
-/// Builds each session's telemetry packet (only sessions with a connected player), encodes it
-/// once, patches each player's input acknowledgement and hands it to the player's transport. Also finds the sessions
-/// whose cars turned non-finite. A panic in one session's work faults that session only.
+/// Builds each player's telemetry datagram (only sessions with a connected player): the
+/// session's cars encoded once, each player's datagram its header (its own input
+/// acknowledgement) and the records of the cars [`TelemetryRates`] gives it this tick, handed
+/// to the player's transport. Also finds the sessions whose cars turned non-finite. A panic in
+/// one session's work faults that session only.
 // System parameters: bevy systems take what they read.
 #[allow(clippy::too_many_arguments)]
 pub fn send_telemetry(
@@ -113,10 +156,11 @@ pub fn send_telemetry(
     tracks: Res<Tracks>,
     links: Res<NetLinks>,
     metrics: Res<NetMetrics>,
+    rates: Res<TelemetryRates>,
     mut faults: ResMut<SessionFaults>,
     mut corrupt: bevy_ecs::message::MessageReader<apexsim_systems::physics::NonFiniteState>,
     states: Query<&RaceState>,
-    drivers: Query<(&InSession, &NetDriver)>,
+    drivers: Query<(&InSession, &NetDriver, &CarIndex)>,
     cars: Query<(
         &InSession,
         &CarIndex,
@@ -135,18 +179,23 @@ pub fn send_telemetry(
         sessions: buckets,
         datagrams,
     } = &mut *scratch;
-    for (list, recipients) in buckets.values_mut() {
-        list.clear();
-        recipients.clear();
+    for snapshot in buckets.values_mut() {
+        snapshot.cars.clear();
+        snapshot.records.clear();
+        snapshot.recipients.clear();
     }
-    for (session, driver) in &drivers {
+    for (session, driver, index) in &drivers {
         buckets
             .entry(session.0)
             .or_default()
-            .1
-            .push((driver.conn, driver.input_seq));
+            .recipients
+            .push(Recipient {
+                conn: driver.conn,
+                ack: driver.input_seq,
+                index: index.0,
+            });
     }
-    buckets.retain(|_, (_, recipients)| !recipients.is_empty());
+    buckets.retain(|_, s| !s.recipients.is_empty());
     let mut bad: Vec<Entity> = corrupt.read().map(|c| c.session).collect();
     for (session, index, track, pose, motion, controls, timing, progress, finish, collision) in
         &cars
@@ -159,7 +208,7 @@ pub fn send_telemetry(
         if !finite && !bad.contains(&session.0) {
             bad.push(session.0);
         }
-        let Some((list, _)) = buckets.get_mut(&session.0) else {
+        let Some(snapshot) = buckets.get_mut(&session.0) else {
             continue;
         };
         let off = tracks.get(*track).is_some_and(|t| progress.is_off_track(t));
@@ -168,7 +217,7 @@ pub fn send_telemetry(
         } else {
             0
         } | if off { FLAG_OFF_TRACK } else { 0 };
-        list.push(CarTelemetry::quantize(
+        snapshot.cars.push(CarTelemetry::quantize(
             index.0,
             pose.x_m,
             pose.y_m,
@@ -191,20 +240,22 @@ pub fn send_telemetry(
                 .push((session, "a car's state became non-finite".into()));
         }
     }
-    for (&session, (list, recipients)) in buckets.iter_mut() {
+    for (&session, snapshot) in buckets.iter_mut() {
         let (state, countdown_ms) = match states.get(session) {
             Ok(RaceState::Countdown { remaining_ticks }) => (
                 SessionState::Countdown,
                 Some((u64::from(*remaining_ticks) * 1000 / u64::from(TICK_HZ)) as u16),
             ),
             Ok(RaceState::Racing { .. }) => (SessionState::Racing, None),
-            // The race's last tick goes out too: every client sees its own finish, the last
-            // car's included.
+            // The race's last tick goes out too, with every car: every client sees its own
+            // finish and everyone's, the last car's included.
             Ok(RaceState::Finished { end_tick, .. }) if *end_tick == tick.0 => {
                 (SessionState::Finished, None)
             }
             _ => continue,
         };
+        // The last tick carries every car.
+        let last_tick = state == SessionState::Finished;
         let panic_now = faults.panic_next.remove(&session);
         let work = std::panic::catch_unwind(AssertUnwindSafe(|| {
             if panic_now {
@@ -213,23 +264,24 @@ pub fn send_telemetry(
                     panic!("injected fault");
                 }
             }
-            list.sort_unstable_by_key(|c| c.index);
-            let telemetry = Telemetry {
-                server_tick: tick.0 as u32,
-                input_ack: 0,
-                session_state: state,
-                countdown_ms,
-                cars: std::mem::take(list),
-            };
-            let encoded = protocol::encode_telemetry(&telemetry);
-            // The car buffer goes back for the next tick.
-            *list = telemetry.cars;
-            encoded
+            let SessionSnapshot { cars, records, .. } = &mut *snapshot;
+            cars.sort_unstable_by_key(|c| c.index);
+            let len = telemetry_datagram_len(cars.len()) + 2;
+            if len > MAX_DATAGRAM_BYTES || cars.len() > usize::from(u8::MAX) {
+                return Err(format!(
+                    "telemetry: {} cars need {len} bytes, over the {MAX_DATAGRAM_BYTES}-byte datagram",
+                    cars.len()
+                ));
+            }
+            for car in cars.iter() {
+                car.write(records);
+            }
+            Ok(())
         }));
-        let bytes = match work {
-            Ok(Ok(bytes)) => bytes,
+        match work {
+            Ok(Ok(())) => {}
             Ok(Err(e)) => {
-                faults.faulted.push((session, format!("telemetry: {e}")));
+                faults.faulted.push((session, e));
                 continue;
             }
             Err(panic) => {
@@ -243,23 +295,58 @@ pub fn send_telemetry(
                     .push((session, format!("panic in session work: {what}")));
                 continue;
             }
+        }
+        let SessionSnapshot {
+            cars,
+            records,
+            recipients,
+        } = &*snapshot;
+        let mut header = TelemetryHeader {
+            server_tick: tick.0 as u32,
+            input_ack: 0,
+            session_state: state,
+            countdown_ms,
+            session_cars: cars.len() as u8,
         };
-        // One buffer for the tick's datagrams of the session: each recipient's copy (its own
-        // input ack patched in) is a slice of it, so a tick allocates once per session.
-        datagrams.reserve(bytes.len() * recipients.len());
-        let mut sent = 0u64;
-        for &(conn, ack) in recipients.iter() {
-            let Some(link) = links.0.get(&conn) else {
+        // One buffer for the tick's datagrams of the session, each recipient's a slice of it,
+        // so a tick allocates once per session.
+        datagrams.reserve(telemetry_datagram_len(cars.len() + 2) * recipients.len());
+        let (mut sent, mut bytes) = (0u64, 0u64);
+        for r in recipients.iter() {
+            let Some(link) = links.0.get(&r.conn) else {
                 continue;
             };
-            datagrams.extend_from_slice(&bytes);
-            let mut datagram = datagrams.split();
-            protocol::patch_input_ack(&mut datagram, ack);
-            match link.datagrams.send_datagram(datagram.freeze()) {
-                Ok(()) => sent += 1,
+            let own = cars
+                .binary_search_by_key(&r.index, |c| c.index)
+                .ok()
+                .map(|i| &cars[i]);
+            let carried = |car: &CarTelemetry| {
+                last_tick
+                    || own.is_none_or(|me| {
+                        let dx = i64::from(car.x_cm) - i64::from(me.x_cm);
+                        let dy = i64::from(car.y_cm) - i64::from(me.y_cm);
+                        car.index == me.index || rates.carries(tick.0, car.index, dx * dx + dy * dy)
+                    })
+            };
+            header.input_ack = r.ack;
+            let count = cars.iter().filter(|c| carried(c)).count();
+            header.write(datagrams, count as u8);
+            for (car, record) in cars.iter().zip(records.chunks_exact(CAR_TELEMETRY_BYTES)) {
+                if carried(car) {
+                    datagrams.extend_from_slice(record);
+                }
+            }
+            let datagram = datagrams.split().freeze();
+            let len = datagram.len() as u64;
+            match link.datagrams.send_datagram(datagram) {
+                Ok(()) => {
+                    sent += 1;
+                    bytes += len;
+                }
                 Err(_) => metrics.0.dropped(DropReason::DatagramSendFailed),
             }
         }
         metrics.0.telemetry_packets_sent.inc_by(sent);
+        metrics.0.telemetry_bytes_sent.inc_by(bytes);
     }
 }

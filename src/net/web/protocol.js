@@ -1,12 +1,13 @@
 // ApexSim's wire protocol for browsers: the frames and datagrams of src/net/protocol.rs, read
 // and written the way bincode 2 does (standard configuration: little-endian, variable-length
-// integers for control frames, fixed-size ones for datagrams). Messages have the shape serde
+// integers for control frames, fixed-size ones for the input datagram; telemetry has a packed
+// layout of its own). Messages have the shape serde
 // gives them in JSON: `{"Variant": {fields}}`, or `"Variant"` for one without fields; ids are
 // UUID strings. tests/fixtures/protocol_golden.json holds bytes the Rust encoder wrote and
 // the values they carry; a test holds this file to them in Chromium, another holds Rust to them.
 "use strict";
 
-export const PROTOCOL_VERSION = 2;
+export const PROTOCOL_VERSION = 3;
 export const ALPN = "apexsim/1";
 export const KIND_INPUT = 1;
 export const KIND_TELEMETRY = 2;
@@ -233,19 +234,49 @@ export function encodeClientMessage(msg) {
   return frame;
 }
 
-/// A telemetry datagram (kind 2), or a DecodeError.
+/// Bytes of one car in a telemetry datagram.
+export const CAR_TELEMETRY_BYTES = 21;
+const SESSION_STATE_BITS = 0x03, COUNTDOWN_FOLLOWS = 0x80;
+
+/// A telemetry datagram (kind 2), or a DecodeError. Its own packed layout (not bincode): the
+/// tick and the acknowledged input (u32), a byte with the session state in its low two bits and
+/// bit 7 set when a countdown (u16) follows, the session's car count and the count of cars that
+/// follow, then each car in 21 bytes with x, y and progress in 24 bits.
 export function decodeTelemetry(bytes) {
   const r = new Reader(bytes, true);
   if (r.u8() !== KIND_TELEMETRY) throw new DecodeError("not a telemetry datagram");
-  const t = {
-    server_tick: r.uint(4), input_ack: r.uint(4), session_state: r.variant(SESSION_STATES),
-    countdown_ms: r.option(() => r.uint(2)),
-    cars: r.vec(() => ({ index: r.uint(1), x_cm: r.int(4), y_cm: r.int(4), yaw: r.uint(2), speed_cmps: r.uint(2),
-      throttle: r.uint(1), brake: r.uint(1), steering: r.int(1), lap: r.uint(2), progress_cm: r.uint(4),
-      finish_position: r.uint(1), flags: r.uint(1) })),
-  };
+  const server_tick = r.uint(4), input_ack = r.uint(4), state = r.u8();
+  if (state & ~(SESSION_STATE_BITS | COUNTDOWN_FOLLOWS)) throw new DecodeError(`telemetry session state ${state & ~COUNTDOWN_FOLLOWS}`);
+  const countdown_ms = state & COUNTDOWN_FOLLOWS ? r.uint(2) : null;
+  const session_cars = r.u8(), count = r.u8();
+  if (count > session_cars) throw new DecodeError(`telemetry carries ${count} cars of a ${session_cars}-car session`);
+  const i24 = () => { const at = r.need(3); return (r.v.getUint16(at, true) | (r.v.getInt8(at + 2) << 16)); };
+  const u24 = () => { const at = r.need(3); return r.v.getUint16(at, true) + r.v.getUint8(at + 2) * 65536; };
+  const cars = [];
+  for (let i = 0; i < count; i++) {
+    cars.push({ index: r.u8(), x_cm: i24(), y_cm: i24(), yaw: r.uint(2), speed_cmps: r.uint(2),
+      throttle: r.u8(), brake: r.u8(), steering: r.i8(), lap: r.uint(2), progress_cm: u24(),
+      finish_position: r.u8(), flags: r.u8() });
+  }
   r.done();
-  return t;
+  return { server_tick, input_ack, session_state: SESSION_STATES[state & SESSION_STATE_BITS], countdown_ms, session_cars, cars };
+}
+
+/// Each car's newest state from telemetry datagrams that carry some of a session's cars (the
+/// server sends far cars at a lower rate), as src/net/protocol.rs's FieldState keeps it.
+export class FieldState {
+  constructor() { this.cars = new Map(); this.session_cars = 0; }
+  /// Takes in a datagram's cars; a car is replaced only by a newer tick's state, which it
+  /// carries as `tick`.
+  update(t) {
+    this.session_cars = t.session_cars;
+    for (const c of t.cars) {
+      const had = this.cars.get(c.index);
+      if (!had || had.tick <= t.server_tick) this.cars.set(c.index, { ...c, tick: t.server_tick });
+    }
+  }
+  /// Every car heard of, by index.
+  list() { return [...this.cars.values()].sort((a, b) => a.index - b.index); }
 }
 
 /// A player input datagram (kind 1).
