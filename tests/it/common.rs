@@ -265,6 +265,16 @@ impl Child {
     }
 }
 
+/// A test that fails leaves no process behind to slow the tests after it.
+impl Drop for Child {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// The value of `key=` in a log line.
 pub fn log_field<T: std::str::FromStr>(line: &str, key: &str) -> Option<T> {
     line.split(&format!("{key}="))
