@@ -350,3 +350,35 @@ pub fn send_telemetry(
         metrics.0.telemetry_bytes_sent.inc_by(bytes);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::TelemetryRates;
+
+    #[test]
+    fn near_cars_go_every_tick_and_far_ones_on_their_share_of_ticks() {
+        let rates = TelemetryRates {
+            full_rate_radius_m: 15.0,
+            far_every_ticks: 4,
+        };
+        let at = |m: i64| (m * 100) * (m * 100);
+        for tick in 0..8 {
+            assert!(rates.carries(tick, 3, at(15)), "15 m is within the radius");
+            assert_eq!(rates.carries(tick, 3, at(16)), (tick + 3) % 4 == 0);
+        }
+        // Over any four ticks each far car goes out once, and the cars share the ticks.
+        let carried: Vec<usize> = (0..4u64)
+            .map(|tick| {
+                (0..8u8)
+                    .filter(|&i| rates.carries(tick, i, at(500)))
+                    .count()
+            })
+            .collect();
+        assert_eq!(carried, vec![2, 2, 2, 2]);
+        let every = TelemetryRates {
+            far_every_ticks: 1,
+            ..rates
+        };
+        assert!((0..8).all(|tick| every.carries(tick, 5, at(10_000))));
+    }
+}
