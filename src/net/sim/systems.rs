@@ -310,7 +310,7 @@ pub fn send_telemetry(
         };
         // One buffer for the tick's datagrams of the session, each recipient's a slice of it,
         // so a tick allocates once per session.
-        datagrams.reserve(telemetry_datagram_len(cars.len() + 2) * recipients.len());
+        datagrams.reserve((telemetry_datagram_len(cars.len()) + 2) * recipients.len());
         let (mut sent, mut bytes) = (0u64, 0u64);
         for r in recipients.iter() {
             let Some(link) = links.0.get(&r.conn) else {
@@ -329,13 +329,17 @@ pub fn send_telemetry(
                     })
             };
             header.input_ack = r.ack;
-            let count = cars.iter().filter(|c| carried(c)).count();
-            header.write(datagrams, count as u8);
+            // The header's last byte is the count of cars that follow, set once they are in.
+            header.write(datagrams, 0);
+            let count_at = datagrams.len() - 1;
+            let mut count = 0u8;
             for (car, record) in cars.iter().zip(records.chunks_exact(CAR_TELEMETRY_BYTES)) {
                 if carried(car) {
                     datagrams.extend_from_slice(record);
+                    count += 1;
                 }
             }
+            datagrams[count_at] = count;
             let datagram = datagrams.split().freeze();
             let len = datagram.len() as u64;
             match link.datagrams.send_datagram(datagram) {
