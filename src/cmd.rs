@@ -2,6 +2,7 @@
 //! prints), and what they share: the command's [`Context`], usage errors, thresholds.
 
 pub mod analyze;
+pub mod api;
 pub mod archive;
 pub mod board;
 pub mod coach;

@@ -7,6 +7,7 @@
 //! archive (Parquet, write-ahead files, the SQLite index and outbox) and content
 //!   <- analysis (lap metrics, polars queries) <- events (the bus, the writer's wiring)
 //!   <- ingest (iRacing, Racing Coach files) <- coach (uploads)
+//!   <- api (the REST API over the archive)
 //!   <- runner (what race and serve share) <- race (offline races), net (the server)
 //! ```
 //!
@@ -14,6 +15,7 @@
 //! the library prints nothing.
 
 pub mod analysis;
+pub mod api;
 pub mod archive;
 pub mod coach;
 pub mod content;

@@ -67,6 +67,8 @@ enum Command {
     /// Build tracks.
     #[command(subcommand)]
     Track(cmd::content::TrackCommand),
+    /// The REST API (/api/v1) over an archive, without a race server.
+    Api(cmd::api::ApiArgs),
     /// Run the race server: sessions over QUIC, health and metrics over HTTP.
     Serve(cmd::serve::ServeArgs),
     /// Client bots that race on a server (and load-test it).
@@ -127,6 +129,7 @@ fn run(command: Command, ctx: &Context) -> anyhow::Result<()> {
         Command::Compare(args) => cmd::compare::run(&args, ctx),
         Command::Import(c) => cmd::ingest::import(c, ctx),
         Command::Track(c) => cmd::content::track(c, ctx),
+        Command::Api(args) => cmd::api::run(&args, ctx),
         Command::Serve(args) => cmd::serve::run(&args, ctx),
         Command::Drive(args) => cmd::drive::run(&args, ctx),
         Command::Relay(args) => cmd::relay::run(&args, ctx),

@@ -62,7 +62,7 @@ pub const MIN_ROWS: usize = 10;
 pub type SectorStarts<'a> = &'a [f32];
 
 /// Lap statistics.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct LapStats {
     /// Line-to-line time integrated from the samples (the clock at the first and last sample,
     /// extended to the line at the speed there), for complete laps.
@@ -82,7 +82,7 @@ pub struct LapStats {
 }
 
 /// One braking zone.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct BrakingZone {
     /// Where the brake went on (the smoothed brake crossing `brake_off` on the way up), m.
     pub start_m: f32,
@@ -107,7 +107,7 @@ pub struct BrakingZone {
 }
 
 /// One corner.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Corner {
     /// 1 for a left-hander, -1 for a right-hander.
     pub direction: i8,
@@ -141,13 +141,16 @@ pub struct Corner {
 }
 
 /// Everything measured on one lap.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct LapMetrics {
     /// Lap statistics.
     pub stats: LapStats,
-    /// Sector times, s (NaN for a sector the lap does not cover).
+    /// Sector times, s (NaN for a sector the lap does not cover; `null` in JSON).
+    #[schema(value_type = Vec<Option<f32>>)]
     pub sector_times_s: Vec<f32>,
-    /// Minisector times, s, every `minisector_m` from the line (NaN where not covered).
+    /// Minisector times, s, every `minisector_m` from the line (NaN where not covered; `null`
+    /// in JSON).
+    #[schema(value_type = Vec<Option<f32>>)]
     pub minisector_times_s: Vec<f32>,
     /// Braking zones, in lap order.
     pub braking: Vec<BrakingZone>,

@@ -13,6 +13,9 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use uuid::Uuid;
 
 mod migrations;
+mod search;
+
+pub use search::{BestLap, DriverLap, DriverLapQuery, Page, Seen, SessionQuery};
 
 use migrations::MIGRATIONS;
 
@@ -59,7 +62,9 @@ fn setup(conn: &mut Connection) -> Result<Result<(), usize>, rusqlite::Error> {
 
 /// Who and where a recorded session was, as the recording's session info names it (iRacing's
 /// ids and display names): what a Racing Coach server groups laps by.
-#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 pub struct SessionIdentity {
     /// `WeekendInfo.TrackID`.
     pub track_id: i64,
@@ -98,7 +103,7 @@ impl rusqlite::types::FromSql for SessionIdentity {
 }
 
 /// A session as the index knows it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct SessionRow {
     /// Session id.
     pub id: Uuid,
@@ -148,7 +153,7 @@ pub fn parse_sectors(text: &str) -> Vec<f32> {
 }
 
 /// One classified car of a finished session.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct ResultEntry {
     /// Position, 1 = winner.
     pub position: u32,
@@ -165,7 +170,7 @@ pub struct ResultEntry {
 }
 
 /// One archived lap file.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct IndexedLap {
     /// Session id.
     pub session: Uuid,
@@ -182,9 +187,55 @@ pub struct IndexedLap {
     /// Valid.
     pub valid: bool,
     /// File, relative to the data directory.
+    #[schema(value_type = String)]
     pub file: PathBuf,
     /// Rows in the file.
     pub rows: u64,
+}
+
+/// The `sessions` columns [`session_row`] reads, in its order.
+const SESSION_COLUMNS: &str = "id, source, track, car_model, lap_limit, seed, started_at, finished_at, sectors, identity, template_id, ended_by, laps_pruned_at";
+
+/// A `sessions` row, selected as [`SESSION_COLUMNS`] lists its columns.
+fn session_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRow> {
+    let id: String = r.get(0)?;
+    Ok(SessionRow {
+        id: Uuid::parse_str(&id).unwrap_or_default(),
+        source: r.get(1)?,
+        track: r.get(2)?,
+        car_model: r.get(3)?,
+        lap_limit: r.get(4)?,
+        seed: r.get::<_, Option<i64>>(5)?.map(|v| v as u64),
+        started_at: r.get(6)?,
+        finished_at: r.get(7)?,
+        sectors: parse_sectors(&r.get::<_, String>(8)?),
+        identity: r.get(9)?,
+        template_id: r
+            .get::<_, Option<String>>(10)?
+            .and_then(|t| Uuid::parse_str(&t).ok()),
+        ended_by: r.get(11)?,
+        laps_pruned_at: r.get(12)?,
+    })
+}
+
+/// The `laps` columns [`lap_row`] reads, in its order.
+const LAP_COLUMNS: &str = "session_id, car, driver, lap, lap_time_s, complete, valid, file, rows";
+
+/// A `laps` row, selected as [`LAP_COLUMNS`] lists its columns.
+fn lap_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<IndexedLap> {
+    let id: String = r.get(0)?;
+    let file: String = r.get(7)?;
+    Ok(IndexedLap {
+        session: Uuid::parse_str(&id).unwrap_or_default(),
+        car: r.get(1)?,
+        driver: r.get(2)?,
+        lap: r.get(3)?,
+        lap_time_s: r.get(4)?,
+        complete: r.get(5)?,
+        valid: r.get(6)?,
+        file: PathBuf::from(file),
+        rows: r.get::<_, i64>(8)? as u64,
+    })
 }
 
 /// An open index.
@@ -461,32 +512,13 @@ impl Index {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT id, source, track, car_model, lap_limit, seed, started_at, finished_at, sectors, identity,
-                        template_id, ended_by, laps_pruned_at
-                 FROM sessions WHERE ?1 IS NULL OR id = ?1 ORDER BY started_at DESC, id",
+                &format!(
+                    "SELECT {SESSION_COLUMNS} FROM sessions WHERE ?1 IS NULL OR id = ?1 ORDER BY started_at DESC, id"
+                ),
             )
             .map_err(self.sql())?;
         let rows = stmt
-            .query_map(params![id.map(|s| s.to_string())], |r| {
-                let id: String = r.get(0)?;
-                Ok(SessionRow {
-                    id: Uuid::parse_str(&id).unwrap_or_default(),
-                    source: r.get(1)?,
-                    track: r.get(2)?,
-                    car_model: r.get(3)?,
-                    lap_limit: r.get(4)?,
-                    seed: r.get::<_, Option<i64>>(5)?.map(|v| v as u64),
-                    started_at: r.get(6)?,
-                    finished_at: r.get(7)?,
-                    sectors: parse_sectors(&r.get::<_, String>(8)?),
-                    identity: r.get(9)?,
-                    template_id: r
-                        .get::<_, Option<String>>(10)?
-                        .and_then(|t| Uuid::parse_str(&t).ok()),
-                    ended_by: r.get(11)?,
-                    laps_pruned_at: r.get(12)?,
-                })
-            })
+            .query_map(params![id.map(|s| s.to_string())], session_row)
             .map_err(self.sql())?;
         rows.collect::<Result<_, _>>().map_err(self.sql())
     }
@@ -516,26 +548,13 @@ impl Index {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT session_id, car, driver, lap, lap_time_s, complete, valid, file, rows
-                 FROM laps WHERE ?1 IS NULL OR session_id = ?1 ORDER BY session_id, car, lap",
+                &format!(
+                    "SELECT {LAP_COLUMNS} FROM laps WHERE ?1 IS NULL OR session_id = ?1 ORDER BY session_id, car, lap"
+                ),
             )
             .map_err(self.sql())?;
         let rows = stmt
-            .query_map(params![session.map(|s| s.to_string())], |r| {
-                let id: String = r.get(0)?;
-                let file: String = r.get(7)?;
-                Ok(IndexedLap {
-                    session: Uuid::parse_str(&id).unwrap_or_default(),
-                    car: r.get(1)?,
-                    driver: r.get(2)?,
-                    lap: r.get(3)?,
-                    lap_time_s: r.get(4)?,
-                    complete: r.get(5)?,
-                    valid: r.get(6)?,
-                    file: PathBuf::from(file),
-                    rows: r.get::<_, i64>(8)? as u64,
-                })
-            })
+            .query_map(params![session.map(|s| s.to_string())], lap_row)
             .map_err(self.sql())?;
         rows.collect::<Result<_, _>>().map_err(self.sql())
     }

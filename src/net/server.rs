@@ -30,6 +30,18 @@ use crate::archive::recorder::Recorder;
 use crate::archive::wal::WalSync;
 use crate::content::Content;
 
+/// The REST API over the server's archive and its current content (which reloads).
+fn api_state(shared: &Arc<Shared>) -> crate::api::ApiState {
+    let content = shared.content.clone();
+    crate::api::ApiState {
+        data: shared.data.clone(),
+        content: Arc::new(move || match content.lock() {
+            Ok(loaded) => loaded.content.clone(),
+            Err(poisoned) => poisoned.into_inner().content.clone(),
+        }),
+    }
+}
+
 /// Why the server could not start or run.
 #[derive(Debug, Error)]
 #[non_exhaustive]
@@ -326,7 +338,8 @@ pub async fn run(
         .route("/metrics", get(render_metrics))
         .merge(super::admin::routes())
         .merge(super::web::routes())
-        .with_state(shared.clone());
+        .with_state(shared.clone())
+        .merge(crate::api::routes(api_state(&shared)));
     let mut http_stop = stop_rx.clone();
     let http_task = tokio::spawn(async move {
         let _ = axum::serve(http, router)

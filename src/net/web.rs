@@ -31,7 +31,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::connection::Shared;
-use crate::archive::index::{Index, IndexedLap, ResultEntry, SessionRow};
+use crate::archive::index::{Index, IndexedLap};
 
 const LIVE_PAGE: &str = include_str!("web/live.html");
 const RESULTS_PAGE: &str = include_str!("web/results.html");
@@ -158,18 +158,8 @@ async fn track(State(shared): State<Arc<Shared>>, Path(id): Path<Uuid>) -> Respo
     }
 }
 
-/// A session as the results pages read it.
-#[derive(Debug, Serialize)]
-pub struct SessionResults {
-    /// The session.
-    pub session: SessionRow,
-    /// Its track's name, when the content has the track.
-    pub track_name: Option<String>,
-    /// Its classification, winner first.
-    pub results: Vec<ResultEntry>,
-    /// Every archived lap.
-    pub laps: Vec<IndexedLap>,
-}
+pub use crate::api::SessionResults;
+use crate::api::load_session;
 
 async fn read_index<T: Send + 'static>(
     shared: &Shared,
@@ -196,21 +186,6 @@ async fn sessions(State(shared): State<Arc<Shared>>) -> Response {
         Ok(rows) => Json(rows.into_iter().take(200).collect::<Vec<_>>()).into_response(),
         Err(r) => r,
     }
-}
-
-fn load_session(
-    index: &Index,
-    id: Uuid,
-) -> Result<Option<SessionResults>, crate::archive::ArchiveError> {
-    let Some(session) = index.session(id)? else {
-        return Ok(None);
-    };
-    Ok(Some(SessionResults {
-        track_name: None,
-        results: index.results(id)?,
-        laps: index.laps(Some(id))?,
-        session,
-    }))
 }
 
 async fn session(State(shared): State<Arc<Shared>>, Path(id): Path<Uuid>) -> Response {

@@ -4,6 +4,7 @@
 //! allocations with a global allocator, which other tests running beside them would disturb.
 
 mod analysis;
+mod api;
 mod archive;
 mod archive_polars;
 mod coach;

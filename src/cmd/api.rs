@@ -1,0 +1,59 @@
+//! `apexsim api`: the REST API (`/api/v1`) over an archive alone, without a race server, until
+//! SIGINT or SIGTERM.
+
+use anyhow::Context as _;
+use apexsim::api::{ApiState, routes};
+
+use super::Context;
+use super::print::emit;
+
+/// Arguments of `apexsim api`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ApiArgs {
+    /// Address to listen on (port 0 picks a free one).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9004")]
+    pub bind: std::net::SocketAddr,
+}
+
+/// Serves the API over `--data` and `--content` until interrupted; prints where it listens.
+pub fn run(args: &ApiArgs, ctx: &Context) -> anyhow::Result<()> {
+    let content = ctx.content_logged();
+    let state = ApiState::fixed(ctx.data.clone(), content);
+    let rt = ctx.runtime()?;
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(args.bind)
+            .await
+            .with_context(|| format!("binding {}", args.bind))?;
+        let at = listener.local_addr()?;
+        tracing::info!(http = %at, data = %ctx.data.display(), "serving the API");
+        emit(&format!(
+            "api on http://{at}/api/v1 (archive {}), documentation http://{at}/api/v1/docs\n",
+            ctx.data.display()
+        ))?;
+        let router: axum::Router = routes(state);
+        axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown())
+            .await
+            .context("serving the API")
+    })
+}
+
+async fn shutdown() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}

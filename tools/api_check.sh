@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# schemathesis against the REST API's served OpenAPI document: a race is archived in a fresh
+# data directory, `apexsim api` serves it on a free port, and schemathesis (pinned in
+# tools/schemathesis-requirements.txt, installed in a venv under target/) generates requests
+# for every operation and checks every response: no 5xx, status codes, content types and
+# bodies as the document declares them, bad input refused, valid input accepted.
+#   tools/api_check.sh [APEXSIM_BINARY]   (default: target/debug/apexsim, which the tests build)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bin=$(realpath "${1:-target/debug/apexsim}")
+venv=${APEXSIM_SCHEMATHESIS_VENV:-target/schemathesis-venv}
+req=tools/schemathesis-requirements.txt
+if [ ! -x "$venv/bin/schemathesis" ] || ! cmp -s "$req" "$venv/requirements.txt"; then
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$req"
+    cp "$req" "$venv/requirements.txt"
+fi
+data=$(mktemp -d)
+pid=""
+cleanup() {
+    [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
+    rm -rf "$data"
+}
+trap cleanup EXIT
+"$bin" --data "$data" race --fast --track oval_simple --cars 3 --laps 2 --format json >/dev/null
+RUST_LOG=apexsim=info "$bin" --data "$data" api --bind 127.0.0.1:0 >/dev/null 2>"$data/api.log" &
+pid=$!
+addr=""
+for _ in $(seq 1 100); do
+    addr=$(grep -o 'http=[0-9.:]*' "$data/api.log" | head -1 | cut -d= -f2 || true)
+    [ -n "$addr" ] && break
+    sleep 0.1
+done
+[ -n "$addr" ] || { echo "apexsim api did not start:"; cat "$data/api.log"; exit 1; }
+"$venv/bin/schemathesis" run "http://$addr/api/v1/openapi.json" \
+    --checks all --max-examples "${APEXSIM_SCHEMATHESIS_EXAMPLES:-30}" --seed 1 --no-color
