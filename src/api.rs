@@ -12,7 +12,9 @@
 
 mod error;
 mod read;
+mod write;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -38,15 +40,19 @@ pub struct ApiState {
     pub data: PathBuf,
     /// The content (tracks, cars, templates).
     pub content: ContentSource,
+    /// Writer name to token, for the routes that write or delete (empty: they refuse
+    /// everyone).
+    pub tokens: BTreeMap<String, String>,
 }
 
 impl ApiState {
     /// A state over an archive and content loaded once.
-    pub fn fixed(data: PathBuf, content: Content) -> Self {
+    pub fn fixed(data: PathBuf, content: Content, tokens: BTreeMap<String, String>) -> Self {
         let content = Arc::new(content);
         Self {
             data,
             content: Arc::new(move || content.clone()),
+            tokens,
         }
     }
 }
@@ -60,9 +66,25 @@ impl ApiState {
     ),
     tags((name = "archive", description = "The archive: sessions, laps, telemetry, metrics"),
          (name = "racing", description = "Tracks, cars and race templates"),
-         (name = "service", description = "Health and this document"))
+         (name = "service", description = "Health and this document")),
+    modifiers(&BearerAuth)
 )]
 struct ApiDoc;
+
+/// The `bearer` security scheme the writing routes name.
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        doc.components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            );
+    }
+}
 
 /// The API's routes with their OpenAPI document.
 fn api_router() -> OpenApiRouter<ApiState> {
@@ -77,6 +99,7 @@ fn api_router() -> OpenApiRouter<ApiState> {
         .routes(routes!(read::tracks))
         .routes(routes!(read::cars))
         .routes(routes!(read::templates))
+        .routes(routes!(write::delete_driver_telemetry))
 }
 
 /// The OpenAPI document of every route.

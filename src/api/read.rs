@@ -409,7 +409,7 @@ pub async fn lap_metrics(
     .await
 }
 
-fn driver_name(text: String) -> Result<String, ApiError> {
+pub(super) fn driver_name(text: String) -> Result<String, ApiError> {
     if text.is_empty() || text.len() > 200 {
         return Err(ApiError::bad("driver", "driver must be 1 to 200 bytes"));
     }

@@ -675,6 +675,36 @@ impl Index {
         tx.commit().map_err(self.sql())
     }
 
+    /// Removes a driver's laps of a session from the index (their uploads still waiting
+    /// marked failed, as [`Index::delete_laps`] does); the session, its results and the other
+    /// drivers' laps stay. Returns the lap rows removed.
+    ///
+    /// # Errors
+    /// [`ArchiveError::Sqlite`].
+    pub fn delete_driver_laps(&self, id: Uuid, driver: &str) -> Result<usize, ArchiveError> {
+        let tx = self.conn.unchecked_transaction().map_err(self.sql())?;
+        let cars: Vec<u8> = {
+            let mut stmt = tx
+                .prepare("SELECT DISTINCT car FROM laps WHERE session_id = ?1 AND driver = ?2")
+                .map_err(self.sql())?;
+            stmt.query_map(params![id.to_string(), driver], |r| r.get(0))
+                .map_err(self.sql())?
+                .collect::<Result<_, _>>()
+                .map_err(self.sql())?
+        };
+        let removed = tx
+            .execute(
+                "DELETE FROM laps WHERE session_id = ?1 AND driver = ?2",
+                params![id.to_string(), driver],
+            )
+            .map_err(self.sql())?;
+        for car in cars {
+            super::outbox::laps_removed(&tx, id, Some(car)).map_err(self.sql())?;
+        }
+        tx.commit().map_err(self.sql())?;
+        Ok(removed)
+    }
+
     /// Removes a session's lap rows (not its files), keeping its summary and results, and
     /// marks when (`laps_pruned_at`); uploads still queued for its laps fail as pruned.
     ///

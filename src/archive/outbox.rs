@@ -109,16 +109,26 @@ impl rusqlite::types::FromSql for State {
 /// its delivered uploads are history and go; one still waiting can no longer be sent, and
 /// says so in `outbox ls`.
 pub(crate) fn session_removed(tx: &Transaction<'_>, session: Uuid) -> rusqlite::Result<()> {
+    laps_removed(tx, session, None)
+}
+
+/// As [`session_removed`], for the laps of one car of a session (`None`: every car).
+pub(crate) fn laps_removed(
+    tx: &Transaction<'_>,
+    session: Uuid,
+    car: Option<u8>,
+) -> rusqlite::Result<()> {
     let id = session.to_string();
     tx.execute(
-        "DELETE FROM outbox WHERE session_id = ?1 AND state IN (?2, ?3)",
-        params![id, State::Done, State::Skipped],
+        "DELETE FROM outbox WHERE session_id = ?1 AND (?4 IS NULL OR car = ?4)
+         AND state IN (?2, ?3)",
+        params![id, State::Done, State::Skipped, car],
     )?;
     tx.execute(
         "UPDATE outbox SET state = ?2, lease_until_ms = NULL,
          last_error = 'pruned from the archive before it was uploaded'
-         WHERE session_id = ?1",
-        params![id, State::Failed],
+         WHERE session_id = ?1 AND (?3 IS NULL OR car = ?3)",
+        params![id, State::Failed, car],
     )?;
     Ok(())
 }

@@ -119,29 +119,15 @@ fn prune_with(
         }
         let mut partitions = std::collections::BTreeSet::new();
         for lap in index.laps(Some(session.id))? {
-            let path = data.join(&lap.file);
             if let Some(rel) = Path::new(&lap.file)
                 .parent()
                 .and_then(|p| p.strip_prefix("laps").ok())
             {
                 partitions.insert(rel.to_path_buf());
             }
-            if let Ok(meta) = fs::metadata(&path) {
-                report.bytes += meta.len();
-            }
-            match fs::remove_file(&path) {
-                Ok(()) => report.laps += 1,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(source) => return Err(ArchiveError::Io { path, source }),
-            }
-            // Drop now-empty partition directories (date=, then track=, then source=).
-            let mut dir = path.parent();
-            while let Some(d) = dir {
-                if d == data.join("laps") || fs::remove_dir(d).is_err() {
-                    break;
-                }
-                dir = d.parent();
-            }
+            let (laps, bytes) = remove_lap_file(data, &lap.file)?;
+            report.laps += laps;
+            report.bytes += bytes;
         }
         let name = session.id.simple().to_string();
         for rel in &partitions {
@@ -154,6 +140,81 @@ fn prune_with(
         report.sessions += 1;
     }
     Ok(report)
+}
+
+/// Removes one driver's laps of the sessions that started before `cutoff` (Unix seconds):
+/// their lap files and rows, and the files derived from those sessions (the metric tables are
+/// per session; `analyze` measures the laps left again). The sessions, their results and the
+/// other drivers' laps stay. Sessions a live process is writing are left alone.
+///
+/// # Errors
+/// [`ArchiveError`] when the index or a file cannot be changed; laps already removed stay
+/// removed.
+pub fn prune_driver(
+    data: &Path,
+    index: &index::Index,
+    driver: &str,
+    cutoff: i64,
+) -> Result<PruneReport, ArchiveError> {
+    let mut report = PruneReport::default();
+    for session in index
+        .sessions()?
+        .into_iter()
+        .filter(|s| s.started_at < cutoff)
+    {
+        let laps: Vec<_> = index
+            .laps(Some(session.id))?
+            .into_iter()
+            .filter(|l| l.driver == driver)
+            .collect();
+        if laps.is_empty() {
+            continue;
+        }
+        if wal::is_live(data, session.id) {
+            report.live_sessions += 1;
+            continue;
+        }
+        let mut partitions = std::collections::BTreeSet::new();
+        for lap in &laps {
+            if let Some(rel) = Path::new(&lap.file)
+                .parent()
+                .and_then(|p| p.strip_prefix("laps").ok())
+            {
+                partitions.insert(rel.to_path_buf());
+            }
+            let (laps, bytes) = remove_lap_file(data, &lap.file)?;
+            report.laps += laps;
+            report.bytes += bytes;
+        }
+        let name = session.id.simple().to_string();
+        for rel in &partitions {
+            report.bytes += remove_derived(data, rel, &name);
+        }
+        index.delete_driver_laps(session.id, driver)?;
+        report.sessions += 1;
+    }
+    Ok(report)
+}
+
+/// Removes a lap file (relative to `data`) and the partition directories it leaves empty:
+/// (1, its size) when it was there, (0, 0) when it was already gone.
+fn remove_lap_file(data: &Path, file: &Path) -> Result<(usize, u64), ArchiveError> {
+    let path = data.join(file);
+    let bytes = fs::metadata(&path).map_or(0, |m| m.len());
+    let removed = match fs::remove_file(&path) {
+        Ok(()) => 1,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+        Err(source) => return Err(ArchiveError::Io { path, source }),
+    };
+    // Drop now-empty partition directories (date=, then track=, then source=).
+    let mut dir = path.parent();
+    while let Some(d) = dir {
+        if d == data.join("laps") || fs::remove_dir(d).is_err() {
+            break;
+        }
+        dir = d.parent();
+    }
+    Ok((removed, if removed == 1 { bytes } else { 0 }))
 }
 
 /// Parses a duration such as `168h`, `7d`, `90m`, `3600s` or `1h 30m` (humantime's syntax).

@@ -4,8 +4,10 @@
 use anyhow::Context as _;
 use apexsim::api::{ApiState, routes};
 
-use super::Context;
+use apexsim::net::config::ServerConfig;
+
 use super::print::emit;
+use super::{Context, UsageError};
 
 /// Arguments of `apexsim api`.
 #[derive(Debug, Clone, clap::Args)]
@@ -13,12 +15,22 @@ pub struct ApiArgs {
     /// Address to listen on (port 0 picks a free one).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9004")]
     pub bind: std::net::SocketAddr,
+    /// The server's configuration file, for its `[api.tokens]` (the writers); without it,
+    /// `server.toml` in the working directory if present; with neither, writes are refused.
+    #[arg(short = 'c', long, value_name = "PATH")]
+    pub config: Option<std::path::PathBuf>,
 }
 
 /// Serves the API over `--data` and `--content` until interrupted; prints where it listens.
 pub fn run(args: &ApiArgs, ctx: &Context) -> anyhow::Result<()> {
+    let path = args.config.clone().or_else(|| {
+        let default = std::path::PathBuf::from("server.toml");
+        default.exists().then_some(default)
+    });
+    let config = ServerConfig::load(path.as_deref(), std::env::vars())
+        .map_err(|e| UsageError(e.to_string()))?;
     let content = ctx.content_logged();
-    let state = ApiState::fixed(ctx.data.clone(), content);
+    let state = ApiState::fixed(ctx.data.clone(), content, config.api.tokens);
     let rt = ctx.runtime()?;
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(args.bind)

@@ -25,6 +25,8 @@ pub struct ServerConfig {
     pub content: ContentSection,
     /// `[admin]`
     pub admin: AdminSection,
+    /// `[api]`
+    pub api: ApiSection,
 }
 
 /// `[server]`: sessions and limits.
@@ -202,6 +204,15 @@ pub struct AdminSection {
     pub tokens: std::collections::BTreeMap<String, String>,
 }
 
+/// `[api]`: the REST API's writers (`[api.tokens]` `collector = "…"`), sent as
+/// `Authorization: Bearer …` to the routes that write or delete.
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiSection {
+    /// Writer name to token; empty, the writing routes refuse everyone.
+    pub tokens: std::collections::BTreeMap<String, String>,
+}
+
 /// Why the configuration is not usable.
 #[derive(Debug, Error)]
 #[non_exhaustive]
@@ -339,10 +350,12 @@ impl ServerConfig {
         if let Err(e) = crate::content::Schedule::parse(&self.server.retention_schedule) {
             return Err(format!("server.retention_schedule: {e}"));
         }
-        if let Some((name, _)) = self.admin.tokens.iter().find(|(_, t)| t.len() < 16) {
-            return Err(format!(
-                "admin.tokens.{name}: a token must be at least 16 characters"
-            ));
+        for (section, tokens) in [("admin", &self.admin.tokens), ("api", &self.api.tokens)] {
+            if let Some((name, _)) = tokens.iter().find(|(_, t)| t.len() < 16) {
+                return Err(format!(
+                    "{section}.tokens.{name}: a token must be at least 16 characters"
+                ));
+            }
         }
         if self.auth.require_token && self.auth.tokens.iter().all(String::is_empty) {
             return Err("auth.require_token is set but auth.tokens is empty".into());

@@ -39,6 +39,7 @@ fn api_state(shared: &Arc<Shared>) -> crate::api::ApiState {
             Ok(loaded) => loaded.content.clone(),
             Err(poisoned) => poisoned.into_inner().content.clone(),
         }),
+        tokens: shared.config.api.tokens.clone(),
     }
 }
 

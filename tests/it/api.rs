@@ -8,7 +8,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::common::{Child, Served, apexsim, bundled_content, http_get, log_field};
+use crate::common::{Child, Served, apexsim, bundled_content, http_get, http_request, log_field};
 
 /// `GET path` with extra headers: status, headers and the body's bytes.
 fn get_bytes(addr: SocketAddr, path: &str, headers: &str) -> (u16, String, Vec<u8>) {
@@ -75,15 +75,22 @@ fn race(data: &Path, track: &str, cars: &str) -> Value {
 }
 
 fn api(data: &Path) -> (Child, SocketAddr) {
-    let mut child = Child::spawn(&[
+    api_with(data, &[])
+}
+
+fn api_with(data: &Path, extra: &[&str]) -> (Child, SocketAddr) {
+    let content = bundled_content();
+    let mut args = vec![
         "--content",
-        bundled_content().to_str().expect("utf-8"),
+        content.to_str().expect("utf-8"),
         "--data",
         data.to_str().expect("utf-8"),
         "api",
         "--bind",
         "127.0.0.1:0",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let mut child = Child::spawn(&args);
     let line = child
         .wait_for(std::time::Duration::from_secs(30), |l| {
             l.contains("serving the API")
@@ -443,6 +450,118 @@ fn the_server_serves_the_api_on_its_http_port() {
     refused(server.http, "/api/v1/sessions?limit=0", "limit");
     // The server's own routes are still there beside it.
     assert_eq!(http_get(server.http, "/health").0, 200);
+}
+
+const TOKEN: &str = "writer-token-0123456789";
+
+#[test]
+fn deleting_a_drivers_old_telemetry_needs_a_token_and_keeps_the_rest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let report = race(dir.path(), "oval_simple", "3");
+    let config = dir.path().join("server.toml");
+    std::fs::write(&config, format!("[api.tokens]\nwriter = \"{TOKEN}\"\n")).expect("config");
+    let (_child, at) = api_with(dir.path(), &["--config", config.to_str().expect("utf-8")]);
+    let session = report["session"].as_str().expect("id").to_owned();
+    let driver = report["results"][1]["driver"]
+        .as_str()
+        .expect("driver")
+        .to_owned();
+    let enc = urlencode(&driver);
+    let before = ok(at, &format!("/api/v1/sessions/{session}"));
+    let laps = before["laps"].as_array().expect("laps").clone();
+    let theirs: Vec<&Value> = laps
+        .iter()
+        .filter(|l| l["driver"] == driver.as_str())
+        .collect();
+    assert!(!theirs.is_empty());
+    let files: Vec<std::path::PathBuf> = theirs
+        .iter()
+        .map(|l| dir.path().join(l["file"].as_str().expect("file")))
+        .collect();
+    assert!(files.iter().all(|f| f.exists()));
+
+    let route = format!("/api/v1/drivers/{enc}/telemetry?older_than=0s");
+    for token in [None, Some("not-the-token-at-all-x")] {
+        let (status, body) = http_request(at, "DELETE", &route, token, None);
+        assert_eq!(status, 401, "{body}");
+        let v: Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(v["field"], "authorization");
+    }
+    assert!(
+        files.iter().all(|f| f.exists()),
+        "a refused delete removes nothing"
+    );
+    let bad = |path: &str, field: &str| {
+        let (status, body) = http_request(at, "DELETE", path, Some(TOKEN), None);
+        assert_eq!(status, 400, "{path}: {body}");
+        let v: Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(v["field"], field, "{body}");
+    };
+    bad(&format!("/api/v1/drivers/{enc}/telemetry"), "older_than");
+    bad(
+        &format!("/api/v1/drivers/{enc}/telemetry?older_than=soon"),
+        "older_than",
+    );
+
+    // The session is minutes old: a day's cutoff keeps everything.
+    let (status, body) = http_request(
+        at,
+        "DELETE",
+        &format!("/api/v1/drivers/{enc}/telemetry?older_than=1d"),
+        Some(TOKEN),
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["laps"], 0, "{v}");
+
+    let (status, body) = http_request(at, "DELETE", &route, Some(TOKEN), None);
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["laps"], theirs.len(), "{v}");
+    assert_eq!(v["sessions"], 1);
+    assert!(v["bytes"].as_u64().is_some_and(|b| b > 0));
+    assert!(
+        files.iter().all(|f| !f.exists()),
+        "the driver's lap files are gone"
+    );
+    assert_eq!(ok(at, &format!("/api/v1/drivers/{enc}/laps"))["total"], 0);
+    let after = ok(at, &format!("/api/v1/sessions/{session}"));
+    assert_eq!(
+        after["results"].as_array().map(Vec::len),
+        Some(3),
+        "results stay"
+    );
+    let left = after["laps"].as_array().expect("laps");
+    assert_eq!(
+        left.len(),
+        laps.len() - theirs.len(),
+        "the other drivers' laps stay"
+    );
+    assert!(left.iter().all(|l| l["driver"] != driver.as_str()));
+    assert!(
+        left.iter()
+            .all(|l| dir.path().join(l["file"].as_str().expect("file")).exists())
+    );
+    let gone = theirs[0];
+    let (status, _) = http_get(
+        at,
+        &format!(
+            "/api/v1/sessions/{session}/laps/{}/{}/telemetry",
+            gone["car"], gone["lap"]
+        ),
+    );
+    assert_eq!(status, 404);
+    // Analysis measures what is left.
+    let (code, out, err) = apexsim(&[
+        "--data",
+        dir.path().to_str().expect("utf-8"),
+        "analyze",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains(&driver), "analyze no longer lists {driver}");
 }
 
 fn urlencode(s: &str) -> String {
