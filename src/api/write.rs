@@ -41,7 +41,7 @@ fn writer(state: &ApiState, headers: &HeaderMap) -> Result<String, ApiError> {
 pub struct Deleted {
     /// The driver.
     pub driver: String,
-    /// Laps of sessions that started before this (Unix seconds) were removed.
+    /// Laps of sessions that started at or before this (Unix seconds) were removed.
     pub cutoff: i64,
     /// Sessions the driver lost laps of.
     pub sessions: usize,

@@ -142,7 +142,8 @@ fn prune_with(
     Ok(report)
 }
 
-/// Removes one driver's laps of the sessions that started before `cutoff` (Unix seconds):
+/// Removes one driver's laps of the sessions that started at or before `cutoff` (Unix
+/// seconds; a session started this second is older than `0s`):
 /// their lap files and rows, and the files derived from those sessions (the metric tables are
 /// per session; `analyze` measures the laps left again). The sessions, their results and the
 /// other drivers' laps stay. Sessions a live process is writing are left alone.
@@ -160,7 +161,7 @@ pub fn prune_driver(
     for session in index
         .sessions()?
         .into_iter()
-        .filter(|s| s.started_at < cutoff)
+        .filter(|s| s.started_at <= cutoff)
     {
         let laps: Vec<_> = index
             .laps(Some(session.id))?
