@@ -43,6 +43,8 @@ pub struct ApiState {
     /// Writer name to token, for the routes that write or delete (empty: they refuse
     /// everyone).
     pub tokens: BTreeMap<String, String>,
+    /// The host's metrics (shared with the server's `/metrics`).
+    pub host: Arc<std::sync::Mutex<crate::host::HostMonitor>>,
 }
 
 impl ApiState {
@@ -53,6 +55,7 @@ impl ApiState {
             data,
             content: Arc::new(move || content.clone()),
             tokens,
+            host: Arc::default(),
         }
     }
 }
@@ -90,6 +93,7 @@ impl utoipa::Modify for BearerAuth {
 fn api_router() -> OpenApiRouter<ApiState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(read::health))
+        .routes(routes!(read::host))
         .routes(routes!(read::sessions))
         .routes(routes!(read::session))
         .routes(routes!(read::lap_telemetry))

@@ -4,7 +4,7 @@
 //! it, in layers, each importing only those below it (`tools/module_graph.py` checks):
 //!
 //! ```text
-//! archive (Parquet, write-ahead files, the SQLite index and outbox) and content
+//! archive (Parquet, write-ahead files, the SQLite index and outbox), content and host (metrics)
 //!   <- analysis (lap metrics, polars queries) <- events (the bus, the writer's wiring)
 //!   <- ingest (iRacing, Racing Coach files) <- coach (uploads)
 //!   <- api (the REST API over the archive)
@@ -20,6 +20,7 @@ pub mod archive;
 pub mod coach;
 pub mod content;
 pub mod events;
+pub mod host;
 pub mod ingest;
 pub mod net;
 pub mod race;

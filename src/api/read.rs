@@ -65,6 +65,23 @@ pub async fn health(State(state): State<ApiState>) -> Result<Json<Health>, ApiEr
     }))
 }
 
+/// The host now: CPU use (since the previous reading) and frequency per core, load averages,
+/// memory, temperatures (absent without sensors), this process.
+#[utoipa::path(get, path = "/api/v1/host", tag = "service",
+    responses((status = 200, description = "One reading of the host", body = crate::host::HostSample)))]
+pub async fn host(
+    State(state): State<ApiState>,
+) -> Result<Json<crate::host::HostSample>, ApiError> {
+    let host = state.host.clone();
+    tokio::task::spawn_blocking(move || {
+        host.lock()
+            .map(|mut h| Json(h.sample()))
+            .map_err(|_| ApiError::internal("the host monitor is poisoned"))
+    })
+    .await
+    .map_err(ApiError::internal)?
+}
+
 /// Archived sessions, newest first, filtered, one page.
 #[utoipa::path(get, path = "/api/v1/sessions", tag = "archive",
     params(

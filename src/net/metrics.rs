@@ -56,6 +56,9 @@ pub struct Metrics {
     /// Upload attempts of laps to the Racing Coach server, by outcome (delivered, retry,
     /// refused).
     pub lap_uploads: IntCounterVec,
+    /// The host's CPU, load, memory, sensors and this process (`apexsim_host_*`), read on
+    /// every scrape; shared with the API's `/api/v1/host`.
+    pub host: std::sync::Arc<std::sync::Mutex<crate::host::HostMonitor>>,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -184,6 +187,7 @@ impl Metrics {
                 "Lap uploads to the Racing Coach server, by outcome",
                 "outcome",
             ),
+            host: Default::default(),
             refused_connections: counter_vec(
                 &r,
                 "apexsim_refused_connections_total",
@@ -224,7 +228,11 @@ impl Metrics {
         }
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
-        String::from_utf8_lossy(&out).into_owned()
+        let mut text = String::from_utf8_lossy(&out).into_owned();
+        if let Ok(mut host) = self.host.lock() {
+            text.push_str(&host.render());
+        }
+        text
     }
 
     /// Counts a dropped packet.

@@ -40,6 +40,7 @@ fn api_state(shared: &Arc<Shared>) -> crate::api::ApiState {
             Err(poisoned) => poisoned.into_inner().content.clone(),
         }),
         tokens: shared.config.api.tokens.clone(),
+        host: shared.metrics.host.clone(),
     }
 }
 

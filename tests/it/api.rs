@@ -109,6 +109,38 @@ fn every_read_route_over_an_archive() {
     let oval_id = oval["session"].as_str().expect("id").to_owned();
     let road_id = road["session"].as_str().expect("id").to_owned();
 
+    // The host: every core, memory, this process; no sensors here, so no temperatures (absent,
+    // not zero); a machine with sensors gives real readings.
+    let host = ok(at, "/api/v1/host");
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    assert_eq!(host["cpus"].as_array().map(Vec::len), Some(cores), "{host}");
+    assert!(
+        host["memory"]["total_bytes"]
+            .as_u64()
+            .is_some_and(|m| m > 0)
+    );
+    assert!(
+        host["process"]["memory_bytes"]
+            .as_u64()
+            .is_some_and(|m| m > 0)
+    );
+    let sensors = std::fs::read_dir("/sys/class/hwmon").map_or(0, |d| d.count());
+    match host.get("temperatures") {
+        None => {}
+        Some(t) => {
+            assert!(sensors > 0, "temperatures without sensors: {t}");
+            assert!(
+                t.as_array().is_some_and(|a| !a.is_empty()
+                    && a.iter()
+                        .all(|x| x["celsius"].as_f64().is_some_and(|c| c != 0.0))),
+                "{t}"
+            );
+        }
+    }
+    if cfg!(target_os = "linux") {
+        assert!(host["load_average"]["one"].as_f64().is_some(), "{host}");
+    }
+
     let health = ok(at, "/api/v1/health");
     assert_eq!(health["status"], "ok");
     assert_eq!(health["sessions"], 2);
@@ -415,6 +447,7 @@ fn every_read_route_over_an_archive() {
     );
     for path in [
         "/api/v1/health",
+        "/api/v1/host",
         "/api/v1/sessions",
         "/api/v1/sessions/{id}",
         "/api/v1/sessions/{id}/laps/{car}/{lap}/telemetry",
@@ -448,8 +481,24 @@ fn the_server_serves_the_api_on_its_http_port() {
             .is_some_and(|t| !t.is_empty())
     );
     refused(server.http, "/api/v1/sessions?limit=0", "limit");
-    // The server's own routes are still there beside it.
+    // The server's own routes are still there beside it, and /metrics has the host's.
     assert_eq!(http_get(server.http, "/health").0, 200);
+    let (status, metrics) = http_get(server.http, "/metrics");
+    assert_eq!(status, 200);
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let per_core = metrics
+        .lines()
+        .filter(|l| l.starts_with("apexsim_host_cpu_usage_ratio{"))
+        .count();
+    assert_eq!(per_core, cores, "{metrics}");
+    assert!(metrics.contains("apexsim_host_memory_bytes{kind=\"total\"}"));
+    assert!(metrics.contains("apexsim_host_process{kind=\"memory_bytes\"}"));
+    let host = ok(server.http, "/api/v1/host");
+    assert_eq!(
+        metrics.contains("apexsim_host_temperature_celsius{"),
+        host.get("temperatures").is_some(),
+        "a temperature series only for a sensor that reads"
+    );
 }
 
 const TOKEN: &str = "writer-token-0123456789";
