@@ -1,6 +1,6 @@
 //! Decoders of outside bytes never panic and never allocate without bound: the IBT reader, the
 //! write-ahead file reader, the Racing Coach Parquet reader and the network protocol's frame
-//! and datagram decoders, on arbitrary
+//! and datagram decoders and the REST API's query strings, on arbitrary
 //! bytes and on mutated real input (bytes flipped, words overwritten with extreme values,
 //! input cut short). Every protocol message round-trips through its encoding. Every allocation of each decode is
 //! counted by an instrumented global allocator and held to a bound proportional to the input.
@@ -632,5 +632,38 @@ proptest! {
         {
             prop_assert!(next >= 1_796_169_600, "{text}: {next}");
         }
+    }
+}
+
+/// What the API reads of a query string: the page, every text, number and flag parameter.
+fn read_query(query: &str) -> usize {
+    let Ok(p) = apexsim::api::Params::parse(Some(query)) else {
+        return 0;
+    };
+    let mut read = 0;
+    read += usize::from(p.page(50, apexsim::api::MAX_PAGE).is_ok());
+    for name in ["track", "car", "driver", "source", "columns", "older_than"] {
+        read += usize::from(matches!(p.text(name), Ok(Some(_))));
+    }
+    read += usize::from(matches!(p.number("from", i64::MIN, i64::MAX), Ok(Some(_))));
+    read += usize::from(matches!(p.flag("valid"), Ok(Some(_))));
+    read
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// A request's query string is outside bytes: it is parsed or refused, never panics, and
+    /// what parsing keeps is bounded by its length.
+    #[test]
+    fn an_api_query_string_is_read_or_refused_within_bounds(
+        query in "([a-z_]{0,12}=?[0-9a-zA-Z%+\\-.,&=]{0,40}&?){0,12}",
+        raw in proptest::collection::vec(any::<u8>(), 0..512),
+    ) {
+        let (_, bytes) = allocated(|| read_query(&query));
+        prop_assert!(bytes <= 64 * query.len() + 4096, "{bytes} bytes for {} of query", query.len());
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let (_, bytes) = allocated(|| read_query(&text));
+        prop_assert!(bytes <= 64 * text.len() + 4096, "{bytes} bytes for {} of query", text.len());
     }
 }
