@@ -162,7 +162,7 @@ impl PartialEq for TrackContent {
 }
 
 /// How a templated session starts (seed 003 section 9).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum StartMode {
     /// The host starts it.

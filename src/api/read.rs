@@ -315,7 +315,7 @@ pub async fn lap_telemetry(
     .await?;
     let (ticks, values) = columns;
     if arrow {
-        return arrow_stream(&ticks, &values)
+        return arrow_stream(ticks, values)
             .map(|bytes| ([(header::CONTENT_TYPE, ARROW_STREAM)], bytes).into_response());
     }
     let end = offset.saturating_add(ticks.len() as u64);
@@ -368,12 +368,15 @@ fn slice(columns: &LapColumns, names: &[&'static str], offset: u64, limit: u32) 
     (columns.tick[start..end].to_vec(), values)
 }
 
-fn arrow_stream(ticks: &[u64], values: &[(&'static str, Vec<f32>)]) -> Result<Vec<u8>, ApiError> {
+fn arrow_stream(
+    ticks: Vec<u64>,
+    values: Vec<(&'static str, Vec<f32>)>,
+) -> Result<Vec<u8>, ApiError> {
     let mut fields = vec![Field::new("tick", DataType::UInt64, false)];
-    let mut arrays: Vec<ArrayRef> = vec![Arc::new(UInt64Array::from(ticks.to_vec()))];
+    let mut arrays: Vec<ArrayRef> = vec![Arc::new(UInt64Array::from(ticks))];
     for (name, v) in values {
-        fields.push(Field::new(*name, DataType::Float32, false));
-        arrays.push(Arc::new(Float32Array::from(v.clone())));
+        fields.push(Field::new(name, DataType::Float32, false));
+        arrays.push(Arc::new(Float32Array::from(v)));
     }
     let schema = Arc::new(Schema::new(fields));
     let batch = RecordBatch::try_new(schema.clone(), arrays).map_err(ApiError::internal)?;
@@ -623,8 +626,8 @@ pub struct TemplateInfo {
     pub max_players: u8,
     /// Laps.
     pub lap_limit: u8,
-    /// `manual`, `countdown` or `scheduled`.
-    pub start_mode: String,
+    /// How its sessions start.
+    pub start_mode: crate::content::StartMode,
     /// Whether the server runs it (enabled, and its track and cars are loaded).
     pub active: bool,
 }
@@ -645,10 +648,7 @@ pub async fn templates(State(state): State<ApiState>) -> Json<Vec<TemplateInfo>>
             allowed_cars: t.allowed_cars.clone(),
             max_players: t.max_players,
             lap_limit: t.lap_limit,
-            start_mode: serde_json::to_value(t.start_mode)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default(),
+            start_mode: t.start_mode,
             active: t.active,
         })
         .collect();

@@ -117,22 +117,12 @@ fn prune_with(
             report.live_sessions += 1;
             continue;
         }
-        let mut partitions = std::collections::BTreeSet::new();
-        for lap in index.laps(Some(session.id))? {
-            if let Some(rel) = Path::new(&lap.file)
-                .parent()
-                .and_then(|p| p.strip_prefix("laps").ok())
-            {
-                partitions.insert(rel.to_path_buf());
-            }
-            let (laps, bytes) = remove_lap_file(data, &lap.file)?;
-            report.laps += laps;
-            report.bytes += bytes;
-        }
-        let name = session.id.simple().to_string();
-        for rel in &partitions {
-            report.bytes += remove_derived(data, rel, &name);
-        }
+        remove_files(
+            data,
+            session.id,
+            &index.laps(Some(session.id))?,
+            &mut report,
+        )?;
         match keep {
             Keep::Nothing => index.delete_session(session.id)?,
             Keep::Summaries { now } => index.delete_laps(session.id, now)?,
@@ -175,26 +165,38 @@ pub fn prune_driver(
             report.live_sessions += 1;
             continue;
         }
-        let mut partitions = std::collections::BTreeSet::new();
-        for lap in &laps {
-            if let Some(rel) = Path::new(&lap.file)
-                .parent()
-                .and_then(|p| p.strip_prefix("laps").ok())
-            {
-                partitions.insert(rel.to_path_buf());
-            }
-            let (laps, bytes) = remove_lap_file(data, &lap.file)?;
-            report.laps += laps;
-            report.bytes += bytes;
-        }
-        let name = session.id.simple().to_string();
-        for rel in &partitions {
-            report.bytes += remove_derived(data, rel, &name);
-        }
+        remove_files(data, session.id, &laps, &mut report)?;
         index.delete_driver_laps(session.id, driver)?;
         report.sessions += 1;
     }
     Ok(report)
+}
+
+/// Removes the files of some laps of a session and the files derived from the session in their
+/// partitions, counting them in `report`.
+fn remove_files(
+    data: &Path,
+    session: uuid::Uuid,
+    laps: &[index::IndexedLap],
+    report: &mut PruneReport,
+) -> Result<(), ArchiveError> {
+    let mut partitions = std::collections::BTreeSet::new();
+    for lap in laps {
+        if let Some(rel) = Path::new(&lap.file)
+            .parent()
+            .and_then(|p| p.strip_prefix("laps").ok())
+        {
+            partitions.insert(rel.to_path_buf());
+        }
+        let (removed, bytes) = remove_lap_file(data, &lap.file)?;
+        report.laps += removed;
+        report.bytes += bytes;
+    }
+    let name = session.simple().to_string();
+    for rel in &partitions {
+        report.bytes += remove_derived(data, rel, &name);
+    }
+    Ok(())
 }
 
 /// Removes a lap file (relative to `data`) and the partition directories it leaves empty:

@@ -569,6 +569,9 @@ async fn render_metrics(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        shared.metrics.render(),
+        // Rendering reads /proc and the host's sensors: off the async workers.
+        tokio::task::spawn_blocking(move || shared.metrics.render())
+            .await
+            .unwrap_or_default(),
     )
 }

@@ -131,6 +131,15 @@ const DRIVER_FILTER: &str = "l.driver = ?1
        AND (?3 IS NULL OR s.car_model = ?3)
        AND (?4 = 0 OR (l.valid = 1 AND l.complete = 1))";
 
+/// A column list with each column qualified by a table alias (`s.id, s.track`).
+fn qualified(columns: &str, alias: &str) -> String {
+    columns
+        .split(", ")
+        .map(|c| format!("{alias}.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn offset(o: u64) -> i64 {
     i64::try_from(o).unwrap_or(i64::MAX)
 }
@@ -150,11 +159,7 @@ impl Index {
                 |r| r.get(0),
             )
             .map_err(self.sql())?;
-        let columns = SESSION_COLUMNS
-            .split(", ")
-            .map(|c| format!("s.{c}"))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let columns = qualified(SESSION_COLUMNS, "s");
         let mut stmt = self
             .conn
             .prepare(&format!(
@@ -224,11 +229,7 @@ impl Index {
                 |r| r.get(0),
             )
             .map_err(self.sql())?;
-        let columns = LAP_COLUMNS
-            .split(", ")
-            .map(|c| format!("l.{c}"))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let columns = qualified(LAP_COLUMNS, "l");
         let mut stmt = self
             .conn
             .prepare(&format!(
