@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what CI needs beyond the Rust toolchain:
 #   promtool (Debian's prometheus): the server test lints `/metrics` with it;
+#   redis-server (Debian's redis-server): the Redis publisher's tests start one per test;
 #   the Windows target (rustup) and MinGW's C compiler (Debian's gcc-mingw-w64-x86-64): CI
 #   checks that the binary, `apexsim live` included, builds for Windows;
 #   Debian's chromium and Playwright in a venv (tools/browser/run.sh): the web pages' tests.
@@ -8,6 +9,7 @@
 set -euo pipefail
 need=()
 command -v promtool >/dev/null || need+=(prometheus)
+command -v redis-server >/dev/null || need+=(redis-server)
 command -v x86_64-w64-mingw32-gcc >/dev/null || need+=(gcc-mingw-w64-x86-64)
 if [ ${#need[@]} -gt 0 ]; then
     sudo=""
