@@ -27,6 +27,7 @@ use utoipa_axum::routes;
 
 pub use error::{ApiError, ErrorBody, MAX_PAGE, MAX_ROWS, Params};
 pub use read::{SessionResults, load_session};
+pub use write::{MAX_BODY, parse_telemetry};
 
 use crate::content::Content;
 
@@ -45,6 +46,8 @@ pub struct ApiState {
     pub tokens: BTreeMap<String, String>,
     /// The host's metrics (shared with the server's `/metrics`).
     pub host: Arc<std::sync::Mutex<crate::host::HostMonitor>>,
+    /// The recorder of posted telemetry (`None`: `POST /api/v1/telemetry` answers 503).
+    pub posted: Option<Arc<crate::ingest::posted::PostedTelemetry>>,
 }
 
 impl ApiState {
@@ -56,7 +59,14 @@ impl ApiState {
             content: Arc::new(move || content.clone()),
             tokens,
             host: Arc::default(),
+            posted: None,
         }
+    }
+
+    /// This state with a recorder for posted telemetry.
+    pub fn with_posted(mut self, posted: Arc<crate::ingest::posted::PostedTelemetry>) -> Self {
+        self.posted = Some(posted);
+        self
     }
 }
 
@@ -104,13 +114,32 @@ fn api_router() -> OpenApiRouter<ApiState> {
         .routes(routes!(read::cars))
         .routes(routes!(read::templates))
         .routes(routes!(write::delete_driver_telemetry))
+        .routes(routes!(write::post_telemetry))
 }
 
 /// The OpenAPI document of every route.
 pub fn openapi() -> utoipa::openapi::OpenApi {
     let mut doc = api_router().split_for_parts().1;
     columns_pattern(&mut doc);
+    batch_bounds(&mut doc);
     doc
+}
+
+/// The batch of `POST /api/v1/telemetry`: 1 to [`MAX_RECORDS`](crate::ingest::posted::MAX_RECORDS)
+/// records (utoipa takes no bounds on an enum's variant).
+fn batch_bounds(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{RefOr, Schema};
+    let Some(components) = doc.components.as_mut() else {
+        return;
+    };
+    if let Some(RefOr::T(Schema::OneOf(one_of))) = components.schemas.get_mut("TelemetryPost") {
+        for item in &mut one_of.items {
+            if let RefOr::T(Schema::Array(array)) = item {
+                array.min_items = Some(1);
+                array.max_items = Some(crate::ingest::posted::MAX_RECORDS);
+            }
+        }
+    }
 }
 
 /// The `columns` parameter's pattern, from the lap file's column names (named once, in

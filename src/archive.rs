@@ -120,6 +120,8 @@ pub enum Source {
     Sim,
     /// Recorded in iRacing.
     Iracing,
+    /// Posted to the REST API (`POST /api/v1/telemetry`) by another tool.
+    Api,
 }
 
 impl Source {
@@ -128,13 +130,16 @@ impl Source {
         match self {
             Self::Sim => "sim",
             Self::Iracing => "iracing",
+            Self::Api => "api",
         }
     }
 
-    fn parse(s: &str) -> Option<Self> {
+    /// The source named `s` ([`Self::as_str`]'s names).
+    pub fn parse(s: &str) -> Option<Self> {
         match s {
             "sim" => Some(Self::Sim),
             "iracing" => Some(Self::Iracing),
+            "api" => Some(Self::Api),
             _ => None,
         }
     }

@@ -14,6 +14,7 @@ pub mod print;
 pub mod race;
 pub mod relay;
 pub mod serve;
+pub mod simulate;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;

@@ -6,8 +6,8 @@
 //! ```text
 //! archive (Parquet, write-ahead files, the SQLite index and outbox), content and host (metrics)
 //!   <- analysis (lap metrics, polars queries) <- events (the bus, the writer's wiring)
-//!   <- ingest (iRacing, Racing Coach files) <- coach (uploads)
-//!   <- api (the REST API over the archive)
+//!   <- ingest (iRacing, Racing Coach files, posted telemetry) <- coach (uploads)
+//!   <- publish (messages to Redis) <- api (the REST API over the archive)
 //!   <- runner (what race and serve share) <- race (offline races), net (the server)
 //! ```
 //!
@@ -23,6 +23,7 @@ pub mod events;
 pub mod host;
 pub mod ingest;
 pub mod net;
+pub mod publish;
 pub mod race;
 pub mod runner;
 

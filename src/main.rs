@@ -69,6 +69,9 @@ enum Command {
     Track(cmd::content::TrackCommand),
     /// The REST API (/api/v1) over an archive, without a race server.
     Api(cmd::api::ApiArgs),
+    /// Telemetry to the REST API: one record, or a simulated car's laps.
+    #[command(subcommand)]
+    Simulate(cmd::simulate::SimulateCommand),
     /// Run the race server: sessions over QUIC, health and metrics over HTTP.
     Serve(cmd::serve::ServeArgs),
     /// Client bots that race on a server (and load-test it).
@@ -130,6 +133,7 @@ fn run(command: Command, ctx: &Context) -> anyhow::Result<()> {
         Command::Import(c) => cmd::ingest::import(c, ctx),
         Command::Track(c) => cmd::content::track(c, ctx),
         Command::Api(args) => cmd::api::run(&args, ctx),
+        Command::Simulate(c) => cmd::simulate::run(&c, ctx),
         Command::Serve(args) => cmd::serve::run(&args, ctx),
         Command::Drive(args) => cmd::drive::run(&args, ctx),
         Command::Relay(args) => cmd::relay::run(&args, ctx),

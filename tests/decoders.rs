@@ -667,3 +667,71 @@ proptest! {
         prop_assert!(bytes <= 64 * text.len() + 4096, "{bytes} bytes for {} of query", text.len());
     }
 }
+
+/// A valid record of posted telemetry, as JSON, at session time `t`.
+fn telemetry_record(t: u32) -> String {
+    format!(
+        "{{\"driver\":\"d\",\"session\":\"s\",\"track\":\"oval_simple\",\"car\":\"GT3\",\
+         \"time_s\":{t},\"lap\":1,\"lap_dist_pct\":0.5,\"speed_kph\":180.5,\"rpm\":7500,\
+         \"gear\":4,\"tire_temps_c\":{{\"lf\":80,\"rf\":81,\"lr\":79,\"rr\":80}}}}"
+    )
+}
+
+/// What the API makes of a telemetry body: the records parsed and each one checked.
+fn read_telemetry(body: &[u8]) -> usize {
+    match apexsim::api::parse_telemetry(body) {
+        Ok((records, _)) => records.iter().filter(|r| r.check().is_ok()).count(),
+        Err(_) => 0,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// A posted telemetry body is outside bytes: any bytes, or a good batch with one byte
+    /// changed, are parsed or refused, never a panic, with allocations bounded by the length.
+    #[test]
+    fn a_posted_telemetry_body_is_read_or_refused_within_bounds(
+        seed in any::<u64>(),
+        len in 0usize..2048,
+        records in 1u32..40,
+        at in any::<usize>(),
+        byte in any::<u8>(),
+    ) {
+        // The inputs are made here from a seed, not by proptest element by element: that
+        // would allocate beside other tests' measurements all along.
+        let raw: Vec<u8> = {
+            let _quiet = MEASURE.lock().unwrap_or_else(|e| e.into_inner());
+            let mut x = seed | 1;
+            (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    // Mostly JSON's own characters, so the decoder gets past the first byte.
+                    let table = b"{}[],:\"0123456789.e-abcdefghijklmnopqrstuvwxyz_ \\";
+                    table[(x % table.len() as u64) as usize]
+                })
+                .collect()
+        };
+        let (_, used) = allocated(|| read_telemetry(&raw));
+        prop_assert!(used <= 64 * raw.len() + 65_536, "{used} bytes for {}", raw.len());
+        // Unmeasured work holds the measuring lock too: its allocations would count in
+        // another test's measurement.
+        let (mut bytes, good) = {
+            let _quiet = MEASURE.lock().unwrap_or_else(|e| e.into_inner());
+            let batch = format!(
+                "[{}]",
+                (0..records).map(telemetry_record).collect::<Vec<_>>().join(",")
+            );
+            let bytes = batch.into_bytes();
+            let good = read_telemetry(&bytes);
+            (bytes, good)
+        };
+        prop_assert_eq!(good, records as usize, "the good batch reads whole");
+        let i = at % bytes.len();
+        bytes[i] = byte;
+        let (_, used) = allocated(|| read_telemetry(&bytes));
+        prop_assert!(used <= 64 * bytes.len() + 65_536, "{used} bytes for {}", bytes.len());
+    }
+}

@@ -23,7 +23,11 @@ cleanup() {
 }
 trap cleanup EXIT
 "$bin" --data "$data" race --fast --track oval_simple --cars 3 --laps 2 --format json >/dev/null
-RUST_LOG=apexsim=info "$bin" --data "$data" api --bind 127.0.0.1:0 >/dev/null 2>"$data/api.log" &
+# A writer's token, so that the writing routes are tried beyond their 401.
+token=schemathesis-writer-token
+printf '[api.tokens]\nschemathesis = "%s"\n' "$token" >"$data/server.toml"
+RUST_LOG=apexsim=info "$bin" --data "$data" api --bind 127.0.0.1:0 --config "$data/server.toml" \
+    >/dev/null 2>"$data/api.log" &
 pid=$!
 addr=""
 for _ in $(seq 1 100); do
@@ -32,5 +36,6 @@ for _ in $(seq 1 100); do
     sleep 0.1
 done
 [ -n "$addr" ] || { echo "apexsim api did not start:"; cat "$data/api.log"; exit 1; }
-"$venv/bin/schemathesis" run "http://$addr/api/v1/openapi.json" \
+"$venv/bin/schemathesis" --config-file tools/schemathesis.toml run "http://$addr/api/v1/openapi.json" \
+    --header "Authorization: Bearer $token" \
     --checks all --max-examples "${APEXSIM_SCHEMATHESIS_EXAMPLES:-30}" --seed 1 --no-color

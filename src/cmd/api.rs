@@ -3,6 +3,7 @@
 
 use anyhow::Context as _;
 use apexsim::api::{ApiState, routes};
+use apexsim::ingest::posted::{PostedOptions, PostedTelemetry};
 
 use apexsim::net::config::ServerConfig;
 
@@ -30,9 +31,19 @@ pub fn run(args: &ApiArgs, ctx: &Context) -> anyhow::Result<()> {
     let config = ServerConfig::load(path.as_deref(), std::env::vars())
         .map_err(|e| UsageError(e.to_string()))?;
     let content = ctx.content_logged();
-    let state = ApiState::fixed(ctx.data.clone(), content, config.api.tokens);
+    let posted = PostedTelemetry::start(
+        ctx.data.clone(),
+        PostedOptions {
+            wal_sync: ctx.wal_sync,
+            idle: std::time::Duration::from_secs_f64(config.api.session_idle_seconds),
+            ..PostedOptions::default()
+        },
+    )
+    .context("starting the telemetry recorder")?;
+    let state =
+        ApiState::fixed(ctx.data.clone(), content, config.api.tokens).with_posted(posted.clone());
     let rt = ctx.runtime()?;
-    rt.block_on(async {
+    let served = rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(args.bind)
             .await
             .with_context(|| format!("binding {}", args.bind))?;
@@ -47,7 +58,10 @@ pub fn run(args: &ApiArgs, ctx: &Context) -> anyhow::Result<()> {
             .with_graceful_shutdown(shutdown())
             .await
             .context("serving the API")
-    })
+    });
+    // Posted sessions finish, their laps durable, before the process ends.
+    posted.stop();
+    served
 }
 
 async fn shutdown() {

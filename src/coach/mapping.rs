@@ -19,11 +19,11 @@ use crate::archive::{LapMeta, Source};
 pub const STEERING_LOCK_RAD: f64 = std::f64::consts::PI;
 
 /// Samples per second of a lap's `tick` column: the simulation's tick, or iRacing's 60 Hz
-/// telemetry sample.
+/// telemetry sample (which posted telemetry is taken to be too).
 fn ticks_per_second(source: Source) -> f64 {
     match source {
         Source::Sim => f64::from(apexsim_systems::TICK_HZ),
-        Source::Iracing => 60.0,
+        Source::Iracing | Source::Api => 60.0,
     }
 }
 
@@ -96,7 +96,7 @@ pub fn session_frame(session: &SessionRow, meta: &LapMeta) -> api::SessionFrame 
         session_type: match meta.source {
             Source::Sim if session.lap_limit.is_some() => "Race",
             Source::Sim => "Practice",
-            Source::Iracing => "Offline Testing",
+            Source::Iracing | Source::Api => "Offline Testing",
         }
         .into(),
     }

@@ -17,8 +17,8 @@ use uuid::Uuid;
 
 use super::frame::IbtFrame;
 use super::{IngestOptions, IngestedLap, LapCollector, LapNumbers, RecordingInfo};
-use crate::archive::ArchiveError;
 use crate::archive::writer::WriterReport;
+use crate::archive::{ArchiveError, Source};
 
 /// Why live telemetry cannot be read.
 #[derive(Debug, Error)]
@@ -131,7 +131,8 @@ where
         .map_or(0, |d| d.as_secs() as i64);
     let session = Uuid::new_v4();
     let mut writer = opts.wiring.start_writer(data)?;
-    let mut archive = super::begin_session(&mut writer, session, &info, opts.wal_sync)?;
+    let mut archive =
+        super::begin_session(&mut writer, session, &info, Source::Iracing, opts.wal_sync)?;
     let mut numbers = LapNumbers::default();
     // A quarter of a second of frames between two write-ahead flushes.
     let flush_every = ((hz / 4.0).round() as u64).max(1);
@@ -180,7 +181,8 @@ where
         let chunk = collector.drain(&mut sim);
         archive.record_rows(&chunk, |_| 0);
         for (t, columns) in collector.take_ready() {
-            let lap = super::submit_lap(&mut writer, &mut archive, &info, &mut numbers, t, columns);
+            let from = (&info, Source::Iracing);
+            let lap = super::submit_lap(&mut writer, &mut archive, from, &mut numbers, t, columns);
             tracing::info!(
                 lap = lap.lap,
                 time_s = lap.time_s,
@@ -198,7 +200,7 @@ where
         laps.push(super::submit_lap(
             &mut writer,
             &mut archive,
-            &info,
+            (&info, Source::Iracing),
             &mut numbers,
             t,
             columns,

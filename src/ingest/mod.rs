@@ -16,6 +16,7 @@
 pub mod frame;
 pub mod ibt;
 pub mod live;
+pub mod posted;
 pub mod racing_coach;
 pub mod recording;
 pub mod track;
@@ -351,7 +352,13 @@ pub fn ingest(
                     }
                     FileOutcome::Skipped { session: r.session }
                 }
-                Ok(r) => match begin_session(&mut writer, r.session, &r.info, WalSync::Off) {
+                Ok(r) => match begin_session(
+                    &mut writer,
+                    r.session,
+                    &r.info,
+                    Source::Iracing,
+                    WalSync::Off,
+                ) {
                     Ok(session) => {
                         slots.push((report.files.len(), session));
                         recordings.push(r);
@@ -409,7 +416,10 @@ fn archive_recording(
     let mut numbers = LapNumbers::default();
     let out = laps
         .into_iter()
-        .map(|(t, columns)| submit_lap(writer, &mut session, &info, &mut numbers, t, columns))
+        .map(|(t, columns)| {
+            let from = (&info, Source::Iracing);
+            submit_lap(writer, &mut session, from, &mut numbers, t, columns)
+        })
         .collect();
     let wal_errors = session.finish(
         writer,
@@ -429,9 +439,9 @@ fn archive_recording(
     }
 }
 
-/// Opens the archive session of a recorded session (a file or live telemetry), indexed
-/// unfinished: it is finished once its laps are durable, so an ingest cut short is redone next
-/// time.
+/// Opens the archive session of a recorded session (a file, live or posted telemetry) from
+/// `source`, indexed unfinished: it is finished once its laps are durable, so an ingest cut
+/// short is redone next time.
 ///
 /// # Errors
 /// As [`ArchiveSession::begin`].
@@ -439,13 +449,14 @@ pub(crate) fn begin_session(
     writer: &mut ArchiveWriter,
     session: Uuid,
     info: &RecordingInfo,
+    source: Source,
     sync: WalSync,
 ) -> Result<ArchiveSession, ArchiveError> {
     ArchiveSession::begin(
         writer,
         SessionRow {
             id: session,
-            source: Source::Iracing.as_str().into(),
+            source: source.as_str().into(),
             track: info.track.clone(),
             car_model: info.car.clone(),
             lap_limit: None,
@@ -487,11 +498,12 @@ impl LapNumbers {
     }
 }
 
-/// Hands a complete recorded lap to the archive writer under its [`LapNumbers`] number.
+/// Hands a complete recorded lap from `source` to the archive writer under its
+/// [`LapNumbers`] number.
 pub(crate) fn submit_lap(
     writer: &mut ArchiveWriter,
     session: &mut ArchiveSession,
-    info: &RecordingInfo,
+    (info, source): (&RecordingInfo, Source),
     numbers: &mut LapNumbers,
     t: RecordedLapTime,
     columns: LapColumns,
@@ -528,7 +540,7 @@ pub(crate) fn submit_lap(
     session.submit_lap(
         writer,
         LapMeta {
-            source: Source::Iracing,
+            source,
             session: session.id(),
             car: 0,
             car_model: info.car.clone(),

@@ -31,10 +31,10 @@ use super::{
     begin_session, slug, submit_lap,
 };
 use crate::analysis::DistanceClock;
-use crate::archive::ArchiveError;
 use crate::archive::index::Index;
 use crate::archive::wal::WalSync;
 use crate::archive::writer::ArchiveWriter;
+use crate::archive::{ArchiveError, Source};
 
 /// Share of the lap within which the first and last samples of a complete lap lie.
 const LINE_PCT: f64 = 0.02;
@@ -399,7 +399,7 @@ fn import_session(
         sectors: opts.sectors.clone(),
         identity: None,
     };
-    let mut archive = begin_session(writer, session, &info, WalSync::Off)?;
+    let mut archive = begin_session(writer, session, &info, Source::Iracing, WalSync::Off)?;
     let mut numbers = LapNumbers::default();
     let mut out = Vec::new();
     for (k, lap) in laps.iter().enumerate() {
@@ -434,7 +434,7 @@ fn import_session(
         out.push(submit_lap(
             writer,
             &mut archive,
-            &info,
+            (&info, Source::Iracing),
             &mut numbers,
             t,
             columns,

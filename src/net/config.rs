@@ -27,6 +27,8 @@ pub struct ServerConfig {
     pub admin: AdminSection,
     /// `[api]`
     pub api: ApiSection,
+    /// `[redis]`
+    pub redis: RedisSection,
 }
 
 /// `[server]`: sessions and limits.
@@ -205,12 +207,61 @@ pub struct AdminSection {
 }
 
 /// `[api]`: the REST API's writers (`[api.tokens]` `collector = "…"`), sent as
-/// `Authorization: Bearer …` to the routes that write or delete.
-#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+/// `Authorization: Bearer …` to the routes that write or delete, and how long a posted
+/// telemetry session may go without a record before it is finished.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ApiSection {
     /// Writer name to token; empty, the writing routes refuse everyone.
     pub tokens: std::collections::BTreeMap<String, String>,
+    /// A session of posted telemetry without a record for this many seconds is finished
+    /// (within 1..=86400; 300).
+    pub session_idle_seconds: f64,
+}
+
+impl Default for ApiSection {
+    fn default() -> Self {
+        Self {
+            tokens: Default::default(),
+            session_idle_seconds: 300.0,
+        }
+    }
+}
+
+/// `[redis]`: the publisher of lap summaries, session results and host metrics (seed 004);
+/// off without a `url`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisSection {
+    /// `redis://host:port/db`; unset, nothing is published.
+    pub url: Option<String>,
+    /// The list lap summaries are pushed to.
+    pub laps_list: String,
+    /// The list session results are pushed to.
+    pub sessions_list: String,
+    /// The list host metrics are pushed to.
+    pub host_list: String,
+    /// Seconds between two host metrics messages (0: none).
+    pub host_every_seconds: f64,
+    /// Messages held while Redis is unreachable (the oldest dropped past it).
+    pub buffer: usize,
+    /// The longest wait between two attempts, seconds (the waits double from 0.1 s, with
+    /// jitter).
+    pub retry_max_seconds: f64,
+}
+
+impl Default for RedisSection {
+    fn default() -> Self {
+        Self {
+            url: None,
+            laps_list: "apexsim:laps".into(),
+            sessions_list: "apexsim:sessions".into(),
+            host_list: "apexsim:host".into(),
+            host_every_seconds: 10.0,
+            buffer: 10_000,
+            retry_max_seconds: 5.0,
+        }
+    }
 }
 
 /// Why the configuration is not usable.
@@ -235,7 +286,9 @@ pub enum ConfigError {
     },
 }
 
-const SECTIONS: [&str; 6] = ["server", "network", "logging", "auth", "content", "admin"];
+const SECTIONS: [&str; 8] = [
+    "server", "network", "logging", "auth", "content", "admin", "api", "redis",
+];
 
 impl ServerConfig {
     /// Loads `path` (defaults when `None`, or when `path` is `server.toml` and does not exist)
@@ -349,6 +402,36 @@ impl ServerConfig {
         }
         if let Err(e) = crate::content::Schedule::parse(&self.server.retention_schedule) {
             return Err(format!("server.retention_schedule: {e}"));
+        }
+        let r = &self.redis;
+        if let Some(url) = &r.url
+            && let Err(e) = redis::Client::open(url.as_str())
+        {
+            return Err(format!("redis.url = {url:?}: {e}"));
+        }
+        if !(r.host_every_seconds.is_finite() && (0.0..=86_400.0).contains(&r.host_every_seconds)) {
+            return Err("redis.host_every_seconds must be within 0..=86400".into());
+        }
+        if !(1..=10_000_000).contains(&r.buffer) {
+            return Err("redis.buffer must be within 1..=10000000".into());
+        }
+        if !(r.retry_max_seconds.is_finite() && (0.1..=3600.0).contains(&r.retry_max_seconds)) {
+            return Err("redis.retry_max_seconds must be within 0.1..=3600".into());
+        }
+        for (key, list) in [
+            ("laps_list", &r.laps_list),
+            ("sessions_list", &r.sessions_list),
+            ("host_list", &r.host_list),
+        ] {
+            if list.is_empty() {
+                return Err(format!("redis.{key} must not be empty"));
+            }
+        }
+        let idle = self.api.session_idle_seconds;
+        if !(idle.is_finite() && (1.0..=86_400.0).contains(&idle)) {
+            return Err(format!(
+                "api.session_idle_seconds = {idle}: must be within 1..=86400"
+            ));
         }
         for (section, tokens) in [("admin", &self.admin.tokens), ("api", &self.api.tokens)] {
             if let Some((name, _)) = tokens.iter().find(|(_, t)| t.len() < 16) {

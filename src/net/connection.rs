@@ -27,6 +27,8 @@ use super::sim::{ConnId, Outgoing, ToSim};
 pub struct Shared {
     /// The configuration.
     pub config: ServerConfig,
+    /// The Redis publisher, when `[redis] url` is set.
+    pub redis: Option<crate::publish::Publisher>,
     /// The metrics.
     pub metrics: Metrics,
     /// Whether new connections are accepted (false once a shutdown began).

@@ -59,6 +59,8 @@ pub struct Metrics {
     /// The host's CPU, load, memory, sensors and this process (`apexsim_host_*`), read on
     /// every scrape; shared with the API's `/api/v1/host`.
     pub host: std::sync::Arc<std::sync::Mutex<crate::host::HostMonitor>>,
+    /// The Redis publisher's counters (all zero when `[redis] url` is unset).
+    pub redis: crate::publish::PublisherCounters,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -188,6 +190,28 @@ impl Metrics {
                 "outcome",
             ),
             host: Default::default(),
+            redis: crate::publish::PublisherCounters {
+                published: counter(
+                    &r,
+                    "apexsim_redis_messages_published_total",
+                    "Messages Redis took",
+                ),
+                dropped: counter(
+                    &r,
+                    "apexsim_redis_messages_dropped_total",
+                    "Messages dropped while Redis was unreachable (the buffer was full)",
+                ),
+                buffered: gauge(
+                    &r,
+                    "apexsim_redis_messages_buffered",
+                    "Messages waiting for Redis",
+                ),
+                up: gauge(
+                    &r,
+                    "apexsim_redis_up",
+                    "1 while the last push to Redis succeeded (0 when unreachable or not configured)",
+                ),
+            },
             refused_connections: counter_vec(
                 &r,
                 "apexsim_refused_connections_total",

@@ -31,7 +31,10 @@ use crate::archive::wal::WalSync;
 use crate::content::Content;
 
 /// The REST API over the server's archive and its current content (which reloads).
-fn api_state(shared: &Arc<Shared>) -> crate::api::ApiState {
+fn api_state(
+    shared: &Arc<Shared>,
+    posted: Arc<crate::ingest::posted::PostedTelemetry>,
+) -> crate::api::ApiState {
     let content = shared.content.clone();
     crate::api::ApiState {
         data: shared.data.clone(),
@@ -41,6 +44,7 @@ fn api_state(shared: &Arc<Shared>) -> crate::api::ApiState {
         }),
         tokens: shared.config.api.tokens.clone(),
         host: shared.metrics.host.clone(),
+        posted: Some(posted),
     }
 }
 
@@ -54,6 +58,9 @@ pub enum ServeError {
     /// The archive could not be opened.
     #[error("archive: {0}")]
     Archive(#[from] crate::archive::ArchiveError),
+    /// The Redis publisher could not start.
+    #[error(transparent)]
+    Redis(crate::publish::PublishError),
     /// A socket could not be bound, or a thread started.
     #[error("{what}: {source}")]
     Io {
@@ -207,6 +214,28 @@ pub async fn run(
     // The event bus at the world's async edge: the writer publishes on it, the metrics count
     // from it, and races' laps go to the Racing Coach server when one is configured.
     let metrics = Metrics::new();
+    // The Redis publisher, when configured: fed by the bus and the host task, never waited on.
+    let mut publisher = match &config.redis.url {
+        Some(url) => {
+            let r = &config.redis;
+            let opts = crate::publish::PublisherOptions {
+                url: url.clone(),
+                laps_list: r.laps_list.clone(),
+                sessions_list: r.sessions_list.clone(),
+                host_list: r.host_list.clone(),
+                host_every: (r.host_every_seconds > 0.0)
+                    .then(|| Duration::from_secs_f64(r.host_every_seconds)),
+                buffer: r.buffer,
+                retry_max: Duration::from_secs_f64(r.retry_max_seconds),
+                data: data.clone(),
+            };
+            Some(
+                crate::publish::Publisher::start(opts, metrics.redis.clone(), metrics.host.clone())
+                    .map_err(ServeError::Redis)?,
+            )
+        }
+        None => None,
+    };
     let pipeline = {
         let tokens = match &config.server.upload_url {
             Some(_) => crate::coach::credentials::stored_tokens().unwrap_or_else(|e| {
@@ -228,9 +257,22 @@ pub async fn run(
         let drain = Duration::from_secs_f64(config.server.drain_seconds);
         let handler: Arc<dyn crate::events::EventHandler> =
             Arc::new(super::metrics::MetricsHandler(metrics.clone()));
-        crate::coach::Pipeline::start(&data, opts, drain, vec![handler])?
+        let mut handlers = vec![handler];
+        if let Some(p) = &publisher {
+            handlers.push(p.0.handler());
+        }
+        crate::coach::Pipeline::start(&data, opts, drain, handlers)?
     };
     let writer = pipeline.wiring().start_writer(&data)?;
+    // Telemetry posted to the API is archived by a recorder of its own, wired the same.
+    let posted = crate::ingest::posted::PostedTelemetry::start(
+        data.clone(),
+        crate::ingest::posted::PostedOptions {
+            wal_sync,
+            idle: Duration::from_secs_f64(config.api.session_idle_seconds),
+            wiring: pipeline.wiring(),
+        },
+    )?;
     let archive_seconds = metrics.archive_write_duration_seconds.clone();
     let recorder = Recorder::start(writer, wal_sync, move |d| {
         archive_seconds.observe(d.as_secs_f64());
@@ -271,6 +313,7 @@ pub async fn run(
         to_sim,
         inputs,
         content: loaded.clone(),
+        redis: publisher.as_ref().map(|p| p.0.clone()),
         data: data.clone(),
         live: live_json,
         web_transport: super::connection::WebTransport {
@@ -341,7 +384,7 @@ pub async fn run(
         .merge(super::admin::routes())
         .merge(super::web::routes())
         .with_state(shared.clone())
-        .merge(crate::api::routes(api_state(&shared)));
+        .merge(crate::api::routes(api_state(&shared, posted.clone())));
     let mut http_stop = stop_rx.clone();
     let http_task = tokio::spawn(async move {
         let _ = axum::serve(http, router)
@@ -365,8 +408,14 @@ pub async fn run(
         .await
         .ok()
         .and_then(Result::ok);
+    // Posted sessions finish too, their laps durable.
+    let _ = tokio::task::spawn_blocking(move || posted.stop()).await;
     // Every lap is archived (and queued): deliver what is due within the drain window.
     let upload = pipeline.finish().await.upload;
+    // The last messages (the drained sessions' results) get a moment to reach Redis.
+    if let Some((_, tasks)) = publisher.take() {
+        tasks.stop(Duration::from_secs(2)).await;
+    }
     let _ = stop_tx.send(true);
     // The connection tasks deliver what their queues still hold and end.
     let mut tasks = accept.await.unwrap_or_default();
@@ -521,6 +570,22 @@ async fn ready(State(shared): State<Arc<Shared>>) -> (StatusCode, String) {
         for q in &c.quarantined {
             text.push_str(&format!("quarantined {} {}: {}\n", q.kind, q.slug, q.error));
         }
+    }
+    // Redis is optional delivery: its state is told, it does not make the server unready.
+    if let Some(redis) = &shared.redis {
+        let h = redis.health();
+        let state = if h.connected {
+            "connected".to_owned()
+        } else {
+            format!(
+                "unreachable ({})",
+                h.last_error.as_deref().unwrap_or("not connected yet")
+            )
+        };
+        text.push_str(&format!(
+            "redis: {state}, {} buffered, {} published, {} dropped\n",
+            h.buffered, h.published, h.dropped
+        ));
     }
     (status, text)
 }

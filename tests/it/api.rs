@@ -626,3 +626,207 @@ fn urlencode(s: &str) -> String {
         })
         .collect()
 }
+
+/// `apexsim api` taking posted telemetry: a writer's token, sessions idle after a second.
+fn api_taking_posts(data: &Path) -> (Child, SocketAddr) {
+    let config = data.join("server.toml");
+    std::fs::write(
+        &config,
+        format!("[api]\nsession_idle_seconds = 1\n[api.tokens]\nwriter = \"{TOKEN}\"\n"),
+    )
+    .expect("config");
+    api_with(data, &["--config", config.to_str().expect("utf-8")])
+}
+
+/// The session's view once it is finished (posted sessions finish when idle).
+fn finished_session(at: SocketAddr, id: &str) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (status, v) = json(at, &format!("/api/v1/sessions/{id}"));
+        if status == 200 && !v["session"]["finished_at"].is_null() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "session {id} not finished: {status} {v}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn simulated_telemetry_posted_to_the_api_is_archived_listed_and_analysed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_child, at) = api_taking_posts(dir.path());
+    let server = format!("http://{at}");
+    // Two laps of the oval at fifty times real time, posted in batches.
+    let (code, out, err) = apexsim(&[
+        "--content",
+        bundled_content().to_str().expect("utf-8"),
+        "simulate",
+        "run",
+        "-d",
+        "driver-001",
+        "-s",
+        "evening",
+        "-t",
+        "oval_simple",
+        "-l",
+        "2",
+        "-i",
+        "0.05",
+        "--time-scale",
+        "50",
+        "--server",
+        &server,
+        "--token",
+        TOKEN,
+        "--format",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let report: Value = serde_json::from_str(out.trim()).expect("report");
+    assert!(report["posts"].as_u64().is_some_and(|p| p > 10), "{report}");
+    let id = report["session"].as_str().expect("session").to_owned();
+    let session = finished_session(at, &id);
+    assert_eq!(session["session"]["source"], "api");
+    assert_eq!(session["session"]["track"], "oval_simple");
+    let laps = session["laps"].as_array().expect("laps");
+    let complete: Vec<&Value> = laps
+        .iter()
+        .filter(|l| l["complete"] == true && l["valid"] == true)
+        .collect();
+    assert!(complete.len() >= 2, "two laps driven: {session}");
+    for lap in &complete {
+        assert_eq!(lap["driver"], "driver-001");
+        let t = lap["lap_time_s"].as_f64().expect("time");
+        assert!((15.0..120.0).contains(&t), "a lap of the oval: {t}");
+        let n = lap["lap"].as_u64().expect("lap");
+        let metrics = ok(at, &format!("/api/v1/sessions/{id}/laps/0/{n}/metrics"));
+        assert!(
+            metrics["stats"]["top_speed_mps"]
+                .as_f64()
+                .is_some_and(|v| v > 20.0),
+            "{metrics}"
+        );
+    }
+    // Listed among the driver's laps and the API's sessions.
+    let listed = ok(at, "/api/v1/sessions?source=api");
+    assert_eq!(listed["total"], 1, "{listed}");
+    let theirs = ok(at, "/api/v1/drivers/driver-001/laps?valid=true");
+    assert!(theirs["total"].as_u64().is_some_and(|n| n >= 2), "{theirs}");
+    // A finished session takes no more records.
+    let record = "{\"driver\":\"driver-001\",\"session\":\"evening\",\"track\":\"oval_simple\",\
+                  \"car\":\"GT3\",\"time_s\":99999,\"lap\":9,\"lap_dist_pct\":0.5,\"speed_kph\":100}";
+    let (status, body) = http_request(at, "POST", "/api/v1/telemetry", Some(TOKEN), Some(record));
+    assert_eq!(status, 409, "{body}");
+}
+
+#[test]
+fn one_record_is_sent_with_the_seeds_flags_and_bad_records_are_refused_by_field() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_child, at) = api_taking_posts(dir.path());
+    let server = format!("http://{at}");
+    let (code, out, err) = apexsim(&[
+        "simulate",
+        "send",
+        "-d",
+        "driver-001",
+        "-s",
+        "session-001",
+        "-t",
+        "oval_simple",
+        "-c",
+        "GT3",
+        "--session-type",
+        "Race",
+        "--speed",
+        "180.5",
+        "-r",
+        "7500",
+        "-g",
+        "4",
+        "-l",
+        "1",
+        "-f",
+        "95.5",
+        "--time",
+        "10",
+        "--server",
+        &server,
+        "--token",
+        TOKEN,
+        "--format",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let posted: Value = serde_json::from_str(out.trim()).expect("answer");
+    assert_eq!(posted["records"], 1);
+    assert_eq!(posted["sessions"][0]["began"], true);
+    assert_eq!(posted["not_archived"], serde_json::json!(["fuel_l"]));
+    let id = posted["sessions"][0]["session"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    // It is in the index at once, live (unfinished).
+    let live = ok(at, &format!("/api/v1/sessions/{id}"));
+    assert!(live["session"]["finished_at"].is_null(), "{live}");
+
+    let record = |time: f64, extra: &str| {
+        format!(
+            "{{\"driver\":\"driver-001\",\"session\":\"session-001\",\"track\":\"oval_simple\",\
+             \"car\":\"GT3\",\"time_s\":{time},\"lap\":1,\"lap_dist_pct\":0.5,\"speed_kph\":180{extra}}}"
+        )
+    };
+    let post = |body: &str, token: Option<&str>| {
+        let (status, text) = http_request(at, "POST", "/api/v1/telemetry", token, Some(body));
+        let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        (status, v)
+    };
+    let refused_with = |body: &str, status: u16, field: &str| {
+        let (s, v) = post(body, Some(TOKEN));
+        assert_eq!(s, status, "{body}: {v}");
+        assert_eq!(v["field"], field, "{body}: {v}");
+    };
+    // No token, no write.
+    assert_eq!(post(&record(11.0, ""), None).0, 401);
+    assert_eq!(post(&record(11.0, ""), Some("not-the-token-at-all")).0, 401);
+    // Malformed: the field named.
+    refused_with("{\"driver\":\"d\"}", 400, "session");
+    refused_with(&record(11.0, ",\"boost\":1"), 400, "boost");
+    refused_with(&record(11.0, ",\"gear\":\"fourth\""), 400, "gear");
+    refused_with("[]", 400, "body");
+    refused_with("nonsense", 400, "body");
+    // Out of range, or not fitting the session: 422, and a batch is taken whole or not at all.
+    refused_with(&record(11.0, ",\"throttle\":1.5"), 422, "throttle");
+    let batch = format!("[{},{}]", record(11.0, ""), record(12.0, ",\"brake\":-0.1"));
+    refused_with(&batch, 422, "[1].brake");
+    let back = format!("[{},{}]", record(12.0, ""), record(11.5, ""));
+    refused_with(&back, 409, "[1].time_s");
+    refused_with(&record(9.0, ""), 409, "time_s");
+    refused_with(
+        &record(11.0, "").replace("oval_simple", "Daytona"),
+        422,
+        "track",
+    );
+    // Nothing of the refused batches was kept: the next good record is the session's second.
+    let (status, v) = post(
+        &format!("[{},{}]", record(11.0, ""), record(12.0, "")),
+        Some(TOKEN),
+    );
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(v["sessions"][0]["total_records"], 3, "{v}");
+    assert_eq!(v["sessions"][0]["began"], false);
+    // Another track with its length is taken.
+    let other = record(1.0, ",\"track_length_m\":4023")
+        .replace("oval_simple", "Daytona")
+        .replace("session-001", "daytona-500");
+    let (status, v) = post(&other, Some(TOKEN));
+    assert_eq!(status, 201, "{v}");
+    // Bodies over the bound: 413 with the body named.
+    let big = format!("[{}]", vec![record(20.0, ""); 50_000].join(","));
+    let (status, text) = http_request(at, "POST", "/api/v1/telemetry", Some(TOKEN), Some(&big));
+    assert_eq!(status, 413, "{}", &text[..text.len().min(300)]);
+    let v: Value = serde_json::from_str(&text).expect("json error");
+    assert_eq!(v["field"], "body");
+}

@@ -15,6 +15,7 @@ mod crash;
 mod impair;
 mod ingest;
 mod operations;
+mod publisher;
 mod race;
 mod racing_coach;
 mod server;

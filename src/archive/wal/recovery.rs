@@ -121,11 +121,7 @@ pub(crate) fn archive_wal(
     if wal.torn_tail {
         report.torn_tails += 1;
     }
-    let source = if session.source == "iracing" {
-        Source::Iracing
-    } else {
-        Source::Sim
-    };
+    let source = Source::parse(&session.source).unwrap_or(Source::Sim);
     index.ensure_session(&SessionRow {
         id: session.session,
         source: session.source.clone(),
