@@ -53,7 +53,9 @@ impl Context {
         }
     }
 
-    /// The process's async runtime (two workers).
+    /// The process's async runtime: one worker per core this process may run on (its CPU
+    /// affinity counts, so a server pinned to one core with `taskset` runs one worker rather
+    /// than two taking turns on it).
     ///
     /// # Errors
     /// The runtime cannot be started.
@@ -61,8 +63,9 @@ impl Context {
         if let Some(rt) = self.runtime.get() {
             return Ok(rt.handle());
         }
+        let workers = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
         let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
+            .worker_threads(workers)
             .enable_all()
             .thread_name("apexsim-async")
             .build()

@@ -18,8 +18,7 @@ use super::config::ServerConfig;
 use super::link::{Link, SendHalf};
 use super::metrics::{DropReason, Metrics, Refusal};
 use super::protocol::{
-    self, ClientMessage, CloseReason, PROTOCOL_VERSION, PlayerInput, ProtocolError, ServerMessage,
-    code,
+    self, ClientMessage, CloseReason, PROTOCOL_VERSION, ProtocolError, ServerMessage, code,
 };
 use super::sim::{ConnId, Outgoing, ToSim};
 
@@ -43,8 +42,6 @@ pub struct Shared {
     pub next_conn: AtomicU64,
     /// Control messages to the simulation thread.
     pub to_sim: mpsc::Sender<ToSim>,
-    /// Inputs to the simulation thread.
-    pub inputs: mpsc::Sender<(ConnId, PlayerInput)>,
     /// The content as last loaded, for `/ready` and the live page's maps.
     pub content: Arc<std::sync::Mutex<super::watch::Loaded>>,
     /// The data directory (the index the results pages read).
@@ -105,22 +102,27 @@ impl RateLimit {
     }
 }
 
-/// Malformed packets and rate-limit overruns in the last minute.
+/// A connection's malformed packets and rate-limit overruns in the last minute: counted by its
+/// task (control frames) and by the simulation thread (input datagrams, which it reads from
+/// the transport itself) against one limit.
 #[derive(Debug, Default)]
-struct Violations(VecDeque<Instant>);
+pub struct Violations(std::sync::Mutex<VecDeque<Instant>>);
 
 impl Violations {
     /// Counts one; `true` when the limit is reached.
-    fn add(&mut self, now: Instant, limit: u32) -> bool {
-        self.0.push_back(now);
-        while self
+    pub fn add(&self, now: Instant, limit: u32) -> bool {
+        let mut times = self
             .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        times.push_back(now);
+        while times
             .front()
             .is_some_and(|t| now.duration_since(*t) > Duration::from_secs(60))
         {
-            self.0.pop_front();
+            times.pop_front();
         }
-        self.0.len() >= limit as usize
+        times.len() >= limit as usize
     }
 }
 
@@ -162,8 +164,9 @@ fn valid_name(name: &str) -> bool {
     (1..=32).contains(&n) && !name.chars().any(char::is_control)
 }
 
-/// Runs one connection to its end inside its span: authentication, then control frames,
-/// datagrams and what the simulation sends it, policed by the rate limits.
+/// Runs one connection to its end inside its span: authentication, then control frames and
+/// what the simulation sends it, policed by the rate limits. Input datagrams are the
+/// simulation thread's to read ([`super::sim::apply_inputs`]): no task wakes per input.
 pub async fn connection(shared: Arc<Shared>, conn: Link) {
     let id = shared.next_conn.fetch_add(1, Ordering::SeqCst);
     let span =
@@ -268,6 +271,7 @@ async fn serve_connection(shared: &Arc<Shared>, id: ConnId, conn: &Link, open: u
     let name = name.trim().to_owned();
     tracing::info!(%player, %name, "authenticated");
     let (out_tx, mut out_rx) = mpsc::channel::<Outgoing>(512);
+    let violations = Arc::new(Violations::default());
     if !write_msg(
         &mut send,
         &ServerMessage::AuthSuccess {
@@ -288,6 +292,7 @@ async fn serve_connection(shared: &Arc<Shared>, id: ConnId, conn: &Link, open: u
             name,
             out: out_tx,
             datagrams: conn.clone(),
+            violations: violations.clone(),
         })
         .await
         .is_err()
@@ -317,8 +322,6 @@ async fn serve_connection(shared: &Arc<Shared>, id: ConnId, conn: &Link, open: u
     });
 
     let mut control = RateLimit::new(cfg.control_rate_per_s);
-    let mut datagrams = RateLimit::new(cfg.datagram_rate_per_s);
-    let mut violations = Violations::default();
     let metrics = &shared.metrics;
     let close_reason: Option<CloseReason> = loop {
         tokio::select! {
@@ -364,38 +367,6 @@ async fn serve_connection(shared: &Arc<Shared>, id: ConnId, conn: &Link, open: u
                     }
                 }
             }
-            datagram = conn.read_datagram() => {
-                let now = Instant::now();
-                let Ok(bytes) = datagram else { break None };
-                if !datagrams.take(now) {
-                    metrics.dropped(DropReason::DatagramRateLimit);
-                    if violations.add(now, cfg.violations_per_minute) {
-                        break Some(CloseReason::ProtocolViolation);
-                    }
-                    continue;
-                }
-                match protocol::decode_input(&bytes) {
-                    Ok(input) if [input.throttle, input.brake, input.steering].iter().all(|v| v.is_finite()) => {
-                        if shared.inputs.try_send((id, input)).is_err() {
-                            metrics.dropped(DropReason::InputQueueFull);
-                        }
-                    }
-                    Ok(_) => {
-                        metrics.malformed_packets.inc();
-                        metrics.dropped(DropReason::NonFiniteInput);
-                        if violations.add(now, cfg.violations_per_minute) {
-                            break Some(CloseReason::ProtocolViolation);
-                        }
-                    }
-                    Err(e) => {
-                        metrics.malformed_packets.inc();
-                        tracing::debug!(error = %e, "malformed datagram dropped");
-                        if violations.add(now, cfg.violations_per_minute) {
-                            break Some(CloseReason::ProtocolViolation);
-                        }
-                    }
-                }
-            }
             out = out_rx.recv() => {
                 match out {
                     Some(Outgoing::Frame(frame)) => {
@@ -404,7 +375,7 @@ async fn serve_connection(shared: &Arc<Shared>, id: ConnId, conn: &Link, open: u
                         }
                     }
                     Some(Outgoing::Close(reason)) => {
-                        tracing::warn!(%reason, "closed by the lobby");
+                        tracing::warn!(%reason, "closed by the simulation thread");
                         break Some(reason);
                     }
                     None => break None,
@@ -466,7 +437,7 @@ mod tests {
 
     #[test]
     fn ten_violations_within_a_minute_trip_the_limit_and_old_ones_expire() {
-        let mut v = Violations::default();
+        let v = Violations::default();
         let t0 = Instant::now();
         for i in 0..9 {
             assert!(!v.add(t0 + Duration::from_secs(i), 10));
@@ -475,7 +446,7 @@ mod tests {
             !v.add(t0 + Duration::from_secs(70), 10),
             "the first ones expired"
         );
-        let mut v = Violations::default();
+        let v = Violations::default();
         let tripped = (0..10).map(|_| v.add(t0, 10)).last();
         assert_eq!(tripped, Some(true));
     }

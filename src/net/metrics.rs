@@ -284,8 +284,6 @@ pub enum DropReason {
     DatagramRateLimit,
     /// An input with a non-finite control value.
     NonFiniteInput,
-    /// The simulation's input queue was full.
-    InputQueueFull,
     /// An input from a connection that drives no car.
     InputWithoutCar,
     /// An input older than one already applied.
@@ -304,7 +302,6 @@ impl DropReason {
             Self::ControlRateLimit => "control_rate_limit",
             Self::DatagramRateLimit => "datagram_rate_limit",
             Self::NonFiniteInput => "non_finite_input",
-            Self::InputQueueFull => "input_queue_full",
             Self::InputWithoutCar => "input_without_car",
             Self::InputOutOfOrder => "input_out_of_order",
             Self::ControlQueueFull => "control_queue_full",

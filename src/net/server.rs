@@ -301,7 +301,6 @@ pub async fn run(
         }
     });
     let (to_sim, control_rx) = mpsc::channel(4096);
-    let (inputs, inputs_rx) = mpsc::channel(16 * 1024);
     let shared = Arc::new(Shared {
         config: config.clone(),
         metrics: metrics.clone(),
@@ -311,7 +310,6 @@ pub async fn run(
         accepted: AtomicU64::new(0),
         next_conn: AtomicU64::new(1),
         to_sim,
-        inputs,
         content: loaded.clone(),
         redis: publisher.as_ref().map(|p| p.0.clone()),
         data: data.clone(),
@@ -358,11 +356,9 @@ pub async fn run(
     let sim_thread = std::thread::Builder::new()
         .name("apexsim-sim".into())
         .spawn(move || {
-            SimServer::new(
-                content, config, metrics, control_rx, inputs_rx, recorder, seed,
-            )
-            .with_live(live_tx)
-            .run()
+            SimServer::new(content, config, metrics, control_rx, recorder, seed)
+                .with_live(live_tx)
+                .run()
         })
         .map_err(io("starting the simulation thread"))?;
 

@@ -1,8 +1,8 @@
 //! The simulation thread of `apexsim serve`: the shell around the [`Lobby`] core and the
 //! world. One world holds every session, stepped at 240 Hz by the real clock; the thread never
 //! awaits. Connection tasks reach it through bounded channels: control messages ([`ToSim`])
-//! are fed to the lobby between ticks, inputs are drained by [`apply_inputs`] in
-//! [`SimSystems::Input`], and [`send_telemetry`] in [`SimSystems::Snapshot`] encodes each
+//! are fed to the lobby between ticks, input datagrams are read off the transports and
+//! policed by [`apply_inputs`] in [`SimSystems::Input`] (no task woken per input), and [`send_telemetry`] in [`SimSystems::Snapshot`] encodes each
 //! session's packet once and queues it to its players. What the lobby returns is delivered
 //! here: messages to the connections' queues, effects to the world, sessions to the
 //! [`Recorder`] thread, which does the archive work.
@@ -24,9 +24,7 @@ use super::lobby::{
     CarLap, Effect, GridSlot, Lobby, LobbyConfig, Output, RaceView, SessionIds, To,
 };
 use super::metrics::{DropReason, Metrics};
-use super::protocol::{
-    self, ClientMessage, CloseReason, FaultKind, PlayerInput, ServerMessage, Standing,
-};
+use super::protocol::{self, ClientMessage, CloseReason, FaultKind, ServerMessage, Standing};
 use crate::archive::index::ResultEntry;
 use crate::archive::recorder::{RecordedCar, Recorder, RecorderMsg};
 use crate::archive::writer::WriterReport;
@@ -38,8 +36,8 @@ pub use super::lobby::ConnId;
 mod systems;
 
 pub use systems::{
-    ClientLink, NetDriver, NetInputs, NetLinks, NetMetrics, SessionFaults, SnapshotScratch,
-    TelemetryRates, apply_inputs, send_telemetry,
+    ClientLink, InputPolicy, NetDriver, NetInputs, NetLinks, NetMetrics, SessionFaults,
+    SnapshotScratch, TelemetryRates, apply_inputs, send_telemetry,
 };
 
 /// What the simulation thread sends a connection task.
@@ -47,7 +45,7 @@ pub use systems::{
 pub enum Outgoing {
     /// An encoded control frame.
     Frame(Arc<Vec<u8>>),
-    /// Close the connection: the lobby has let it go.
+    /// Close the connection: the lobby has let it go, or its inputs broke the rules.
     Close(CloseReason),
 }
 
@@ -64,8 +62,10 @@ pub enum ToSim {
         name: String,
         /// Where to send it frames (and its close).
         out: mpsc::Sender<Outgoing>,
-        /// Its transport, for telemetry datagrams.
+        /// Its transport: telemetry datagrams out, input datagrams in.
         datagrams: super::link::Link,
+        /// Its violation count, shared with its task.
+        violations: Arc<super::connection::Violations>,
     },
     /// A control message.
     Message {
@@ -209,14 +209,13 @@ impl SimServer {
         config: ServerConfig,
         metrics: Metrics,
         control: mpsc::Receiver<ToSim>,
-        inputs: mpsc::Receiver<(ConnId, PlayerInput)>,
         recorder: Recorder,
         seed: u64,
     ) -> Self {
         let mut sim = Simulation::new(SimulationPlugin { seed });
         let app = sim.app_mut();
         app.insert_resource(NetInputs {
-            rx: inputs,
+            policy: InputPolicy::from_config(&config),
             cars: HashMap::new(),
             heard: Vec::new(),
         })
@@ -379,12 +378,12 @@ impl SimServer {
                     name,
                     out,
                     datagrams,
+                    violations,
                 } => {
-                    self.sim
-                        .world_mut()
-                        .resource_mut::<NetLinks>()
-                        .0
-                        .insert(conn, ClientLink { out, datagrams });
+                    let world = self.sim.world_mut();
+                    let policy = world.resource::<NetInputs>().policy;
+                    let link = ClientLink::new(out, datagrams, violations, &policy);
+                    world.resource_mut::<NetLinks>().0.insert(conn, link);
                     self.lobby.connect(now, conn, player, name);
                 }
                 ToSim::Message { conn, msg } => self.lobby.handle(now, conn, msg),

@@ -1,20 +1,26 @@
-//! The network's two ECS systems: [`apply_inputs`] drains the players' inputs into their cars'
-//! controls in [`SimSystems::Input`], and [`send_telemetry`] builds, encodes and queues each
+//! The network's two ECS systems: [`apply_inputs`] reads the players' input datagrams off
+//! their transports, polices them (rate limit, malformed and non-finite inputs count as
+//! violations) and applies them to their cars' controls in [`SimSystems::Input`], and [`send_telemetry`] builds, encodes and queues each
 //! player's snapshot datagram in [`SimSystems::Snapshot`] (each car encoded once per tick, the
 //! cars far from a player at [`TelemetryRates`]' lower rate), finding faulted sessions on the way.
 
 use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Instant;
 
 use apexsim_systems::prelude::*;
 use bevy_ecs::prelude::{Component, Entity, Local, Query, Res, ResMut, Resource};
 use tokio::sync::mpsc;
 
 use super::{ConnId, Outgoing};
+use crate::net::config::ServerConfig;
+use crate::net::connection::{RateLimit, Violations};
+use crate::net::link::Link;
 use crate::net::metrics::{DropReason, Metrics};
 use crate::net::protocol::{
-    CAR_TELEMETRY_BYTES, CarTelemetry, FLAG_COLLIDING, FLAG_OFF_TRACK, MAX_DATAGRAM_BYTES,
-    PlayerInput, SessionState, TelemetryHeader, telemetry_datagram_len,
+    self, CAR_TELEMETRY_BYTES, CarTelemetry, CloseReason, FLAG_COLLIDING, FLAG_OFF_TRACK,
+    MAX_DATAGRAM_BYTES, PlayerInput, SessionState, TelemetryHeader, telemetry_datagram_len,
 };
 
 /// A human's car: its connection and what its inputs said last.
@@ -26,11 +32,35 @@ pub struct NetDriver {
     pub input_seq: u32,
 }
 
-/// Inputs from the connection tasks, which car each connection drives, and the connections
-/// heard from this tick.
+/// How input datagrams are policed, from `[network]` in `server.toml`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InputPolicy {
+    /// Datagrams accepted per second per connection.
+    pub datagram_rate_per_s: u32,
+    /// Violations within 60 s that close a connection.
+    pub violations_per_minute: u32,
+}
+
+impl InputPolicy {
+    /// The policy the configuration sets.
+    pub fn from_config(config: &ServerConfig) -> Self {
+        Self {
+            datagram_rate_per_s: config.network.datagram_rate_per_s,
+            violations_per_minute: config.network.violations_per_minute,
+        }
+    }
+}
+
+/// Datagrams read off one connection in one tick at most; what is left waits in the
+/// transport's buffer (which drops the oldest when full) for the next tick. Above the
+/// datagram rate limit of any sane configuration, so it only bounds a tick's work.
+const MAX_INPUTS_PER_TICK: usize = 64;
+
+/// How inputs are policed, which car each connection drives, and the connections heard from
+/// this tick.
 #[derive(Resource)]
 pub struct NetInputs {
-    pub(super) rx: mpsc::Receiver<(ConnId, PlayerInput)>,
+    pub(super) policy: InputPolicy,
     pub(super) cars: HashMap<ConnId, Entity>,
     pub(super) heard: Vec<ConnId>,
 }
@@ -41,13 +71,93 @@ pub struct NetLinks(pub(super) HashMap<ConnId, ClientLink>);
 
 /// How the simulation reaches one connection: frames and closes through its task's queue,
 /// telemetry datagrams straight onto its transport (no task woken per datagram; the
-/// transport's own buffer drops the oldest when a client falls behind).
+/// transport's own buffer drops the oldest when a client falls behind), input datagrams
+/// straight off it, under the connection's rate limit and violation count.
 #[derive(Debug)]
 pub struct ClientLink {
     /// The connection task's queue.
     pub out: mpsc::Sender<Outgoing>,
     /// The transport, for datagrams.
-    pub datagrams: crate::net::link::Link,
+    pub datagrams: Link,
+    /// The connection's violations, counted with its task's.
+    violations: Arc<Violations>,
+    /// Its input datagrams' rate limit.
+    rate: RateLimit,
+    /// Whether a close was asked for (nothing more is read).
+    closing: bool,
+}
+
+impl ClientLink {
+    /// The link of a connection that just authenticated.
+    pub fn new(
+        out: mpsc::Sender<Outgoing>,
+        datagrams: Link,
+        violations: Arc<Violations>,
+        policy: &InputPolicy,
+    ) -> Self {
+        Self {
+            out,
+            datagrams,
+            violations,
+            rate: RateLimit::new(policy.datagram_rate_per_s),
+            closing: false,
+        }
+    }
+
+    /// The input datagrams waiting on the transport, policed: each good input passed to
+    /// `apply`. Over the violation limit, the connection's task is told to close it.
+    fn read_inputs(
+        &mut self,
+        policy: &InputPolicy,
+        metrics: &Metrics,
+        mut apply: impl FnMut(PlayerInput),
+    ) {
+        use futures::FutureExt;
+        if self.closing {
+            return;
+        }
+        let now = Instant::now();
+        for _ in 0..MAX_INPUTS_PER_TICK {
+            // An error is the connection's end, which its task sees and reports.
+            let Some(Ok(bytes)) = self.datagrams.read_datagram().now_or_never() else {
+                return;
+            };
+            let violation = if !self.rate.take(now) {
+                metrics.dropped(DropReason::DatagramRateLimit);
+                true
+            } else {
+                match protocol::decode_input(&bytes) {
+                    Ok(input)
+                        if [input.throttle, input.brake, input.steering]
+                            .iter()
+                            .all(|v| v.is_finite()) =>
+                    {
+                        apply(input);
+                        false
+                    }
+                    Ok(_) => {
+                        metrics.malformed_packets.inc();
+                        metrics.dropped(DropReason::NonFiniteInput);
+                        true
+                    }
+                    Err(e) => {
+                        metrics.malformed_packets.inc();
+                        tracing::debug!(error = %e, "malformed datagram dropped");
+                        true
+                    }
+                }
+            };
+            if violation && self.violations.add(now, policy.violations_per_minute) {
+                self.closing = true;
+                // A full queue means the task is behind; it closes on its own violations
+                // soon enough, and this link reads nothing more.
+                let _ = self
+                    .out
+                    .try_send(Outgoing::Close(CloseReason::ProtocolViolation));
+                return;
+            }
+        }
+    }
 }
 
 /// Which cars each player's telemetry carries: its own car and every car within
@@ -86,36 +196,41 @@ pub struct SessionFaults {
     pub panic_next: HashSet<Entity>,
 }
 
-/// Drains the input channel into the controls of the cars the connections drive: clamped
-/// (the connection task already rejected non-finite values), latest wins.
+/// Reads each connection's input datagrams ([`ClientLink`] polices them) into the controls
+/// of the car it drives: clamped, latest wins.
 pub fn apply_inputs(
     mut inputs: ResMut<NetInputs>,
+    mut links: ResMut<NetLinks>,
     tick: Res<SimTick>,
     metrics: Res<NetMetrics>,
     mut cars: Query<(&mut Controls, &mut NetDriver)>,
 ) {
     let NetInputs {
-        rx,
+        policy,
         cars: by_conn,
         heard,
     } = &mut *inputs;
-    while let Ok((conn, input)) = rx.try_recv() {
-        heard.push(conn);
-        let Some(&car) = by_conn.get(&conn) else {
-            metrics.0.dropped(DropReason::InputWithoutCar);
-            continue;
-        };
-        if let Ok((mut controls, mut driver)) = cars.get_mut(car) {
-            if input.seq < driver.input_seq {
-                metrics.0.dropped(DropReason::InputOutOfOrder);
-                continue;
+    let metrics = &metrics.0;
+    for (&conn, link) in &mut links.0 {
+        let car = by_conn.get(&conn).copied();
+        link.read_inputs(policy, metrics, |input| {
+            heard.push(conn);
+            let Some(car) = car else {
+                metrics.dropped(DropReason::InputWithoutCar);
+                return;
+            };
+            if let Ok((mut controls, mut driver)) = cars.get_mut(car) {
+                if input.seq < driver.input_seq {
+                    metrics.dropped(DropReason::InputOutOfOrder);
+                    return;
+                }
+                *controls = Controls::sanitized(input.throttle, input.brake, input.steering);
+                driver.input_seq = input.seq;
+                metrics.input_packets_received.inc();
+                let rtt_ticks = (tick.0 as u32).saturating_sub(input.server_tick_ack);
+                metrics.player_rtt_ticks.observe(f64::from(rtt_ticks));
             }
-            *controls = Controls::sanitized(input.throttle, input.brake, input.steering);
-            driver.input_seq = input.seq;
-            metrics.0.input_packets_received.inc();
-            let rtt_ticks = (tick.0 as u32).saturating_sub(input.server_tick_ack);
-            metrics.0.player_rtt_ticks.observe(f64::from(rtt_ticks));
-        }
+        });
     }
 }
 
