@@ -273,8 +273,12 @@ fn client_message() -> impl Strategy<Value = ClientMessage> {
         Just(ClientMessage::LeaveSession),
         Just(ClientMessage::StartSession),
         Just(ClientMessage::Disconnect),
-        prop_oneof![Just(FaultKind::Panic), Just(FaultKind::NonFinite)]
-            .prop_map(|kind| ClientMessage::InjectFault { kind }),
+        prop_oneof![
+            Just(FaultKind::Panic),
+            Just(FaultKind::NonFinite),
+            Just(FaultKind::Stall)
+        ]
+        .prop_map(|kind| ClientMessage::InjectFault { kind }),
     ]
 }
 

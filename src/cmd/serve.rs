@@ -33,6 +33,10 @@ pub struct ServeArgs {
     /// HTTP port for /health, /ready and /metrics, overriding `network.http_bind`.
     #[arg(long, value_name = "PORT")]
     pub http_port: Option<u16>,
+    /// Run under Agones (`agones.enabled`): Ready, health pings, counters, allocations and
+    /// Shutdown through the GameServer's SDK sidecar. Builds with the `agones` feature.
+    #[arg(long)]
+    pub agones: bool,
     /// Output format of the start line and the final report.
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,
@@ -59,6 +63,15 @@ pub fn run(args: &ServeArgs, ctx: &Context) -> anyhow::Result<()> {
     }
     if let Some(level) = &args.log_level {
         config.logging.level = level.clone();
+    }
+    if args.agones {
+        if !cfg!(feature = "agones") {
+            return Err(UsageError(
+                "--agones: this apexsim was built without the `agones` feature (cargo build --features agones)".into(),
+            )
+            .into());
+        }
+        config.agones.enabled = true;
     }
     let _guard = init_server_logging(&config.logging, data)?;
     let format = args.format;

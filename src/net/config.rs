@@ -29,6 +29,8 @@ pub struct ServerConfig {
     pub api: ApiSection,
     /// `[redis]`
     pub redis: RedisSection,
+    /// `[agones]`
+    pub agones: AgonesSection,
 }
 
 /// `[server]`: sessions and limits.
@@ -264,6 +266,40 @@ impl Default for RedisSection {
     }
 }
 
+/// `[agones]`: running under Agones, the game-server orchestrator for Kubernetes (builds with
+/// the `agones` feature): `Ready` once the endpoint listens, `Health` pings while the
+/// simulation thread ticks, the players and sessions on the GameServer's counters, an
+/// allocation's template for the next rotation session, `Shutdown` after the drain.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgonesSection {
+    /// Whether to talk to the Agones SDK server (its sidecar; `AGONES_SDK_GRPC_HOST` and
+    /// `AGONES_SDK_GRPC_PORT` say where, `http://localhost:9357` by default).
+    pub enabled: bool,
+    /// Milliseconds between two health pings (the fleet's `health.periodSeconds` must be
+    /// longer).
+    pub health_every_ms: u64,
+    /// The GameServer counter that holds the connected players (declared in the fleet's
+    /// `counters`; empty: not reported).
+    pub players_counter: String,
+    /// The GameServer counter that holds the open sessions (empty: not reported).
+    pub sessions_counter: String,
+    /// The allocation annotation naming the template the next rotation session uses.
+    pub template_annotation: String,
+}
+
+impl Default for AgonesSection {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            health_every_ms: 2000,
+            players_counter: "players".into(),
+            sessions_counter: "sessions".into(),
+            template_annotation: "apexsim.dev/template".into(),
+        }
+    }
+}
+
 /// Why the configuration is not usable.
 #[derive(Debug, Error)]
 #[non_exhaustive]
@@ -286,8 +322,8 @@ pub enum ConfigError {
     },
 }
 
-const SECTIONS: [&str; 8] = [
-    "server", "network", "logging", "auth", "content", "admin", "api", "redis",
+const SECTIONS: [&str; 9] = [
+    "server", "network", "logging", "auth", "content", "admin", "api", "redis", "agones",
 ];
 
 impl ServerConfig {
@@ -368,6 +404,14 @@ impl ServerConfig {
         }
         if self.server.max_sessions == 0 || self.server.max_connections == 0 {
             return Err("server.max_sessions and server.max_connections must be at least 1".into());
+        }
+        if self.agones.enabled && !cfg!(feature = "agones") {
+            return Err(
+                "agones.enabled = true, but this apexsim was built without the `agones` feature (cargo build --features agones)".into(),
+            );
+        }
+        if self.agones.health_every_ms == 0 {
+            return Err("agones.health_every_ms must be at least 1".into());
         }
         if self.network.heartbeat_timeout_ms < self.network.heartbeat_interval_ms {
             return Err("network.heartbeat_timeout_ms is shorter than the interval".into());

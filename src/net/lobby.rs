@@ -174,6 +174,8 @@ pub struct Lobby {
     wall_s: i64,
     /// Each scheduled template's next start, Unix seconds.
     schedule: BTreeMap<Uuid, i64>,
+    /// The template the rotation's next session is of, asked for by an allocation.
+    next_template: Option<Arc<RaceTemplate>>,
 }
 
 /// Where session ids come from.
@@ -213,6 +215,7 @@ impl Lobby {
             config,
             wall_s: 0,
             schedule: BTreeMap::new(),
+            next_template: None,
         }
     }
 

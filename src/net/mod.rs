@@ -3,6 +3,8 @@
 //! tasks, health, metrics and the web pages over HTTP, and the client bots of `apexsim drive`.
 
 pub mod admin;
+#[cfg(feature = "agones")]
+pub mod agones;
 pub mod client;
 pub mod config;
 pub mod connection;

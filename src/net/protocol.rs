@@ -185,6 +185,9 @@ pub enum FaultKind {
     Panic,
     /// A car's state becomes non-finite.
     NonFinite,
+    /// The whole simulation thread stops for [`crate::net::sim::STALL`] (its health checks
+    /// must notice).
+    Stall,
 }
 
 /// What the server sends on the control stream.

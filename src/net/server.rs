@@ -72,6 +72,10 @@ pub enum ServeError {
     /// The content has no track or no car.
     #[error("the content has no {0}: nothing to race")]
     NoContent(&'static str),
+    /// Agones' SDK server refused or could not be reached.
+    #[cfg(feature = "agones")]
+    #[error(transparent)]
+    Agones(#[from] super::agones::AgonesError),
 }
 
 fn io(what: &str) -> impl FnOnce(std::io::Error) -> ServeError {
@@ -209,6 +213,14 @@ pub async fn run(
     if content.cars.is_empty() {
         return Err(ServeError::NoContent("car"));
     }
+    // Under Agones the sidecar must answer before anything starts: a server that cannot
+    // report itself ready or healthy is of no use to the fleet.
+    #[cfg(feature = "agones")]
+    let mut agones = if config.agones.enabled {
+        Some(super::agones::Agones::connect().await?)
+    } else {
+        None
+    };
     let started = Instant::now();
     let cpu_start = super::metrics::process_cpu_seconds();
     // The event bus at the world's async edge: the writer publishes on it, the metrics count
@@ -393,6 +405,15 @@ pub async fn run(
     tracing::info!(quic = %listening.quic, http = %listening.http, fingerprint = %listening.fingerprint, "serving");
 
     let accept = tokio::spawn(accept_loop(endpoint.clone(), shared.clone(), stop_rx));
+    #[cfg(feature = "agones")]
+    if let Some(a) = &mut agones {
+        let to_sim = shared.to_sim.clone();
+        let ready = a.ready(&shared.config.agones, shared.metrics.clone(), to_sim);
+        if let Err(e) = ready.await {
+            // Agones never sees this server ready and replaces it; it drains meanwhile.
+            tracing::error!(error = %e, "agones: not ready");
+        }
+    }
 
     shutdown.await;
     tracing::info!("shutdown requested: refusing new connections, draining sessions");
@@ -433,6 +454,10 @@ pub async fn run(
     rotation.abort();
     if let Some(t) = retention {
         t.abort();
+    }
+    #[cfg(feature = "agones")]
+    if let Some(a) = agones {
+        a.shutdown().await;
     }
     let sim = report.unwrap_or_else(|| SimReport {
         ticks: 0,

@@ -40,6 +40,10 @@ pub use systems::{
     SnapshotScratch, TelemetryRates, apply_inputs, send_telemetry,
 };
 
+/// How long a [`FaultKind::Stall`] drill stops the simulation thread: long enough for the
+/// health checks that watch it (Agones' pings) to notice.
+pub const STALL: std::time::Duration = std::time::Duration::from_secs(6);
+
 /// What the simulation thread sends a connection task.
 #[derive(Debug)]
 pub enum Outgoing {
@@ -66,6 +70,11 @@ pub enum ToSim {
         datagrams: super::link::Link,
         /// Its violation count, shared with its task.
         violations: Arc<super::connection::Violations>,
+    },
+    /// The rotation's next session is of this template (an Agones allocation asked).
+    NextTemplate {
+        /// Its slug or name.
+        template: String,
     },
     /// A control message.
     Message {
@@ -387,6 +396,9 @@ impl SimServer {
                     self.lobby.connect(now, conn, player, name);
                 }
                 ToSim::Message { conn, msg } => self.lobby.handle(now, conn, msg),
+                ToSim::NextTemplate { template } => {
+                    self.lobby.next_template(&template);
+                }
                 ToSim::Disconnected { conn } => {
                     self.lobby.disconnect(conn);
                     self.forget(conn);
@@ -582,6 +594,13 @@ impl SimServer {
                         if let Some(mut pose) = car.and_then(|c| world.get_mut::<Pose>(c)) {
                             pose.x_m = f32::NAN;
                         }
+                    }
+                    FaultKind::Stall => {
+                        tracing::warn!(
+                            seconds = STALL.as_secs_f64(),
+                            "fault injected: the simulation thread stalls"
+                        );
+                        std::thread::sleep(STALL);
                     }
                 }
             }

@@ -3,6 +3,8 @@
 //! property tests of the decoders stay a binary of their own (`tests/decoders.rs`): they count
 //! allocations with a global allocator, which other tests running beside them would disturb.
 
+#[cfg(feature = "agones")]
+mod agones;
 mod analysis;
 mod api;
 mod archive;

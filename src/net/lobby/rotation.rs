@@ -79,11 +79,39 @@ impl Lobby {
             return;
         }
         let content = self.content.clone();
-        let Some(t) = pick_template(&content.templates, &mut self.rng) else {
+        let asked = self.next_template.take();
+        let Some(t) = asked
+            .as_ref()
+            .or_else(|| pick_template(&content.templates, &mut self.rng))
+        else {
             return;
         };
         if let Some(id) = self.session_of_template(now, Kind::Rotation, t) {
             tracing::info!(session = %id, template = %t.name, "rotation: next session open");
+        }
+    }
+
+    /// Makes the rotation's next session one of the template `slug_or_name` names (its file
+    /// name or display name), whatever the weights say; an allocation asks for it. `false`
+    /// (and nothing changes) when no template [`in_rotation`] has that name (a scheduled
+    /// template runs at its times only).
+    pub fn next_template(&mut self, slug_or_name: &str) -> bool {
+        let found = self
+            .content
+            .templates
+            .iter()
+            .find(|t| in_rotation(t) && (t.slug == slug_or_name || t.name == slug_or_name))
+            .cloned();
+        match found {
+            Some(t) => {
+                tracing::info!(template = %t.name, "rotation: the next session is of the allocated template");
+                self.next_template = Some(t);
+                true
+            }
+            None => {
+                tracing::warn!(template = %slug_or_name, "rotation: no template in the rotation has that name");
+                false
+            }
         }
     }
 

@@ -890,3 +890,61 @@ fn the_config_turns_seconds_into_ticks() {
 }
 
 mod operations;
+
+#[test]
+fn an_allocated_template_makes_the_rotations_next_session_and_an_unknown_one_changes_nothing() {
+    let rotating = |asked: Option<&str>| {
+        let mut l = Lobby::new(
+            content(),
+            LobbyConfig {
+                run_templates: true,
+                ..config()
+            },
+            SessionIds::Sequential(0),
+        );
+        let known = asked.map(|t| l.next_template(t));
+        l.connect(0, 1, Uuid::from_u128(1), "watcher".into());
+        step(&mut l, 1, &FakeWorld::default());
+        let outs = outputs(&mut l);
+        let template = to(&outs, 1).iter().find_map(|m| match m {
+            ServerMessage::LobbyState {
+                available_sessions, ..
+            } => available_sessions.first().and_then(|s| s.template_id),
+            _ => None,
+        });
+        (known, template)
+    };
+    let slug_id = |slug: &str| {
+        content()
+            .templates
+            .iter()
+            .find(|t| t.slug == slug)
+            .map(|t| t.id)
+    };
+    // Every rotation template, asked for, is the one made.
+    for t in content()
+        .templates
+        .iter()
+        .filter(|t| rotation::in_rotation(t))
+    {
+        assert_eq!(
+            rotating(Some(&t.slug)),
+            (Some(true), Some(t.id)),
+            "{}",
+            t.slug
+        );
+        assert_eq!(
+            rotating(Some(&t.name)),
+            (Some(true), Some(t.id)),
+            "{}",
+            t.name
+        );
+    }
+    // Unknown, or scheduled (it runs at its times only): the seed's pick, as without one.
+    let (known, picked) = rotating(Some("no_such_template"));
+    assert_eq!(known, Some(false));
+    assert_eq!((None, picked), rotating(None));
+    assert!(picked.is_some());
+    assert!(slug_id("formula_endurance").is_some());
+    assert_eq!(rotating(Some("formula_endurance")), (Some(false), picked));
+}
