@@ -42,6 +42,8 @@ def main():
     ap.add_argument("--procs", type=int, default=None,
                     help="drive processes (default: one per load core; 0: one per session)")
     ap.add_argument("--pin", action=argparse.BooleanOptionalAction, default=(os.cpu_count() or 1) >= 2)
+    ap.add_argument("--shared-socket", action="store_true",
+                    help="each drive process connects its bots from one UDP socket (drive --shared-socket)")
     args = ap.parse_args()
     cores = os.cpu_count() or 1
     pin_server = ["taskset", "-c", "0"] if args.pin else []
@@ -65,7 +67,8 @@ def main():
     drives = [subprocess.Popen(
         pin_load + [args.bin, "drive", "--server", quic, "--fingerprint", listening["fingerprint"],
          "--sessions", str(share), "--bots", str(args.bots), "--ai", str(args.ai),
-         "--laps", str(args.laps), "--track", args.track, "--format", "json"],
+         "--laps", str(args.laps), "--track", args.track, "--format", "json"]
+        + (["--shared-socket"] if args.shared_socket else []),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, text=True)
         for share in shares]
     reports = []
@@ -102,6 +105,7 @@ def main():
         "sessions": args.sessions,
         "bots_per_session": args.bots,
         "drive_processes": procs,
+        "shared_socket": args.shared_socket,
         "wall_s": round(wall, 1),
         "race_s": round(race_s, 1),
         "coverage_pct_min": min(r["telemetry_coverage_pct"] for r in reports),

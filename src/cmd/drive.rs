@@ -50,6 +50,11 @@ pub struct DriveArgs {
     /// Trust any certificate (local tests only).
     #[arg(long)]
     pub insecure: bool,
+    /// Connect every bot (of every session) from one UDP socket and QUIC endpoint: a cheaper
+    /// load generator (players each have their own; the server tells the connections apart
+    /// by their ids).
+    #[arg(long)]
+    pub shared_socket: bool,
     /// Access token.
     #[arg(long, default_value = "")]
     pub token: String,
@@ -124,9 +129,17 @@ pub fn run(args: &DriveArgs, ctx: &Context) -> anyhow::Result<()> {
             },
         },
         timeout: args.timeout,
+        shared: None,
     };
-    let races = (0..args.sessions).map(|_| apexsim::net::drive::run(opts.clone()));
-    let reports = ctx.runtime()?.block_on(futures::future::join_all(races));
+    let reports = ctx.runtime()?.block_on(async {
+        let mut opts = opts;
+        if args.shared_socket {
+            // Bound inside the runtime: the endpoint's driver is a task of it.
+            opts.shared = Some(apexsim::net::client::endpoint(&opts.trust)?);
+        }
+        let races = (0..args.sessions).map(|_| apexsim::net::drive::run(opts.clone()));
+        anyhow::Ok(futures::future::join_all(races).await)
+    })?;
     let mut failed = None;
     for (i, report) in reports.into_iter().enumerate() {
         // With several sessions, each error names its session.

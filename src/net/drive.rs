@@ -57,6 +57,9 @@ pub struct DriveOptions {
     pub mode: Mode,
     /// Give up after this long.
     pub timeout: Duration,
+    /// The endpoint every bot connects from (one UDP socket for them all, a cheaper load
+    /// generator); `None`: one per bot, as players have.
+    pub shared: Option<quinn::Endpoint>,
 }
 
 /// Why the bots could not race.
@@ -182,11 +185,12 @@ pub use ledger::{Arrival, TickLedger};
 /// [`DriveError`] when a bot cannot connect, the server refuses, or the race times out.
 pub async fn run(opts: DriveOptions) -> Result<DriveReport, DriveError> {
     let started = Instant::now();
-    // One endpoint (one UDP socket, one address) per bot, as players have.
+    // One endpoint (one UDP socket, one address) per bot, as players have, unless shared.
     let endpoints = (0..opts.bots)
-        .map(|bot| {
-            super::client::endpoint(&opts.trust)
-                .map_err(|source| DriveError::Client { bot, source })
+        .map(|bot| match &opts.shared {
+            Some(endpoint) => Ok(endpoint.clone()),
+            None => super::client::endpoint(&opts.trust)
+                .map_err(|source| DriveError::Client { bot, source }),
         })
         .collect::<Result<Vec<_>, _>>()?;
     let (session_tx, session_rx) = watch::channel(match &opts.mode {

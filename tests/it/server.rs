@@ -218,13 +218,14 @@ pub(crate) async fn create_and_start(client: &mut Client, ai: u8, laps: u8) -> u
     session_id
 }
 
-/// `drive --sessions 3`: one process creates three sessions, each raced to the finish by its
-/// own bots, and prints a report for each.
+/// `drive --sessions 3 --shared-socket`: one process creates three sessions, each raced to the
+/// finish by its own bots, all six from one UDP socket, and prints a report for each.
 #[test]
 fn one_drive_process_races_several_sessions_at_once() {
     let server = Server::start(&[]);
     let (code, out, log) = server
         .drive(&[
+            "--shared-socket",
             "--sessions",
             "3",
             "--bots",
@@ -260,6 +261,14 @@ fn one_drive_process_races_several_sessions_at_once() {
     }
     let (code, _, log, _, _dir) = server.stop();
     assert_eq!(code, 0, "{log}");
+    let mut remotes: Vec<std::net::SocketAddr> = log
+        .lines()
+        .filter(|l| l.contains("authenticated"))
+        .filter_map(|l| crate::common::log_field(l, "remote"))
+        .collect();
+    assert_eq!(remotes.len(), 6, "six bots authenticated:\n{log}");
+    remotes.dedup();
+    assert_eq!(remotes.len(), 1, "from one socket: {remotes:?}");
 }
 
 #[test]
