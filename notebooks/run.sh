@@ -8,9 +8,6 @@ set -euo pipefail
 archive=$(realpath "${1:?usage: notebooks/run.sh ARCHIVE}")
 cd "$(dirname "$0")"
 venv=${APEXSIM_NOTEBOOK_VENV:-../target/notebook-venv}
-if [ ! -x "$venv/bin/python" ] || ! cmp -s requirements.txt "$venv/requirements.txt"; then
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check -r requirements.txt
-    cp requirements.txt "$venv/requirements.txt"
-fi
+. ../tools/venv.sh
+venv_ready "$venv" requirements.txt
 "$venv/bin/python" run.py "$archive" ../target/notebooks ./*.ipynb

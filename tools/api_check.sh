@@ -10,11 +10,8 @@ cd "$(dirname "$0")/.."
 bin=$(realpath "${1:-target/debug/apexsim}")
 venv=${APEXSIM_SCHEMATHESIS_VENV:-target/schemathesis-venv}
 req=tools/schemathesis-requirements.txt
-if [ ! -x "$venv/bin/schemathesis" ] || ! cmp -s "$req" "$venv/requirements.txt"; then
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$req"
-    cp "$req" "$venv/requirements.txt"
-fi
+. tools/venv.sh
+venv_ready "$venv" "$req"
 data=$(mktemp -d)
 pid=""
 cleanup() {

@@ -7,11 +7,8 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 venv=${APEXSIM_AGONES_VENV:-$here/../../target/agones-venv}
-if [ ! -x "$venv/bin/python" ] || ! cmp -s "$here/requirements.txt" "$venv/requirements.txt"; then
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$here/requirements.txt" >&2
-    cp "$here/requirements.txt" "$venv/requirements.txt"
-fi
+. "$here/../venv.sh"
+venv_ready "$venv" "$here/requirements.txt"
 [ $# -eq 0 ] && exit 0
 script=$1
 shift

@@ -13,11 +13,8 @@ if [ ! -x /usr/bin/chromium ]; then
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends chromium >&2
 fi
-if [ ! -x "$venv/bin/python" ] || ! cmp -s "$here/requirements.txt" "$venv/requirements.txt"; then
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$here/requirements.txt" >&2
-    cp "$here/requirements.txt" "$venv/requirements.txt"
-fi
+. "$here/../venv.sh"
+venv_ready "$venv" "$here/requirements.txt"
 [ $# -eq 0 ] && exit 0
 script=$1
 shift

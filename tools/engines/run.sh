@@ -10,9 +10,6 @@ binary=$(realpath "${1:?usage: tools/engines/run.sh APEXSIM ARCHIVE}")
 archive=$(realpath "${2:?usage: tools/engines/run.sh APEXSIM ARCHIVE}")
 cd "$(dirname "$0")"
 venv=${APEXSIM_ENGINES_VENV:-../../target/engines-venv}
-if [ ! -x "$venv/bin/python" ] || ! cmp -s requirements.txt "$venv/requirements.txt"; then
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check -r requirements.txt
-    cp requirements.txt "$venv/requirements.txt"
-fi
+. ../venv.sh
+venv_ready "$venv" requirements.txt
 "$venv/bin/python" check.py "$binary" "$archive"
