@@ -84,6 +84,13 @@ def main():
             state["version"] += 1
             lock.notify_all()
 
+    def keep(call, where, request):
+        record(call, key=request.key, value=request.value)
+        with lock:
+            state[where][request.key] = request.value
+        change()
+        return sdk_pb2.Empty()
+
     def game_server():
         gs = sdk_pb2.GameServer()
         gs.object_meta.name = "apexsim-test"
@@ -137,18 +144,10 @@ def main():
                 yield gs
 
         def SetLabel(self, request, context):
-            record("SetLabel", key=request.key, value=request.value)
-            with lock:
-                state["labels"][request.key] = request.value
-            change()
-            return sdk_pb2.Empty()
+            return keep("SetLabel", "labels", request)
 
         def SetAnnotation(self, request, context):
-            record("SetAnnotation", key=request.key, value=request.value)
-            with lock:
-                state["annotations"][request.key] = request.value
-            change()
-            return sdk_pb2.Empty()
+            return keep("SetAnnotation", "annotations", request)
 
         def Reserve(self, request, context):
             record("Reserve", seconds=request.seconds)
