@@ -104,10 +104,12 @@ impl ClientLink {
         }
     }
 
-    /// The input datagrams waiting on the transport, policed: each good input passed to
-    /// `apply`. Over the violation limit, the connection's task is told to close it.
+    /// The input datagrams waiting on the transport, policed at `now` (the tick's clock): each
+    /// good input passed to `apply`. Over the violation limit, the connection's task is told
+    /// to close it.
     fn read_inputs(
         &mut self,
+        now: Instant,
         policy: &InputPolicy,
         metrics: &Metrics,
         mut apply: impl FnMut(PlayerInput),
@@ -116,7 +118,6 @@ impl ClientLink {
         if self.closing {
             return;
         }
-        let now = Instant::now();
         for _ in 0..MAX_INPUTS_PER_TICK {
             // An error is the connection's end, which its task sees and reports.
             let Some(Ok(bytes)) = self.datagrams.read_datagram().now_or_never() else {
@@ -211,9 +212,11 @@ pub fn apply_inputs(
         heard,
     } = &mut *inputs;
     let metrics = &metrics.0;
+    // One clock reading per tick serves every connection's rate limit.
+    let now = Instant::now();
     for (&conn, link) in &mut links.0 {
         let car = by_conn.get(&conn).copied();
-        link.read_inputs(policy, metrics, |input| {
+        link.read_inputs(now, policy, metrics, |input| {
             heard.push(conn);
             let Some(car) = car else {
                 metrics.dropped(DropReason::InputWithoutCar);
